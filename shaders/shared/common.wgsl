@@ -1,0 +1,27 @@
+// Shared helpers, prepended to every kernel by src/kernels/mod.rs (WGSL has no #include).
+//
+// Tensors are stored "C4HW": channels in groups of four, one vec4<f32> per pixel and group,
+// index ((n * groups + g) * height + y) * width + x. Lanes past the real channel count are
+// kept at zero by every kernel so that they can never turn into NaN downstream.
+
+fn sigmoid4(x: vec4<f32>) -> vec4<f32> {
+    return 1.0 / (1.0 + exp(-x));
+}
+
+// Activation codes match model::Activation::code().
+fn activate(x: vec4<f32>, act: u32, leaky: f32, slope: vec4<f32>) -> vec4<f32> {
+    switch act {
+        case 1u: { return max(x, vec4<f32>(0.0)); }
+        case 2u: { return select(x * leaky, x, x >= vec4<f32>(0.0)); }
+        case 3u: { return select(x * slope, x, x >= vec4<f32>(0.0)); }
+        case 4u: { return x * sigmoid4(x); }
+        case 5u: { return sigmoid4(x); }
+        default: { return x; }
+    }
+}
+
+// 1.0 for the lanes of group `g` that hold real channels, 0.0 for padding.
+fn lane_mask(g: u32, channels: u32) -> vec4<f32> {
+    let c = vec4<u32>(g * 4u) + vec4<u32>(0u, 1u, 2u, 3u);
+    return select(vec4<f32>(0.0), vec4<f32>(1.0), c < vec4<u32>(channels));
+}

@@ -1,0 +1,327 @@
+//! Running a [`Graph`] on the GPU: weights uploaded once ([`GpuModel`]), and per input shape a
+//! [`Plan`] (buffers with liveness-based reuse, bind groups, the recorded launches) that runs
+//! any number of batches of that shape.
+
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::gpu::Context;
+use crate::kernels::{self, conv::GpuConv, conv::PackedConv, Dispatch};
+use crate::model::{Activation, Graph, Op, Rhs, ValueId};
+
+/// A graph whose weights live on the device.
+pub struct GpuModel {
+    pub ctx: Arc<Context>,
+    pub graph: Graph,
+    nodes: Vec<NodeRes>,
+}
+
+/// Device resources of one node.
+enum NodeRes {
+    Conv(GpuConv),
+    /// A per-channel operand or PReLU slopes.
+    Vector(wgpu::Buffer),
+    None,
+}
+
+impl GpuModel {
+    pub fn new(ctx: Arc<Context>, graph: Graph) -> Result<Self> {
+        let nodes = graph
+            .nodes
+            .iter()
+            .map(|n| {
+                Ok(match &n.op {
+                    Op::Conv(c) => NodeRes::Conv(GpuConv::new(&ctx, PackedConv::new(c))?),
+                    Op::Binary {
+                        rhs: Rhs::PerChannel(v),
+                        ..
+                    } => NodeRes::Vector(
+                        ctx.upload("per-channel operand", &kernels::binary::per_channel_vec(v)),
+                    ),
+                    Op::Act(Activation::PRelu(s)) => {
+                        let mut padded = s.clone();
+                        padded.resize(s.len().next_multiple_of(4), 0.0);
+                        NodeRes::Vector(ctx.upload("prelu slopes", &padded))
+                    }
+                    _ => NodeRes::None,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(GpuModel { ctx, graph, nodes })
+    }
+
+    /// Bytes of the largest single tensor and of all tensors alive at once, for `batch` inputs
+    /// of `h` x `w`; used to pick tile sizes that fit the device.
+    pub fn memory(&self, batch: usize, h: usize, w: usize) -> (u64, u64) {
+        let sizes = self.value_sizes(batch, h, w);
+        let (mut peak, mut live) = (0u64, 0u64);
+        let last = self.last_uses();
+        live += sizes[self.graph.input];
+        for (j, n) in self.graph.nodes.iter().enumerate() {
+            live += sizes[n.output];
+            peak = peak.max(live);
+            for v in reads(n) {
+                if last[v] == j {
+                    live -= sizes[v];
+                }
+            }
+        }
+        (sizes.iter().copied().max().unwrap_or(0), peak)
+    }
+
+    fn value_sizes(&self, batch: usize, h: usize, w: usize) -> Vec<u64> {
+        self.graph
+            .values
+            .iter()
+            .map(|v| {
+                let s = v.scale as usize;
+                (batch * v.channels.div_ceil(4) * h * s * w * s * 16) as u64
+            })
+            .collect()
+    }
+
+    /// Index of the last node reading each value (`usize::MAX` for the graph output).
+    fn last_uses(&self) -> Vec<usize> {
+        let mut last = vec![0usize; self.graph.values.len()];
+        for (j, n) in self.graph.nodes.iter().enumerate() {
+            for v in reads(n) {
+                last[v] = j;
+            }
+        }
+        last[self.graph.output] = usize::MAX;
+        last
+    }
+
+    /// Build the plan for `batch` inputs of `h` x `w`.
+    pub fn plan(&self, batch: usize, h: usize, w: usize) -> Result<Plan> {
+        let ctx = &self.ctx;
+        let g = &self.graph;
+        let sizes = self.value_sizes(batch, h, w);
+        let (largest, _) = self.memory(batch, h, w);
+        if largest > ctx.max_binding() {
+            return Err(Error::Invalid(format!(
+                "a {batch}x{h}x{w} tile needs a {} MiB tensor, over this adapter's {} MiB binding limit: use a smaller tile",
+                largest >> 20,
+                ctx.max_binding() >> 20
+            )));
+        }
+        let last = self.last_uses();
+        let mut buffers: Vec<Option<Arc<wgpu::Buffer>>> = vec![None; g.values.len()];
+        let mut free: Vec<Arc<wgpu::Buffer>> = Vec::new();
+        let mut owned: Vec<Arc<wgpu::Buffer>> = Vec::new();
+        let take =
+            |size: u64, owned: &mut Vec<Arc<wgpu::Buffer>>, free: &mut Vec<Arc<wgpu::Buffer>>| {
+                if let Some(i) = free
+                    .iter()
+                    .position(|b| b.size() >= size && b.size() <= size.saturating_mul(2))
+                {
+                    return free.swap_remove(i);
+                }
+                let b = Arc::new(ctx.acquire(size));
+                owned.push(b.clone());
+                b
+            };
+        buffers[g.input] = Some(take(sizes[g.input], &mut owned, &mut free));
+        let mut dispatches: Vec<Dispatch> = Vec::new();
+        let b = batch as u32;
+        for (j, node) in g.nodes.iter().enumerate() {
+            let out = take(sizes[node.output], &mut owned, &mut free);
+            let buf = |v: ValueId| buffers[v].clone().expect("value computed before use");
+            let x = buf(node.inputs[0]);
+            let xv = &g.values[node.inputs[0]];
+            let s = xv.scale;
+            let (ih, iw) = (h as u32 * s, w as u32 * s);
+            let label = &node.name;
+            let d = match (&node.op, &self.nodes[j]) {
+                (Op::Conv(c), NodeRes::Conv(gc)) => {
+                    let r = c.epilogue.residual().map(buf);
+                    gc.dispatch(ctx, label, &x, r.as_deref(), &out, b, ih, iw)
+                }
+                (Op::Binary { kind, rhs }, res) => {
+                    let operand = match (rhs, res) {
+                        (Rhs::Tensor, _) => Some(buf(node.inputs[1])),
+                        (_, NodeRes::Vector(v)) => Some(Arc::new(v.clone())),
+                        _ => None,
+                    };
+                    kernels::binary::dispatch(
+                        ctx,
+                        label,
+                        *kind,
+                        rhs,
+                        &x,
+                        operand.as_deref(),
+                        &out,
+                        b,
+                        xv.channels as u32,
+                        ih * iw,
+                    )?
+                }
+                (Op::Act(a), res) => {
+                    let slopes = match res {
+                        NodeRes::Vector(v) => Some(v),
+                        _ => None,
+                    };
+                    kernels::unary::dispatch(
+                        ctx,
+                        label,
+                        a,
+                        &x,
+                        slopes,
+                        &out,
+                        b,
+                        xv.channels as u32,
+                        ih * iw,
+                    )?
+                }
+                (Op::Concat, _) => {
+                    let ins: Vec<(Arc<wgpu::Buffer>, u32)> = node
+                        .inputs
+                        .iter()
+                        .map(|&v| (buf(v), g.values[v].channels as u32))
+                        .collect();
+                    let refs: Vec<(&wgpu::Buffer, u32)> =
+                        ins.iter().map(|(b, c)| (b.as_ref(), *c)).collect();
+                    kernels::concat::dispatch(ctx, label, &refs, &out, b, ih * iw)?
+                }
+                (Op::PixelShuffle { factor }, _) => kernels::pixel_shuffle::dispatch(
+                    ctx,
+                    label,
+                    &x,
+                    &out,
+                    b,
+                    g.values[node.output].channels as u32,
+                    ih,
+                    iw,
+                    *factor,
+                )?,
+                (Op::InterpNearest { factor }, _) => kernels::interp::dispatch(
+                    ctx,
+                    label,
+                    &x,
+                    &out,
+                    b,
+                    xv.channels as u32,
+                    ih,
+                    iw,
+                    *factor,
+                )?,
+                (Op::Conv(_), _) => unreachable!("conv nodes have conv resources"),
+            };
+            dispatches.push(d);
+            buffers[node.output] = Some(out);
+            for v in reads(node) {
+                if last[v] == j {
+                    if let Some(bf) = buffers[v].clone() {
+                        // a value read twice by this node is released once
+                        if !free.iter().any(|f| Arc::ptr_eq(f, &bf)) {
+                            free.push(bf);
+                        }
+                    }
+                }
+            }
+        }
+        let output = buffers[g.output].clone().expect("output computed");
+        let out_v = &g.values[g.output];
+        let s = out_v.scale as usize;
+        Ok(Plan {
+            ctx: self.ctx.clone(),
+            batch,
+            h,
+            w,
+            in_channels: g.values[g.input].channels,
+            out_channels: out_v.channels,
+            scale: s,
+            input: buffers[g.input].clone().expect("input buffer"),
+            input_bytes: sizes[g.input],
+            output,
+            output_bytes: sizes[g.output],
+            dispatches,
+            owned,
+            peak_bytes: self.memory(batch, h, w).1,
+        })
+    }
+}
+
+/// Values a node reads (inputs and epilogue residual).
+fn reads(n: &crate::model::Node) -> Vec<ValueId> {
+    let mut r = n.inputs.clone();
+    if let Op::Conv(c) = &n.op {
+        r.extend(c.epilogue.residual());
+    }
+    r
+}
+
+/// Everything needed to run one input shape, recorded once.
+pub struct Plan {
+    ctx: Arc<Context>,
+    pub batch: usize,
+    pub h: usize,
+    pub w: usize,
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub scale: usize,
+    input: Arc<wgpu::Buffer>,
+    input_bytes: u64,
+    output: Arc<wgpu::Buffer>,
+    output_bytes: u64,
+    dispatches: Vec<Dispatch>,
+    owned: Vec<Arc<wgpu::Buffer>>,
+    /// Device memory the plan's tensors need at their peak.
+    pub peak_bytes: u64,
+}
+
+impl Plan {
+    /// Run on a C4HW input of `batch` x `in_channels` x `h` x `w` and return the C4HW output.
+    pub fn run(&self, input: &[f32]) -> Result<Vec<f32>> {
+        assert_eq!(
+            input.len() as u64 * 4,
+            self.input_bytes,
+            "input size does not match the plan"
+        );
+        let ctx = &self.ctx;
+        ctx.queue
+            .write_buffer(&self.input, 0, bytemuck::cast_slice(input));
+        let mut encoder = ctx
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("plan"),
+            });
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("graph"),
+                timestamp_writes: None,
+            });
+            for d in &self.dispatches {
+                pass.set_pipeline(&d.pipeline);
+                pass.set_bind_group(0, &d.bind_group, &[]);
+                let [x, y, z] = d.workgroups;
+                pass.dispatch_workgroups(x, y, z);
+            }
+        }
+        let staging = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("output readback"),
+            size: self.output_bytes,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        encoder.copy_buffer_to_buffer(&self.output, 0, &staging, 0, self.output_bytes);
+        ctx.queue.submit([encoder.finish()]);
+        ctx.map_read(&staging)
+    }
+
+    /// Number of kernel launches per run.
+    pub fn launches(&self) -> usize {
+        self.dispatches.len()
+    }
+}
+
+impl Drop for Plan {
+    fn drop(&mut self) {
+        self.dispatches.clear();
+        for b in self.owned.drain(..) {
+            if let Ok(b) = Arc::try_unwrap(b) {
+                self.ctx.release(b);
+            }
+        }
+    }
+}

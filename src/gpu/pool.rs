@@ -1,0 +1,47 @@
+//! Reuse of large storage buffers between plans (tile shapes) and images.
+
+use std::collections::HashMap;
+
+/// Free storage buffers by (rounded) size.
+#[derive(Default)]
+pub struct BufferPool {
+    free: HashMap<u64, Vec<wgpu::Buffer>>,
+}
+
+/// Round sizes up so that slightly different shapes share buffers.
+fn bucket(size: u64) -> u64 {
+    const SMALL: u64 = 64 << 10;
+    if size <= SMALL {
+        size.next_multiple_of(256).max(256)
+    } else {
+        // within 1/8 of a power of two
+        let step = (size.next_power_of_two() / 8).max(SMALL);
+        size.next_multiple_of(step)
+    }
+}
+
+impl BufferPool {
+    pub fn acquire(&mut self, device: &wgpu::Device, size: u64) -> wgpu::Buffer {
+        let b = bucket(size);
+        if let Some(buf) = self.free.get_mut(&b).and_then(Vec::pop) {
+            return buf;
+        }
+        device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("tensor"),
+            size: b,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_DST
+                | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        })
+    }
+
+    pub fn release(&mut self, buffer: wgpu::Buffer) {
+        self.free.entry(buffer.size()).or_default().push(buffer);
+    }
+
+    /// Drop every pooled buffer (frees device memory).
+    pub fn clear(&mut self) {
+        self.free.clear();
+    }
+}

@@ -1,0 +1,144 @@
+//! Image decoding, format restoration and atomic encoding.
+
+use std::path::Path;
+
+use image::{DynamicImage, ImageFormat, Rgb32FImage};
+
+use crate::error::{Error, Result};
+
+/// File extensions refqsr reads and writes.
+pub const EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "webp"];
+
+/// Whether `path` has an extension refqsr handles.
+pub fn is_image(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+/// The encoder for an output path, from its extension.
+pub fn output_format(path: &Path) -> Result<ImageFormat> {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    match ext.as_deref() {
+        Some("png") => Ok(ImageFormat::Png),
+        Some("jpg") | Some("jpeg") => Ok(ImageFormat::Jpeg),
+        Some("webp") => Ok(ImageFormat::WebP),
+        _ => Err(Error::image(
+            path,
+            "unsupported output extension (use .png, .jpg or .webp)",
+        )),
+    }
+}
+
+/// Decode an image file (format from its content, not its name).
+pub fn read(path: &Path) -> Result<DynamicImage> {
+    let reader = image::ImageReader::open(path)
+        .map_err(|e| Error::io(path, e))?
+        .with_guessed_format()
+        .map_err(|e| Error::io(path, e))?;
+    reader
+        .decode()
+        .map_err(|e| Error::image(path, format!("cannot decode: {e}")))
+}
+
+/// Give the upscaled colour the input's channel layout and depth: alpha (upscaled bicubic),
+/// grayscale and 16 bits per channel are kept.
+pub fn restore_format(input: &DynamicImage, rgb: Rgb32FImage) -> DynamicImage {
+    let color = input.color();
+    let sixteen = color.bytes_per_pixel() / color.channel_count() >= 2;
+    let (w, h) = rgb.dimensions();
+    let mut rgb = rgb;
+    for v in rgb.iter_mut() {
+        *v = v.clamp(0.0, 1.0);
+    }
+    let out = if color.has_alpha() {
+        let rgba = input.to_rgba32f();
+        let alpha = image::ImageBuffer::<image::Luma<f32>, Vec<f32>>::from_fn(
+            rgba.width(),
+            rgba.height(),
+            |x, y| image::Luma([rgba.get_pixel(x, y)[3]]),
+        );
+        let alpha = image::imageops::resize(&alpha, w, h, image::imageops::FilterType::CatmullRom);
+        let joined = image::Rgba32FImage::from_fn(w, h, |x, y| {
+            let c = rgb.get_pixel(x, y);
+            image::Rgba([c[0], c[1], c[2], alpha.get_pixel(x, y)[0].clamp(0.0, 1.0)])
+        });
+        DynamicImage::ImageRgba32F(joined)
+    } else {
+        DynamicImage::ImageRgb32F(rgb)
+    };
+    match (color.has_color(), color.has_alpha(), sixteen) {
+        (true, false, false) => DynamicImage::ImageRgb8(out.to_rgb8()),
+        (true, true, false) => DynamicImage::ImageRgba8(out.to_rgba8()),
+        (true, false, true) => DynamicImage::ImageRgb16(out.to_rgb16()),
+        (true, true, true) => DynamicImage::ImageRgba16(out.to_rgba16()),
+        (false, false, false) => DynamicImage::ImageLuma8(out.to_luma8()),
+        (false, true, false) => DynamicImage::ImageLumaA8(out.to_luma_alpha8()),
+        (false, false, true) => DynamicImage::ImageLuma16(out.to_luma16()),
+        (false, true, true) => DynamicImage::ImageLumaA16(out.to_luma_alpha16()),
+    }
+}
+
+/// Encode `img` to `path` through a temporary file in the same folder, renamed into place
+/// only once it is complete: a failure never leaves a partial file behind.
+pub fn write(img: &DynamicImage, path: &Path, format: ImageFormat) -> Result<()> {
+    // JPEG holds neither alpha nor 16 bits; WebP (lossless) holds 8-bit RGB(A).
+    let converted;
+    let img = match format {
+        ImageFormat::Jpeg if img.color().has_color() => {
+            converted = DynamicImage::ImageRgb8(img.to_rgb8());
+            &converted
+        }
+        ImageFormat::Jpeg => {
+            converted = DynamicImage::ImageLuma8(img.to_luma8());
+            &converted
+        }
+        ImageFormat::WebP if img.color().has_alpha() => {
+            converted = DynamicImage::ImageRgba8(img.to_rgba8());
+            &converted
+        }
+        ImageFormat::WebP => {
+            converted = DynamicImage::ImageRgb8(img.to_rgb8());
+            &converted
+        }
+        _ => img,
+    };
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::image(path, "output path has no file name"))?;
+    let tmp = dir.join(format!(
+        ".{}.refqsr-{}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| -> Result<()> {
+        let file = std::fs::File::create(&tmp).map_err(|e| Error::io(path, e))?;
+        let mut w = std::io::BufWriter::new(file);
+        match format {
+            ImageFormat::Jpeg => img
+                .write_with_encoder(image::codecs::jpeg::JpegEncoder::new_with_quality(
+                    &mut w, 95,
+                ))
+                .map_err(|e| Error::image(path, format!("cannot encode: {e}")))?,
+            _ => img
+                .write_to(&mut w, format)
+                .map_err(|e| Error::image(path, format!("cannot encode: {e}")))?,
+        }
+        let file = w
+            .into_inner()
+            .map_err(|e| Error::io(path, e.into_error()))?;
+        file.sync_all().map_err(|e| Error::io(path, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}

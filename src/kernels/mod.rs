@@ -1,0 +1,76 @@
+//! Kernel launchers: one Rust file per shader in `shaders/`, each with its CPU twin in `cpu/`.
+//!
+//! A launcher knows its shader's override constants, binding order, uniform layout and
+//! dispatch size; [`crate::exec`] strings launches together into a plan.
+
+pub mod binary;
+pub mod concat;
+pub mod conv;
+pub mod cpu;
+pub mod interp;
+pub mod pixel_shuffle;
+pub mod unary;
+
+const COMMON: &str = include_str!("../../shaders/shared/common.wgsl");
+
+/// Every shader by name, as written in `shaders/`.
+pub const SHADERS: &[(&str, &str)] = &[
+    ("conv", include_str!("../../shaders/conv.wgsl")),
+    ("binary", include_str!("../../shaders/binary.wgsl")),
+    ("unary", include_str!("../../shaders/unary.wgsl")),
+    ("concat", include_str!("../../shaders/concat.wgsl")),
+    (
+        "pixel_shuffle",
+        include_str!("../../shaders/pixel_shuffle.wgsl"),
+    ),
+    ("interp", include_str!("../../shaders/interp.wgsl")),
+];
+
+/// The complete WGSL of a shader: shared helpers followed by the kernel.
+pub fn source(name: &str) -> Option<String> {
+    SHADERS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, s)| format!("{COMMON}\n{s}"))
+}
+
+/// One recorded kernel launch.
+pub struct Dispatch {
+    pub label: String,
+    pub pipeline: std::sync::Arc<wgpu::ComputePipeline>,
+    pub bind_group: wgpu::BindGroup,
+    pub workgroups: [u32; 3],
+}
+
+/// Workgroups for a 1-D launch of `n` invocations with `wg` per group, folded into two
+/// dimensions when it would exceed the per-dimension limit. Returns (groups, row invocations).
+pub(crate) fn grid_1d(n: u32, wg: u32) -> ([u32; 3], u32) {
+    let groups = n.div_ceil(wg).max(1);
+    if groups <= 65535 {
+        return ([groups, 1, 1], groups * wg);
+    }
+    let x = 32768;
+    ([x, groups.div_ceil(x), 1], x * wg)
+}
+
+pub(crate) fn bind_group(
+    ctx: &crate::gpu::Context,
+    label: &str,
+    pipeline: &wgpu::ComputePipeline,
+    buffers: &[&wgpu::Buffer],
+) -> wgpu::BindGroup {
+    let layout = pipeline.get_bind_group_layout(0);
+    let entries: Vec<wgpu::BindGroupEntry> = buffers
+        .iter()
+        .enumerate()
+        .map(|(i, b)| wgpu::BindGroupEntry {
+            binding: i as u32,
+            resource: b.as_entire_binding(),
+        })
+        .collect();
+    ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some(label),
+        layout: &layout,
+        entries: &entries,
+    })
+}

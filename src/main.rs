@@ -1,0 +1,173 @@
+//! The `refqsr` command line: parses, calls the library, reports.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use refqsr::{Options, Upscaler};
+
+#[derive(Parser)]
+#[command(
+    name = "refqsr",
+    version,
+    about = "GPU super-resolution on any wgpu adapter"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Upscale an image, or every image in a folder (recursively).
+    Upscale {
+        /// An image (png, jpg, webp) or a folder of them.
+        input: PathBuf,
+        /// Output image, or output folder when INPUT is a folder.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Upscaling factor (picks the shipped x4 or x2 model; must match -m).
+        #[arg(short, long)]
+        scale: Option<u32>,
+        /// ncnn model: path to its .param (the .bin beside it). Default: shipped SPAN.
+        #[arg(short, long)]
+        model: Option<PathBuf>,
+        /// Tile size in input pixels (default: the largest that fits the adapter).
+        #[arg(short, long)]
+        tile: Option<usize>,
+        /// Adapter index or name part, as listed by `refqsr adapters`.
+        #[arg(long)]
+        adapter: Option<String>,
+    },
+    /// List the GPU adapters wgpu can see.
+    Adapters,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Upscale {
+            input,
+            output,
+            scale,
+            model,
+            tile,
+            adapter,
+        } => upscale(
+            &input,
+            &output,
+            Options {
+                model,
+                scale,
+                tile,
+                adapter,
+                max_memory: None,
+            },
+        ),
+        Command::Adapters => adapters(),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("refqsr: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn bar(len: u64, template: &str) -> ProgressBar {
+    let b = ProgressBar::new(len);
+    b.set_style(
+        ProgressStyle::with_template(template)
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    b
+}
+
+fn upscale(input: &Path, output: &Path, opts: Options) -> refqsr::Result<ExitCode> {
+    if !input.exists() {
+        return Err(refqsr::Error::io(
+            input,
+            std::io::ErrorKind::NotFound.into(),
+        ));
+    }
+    let up = Upscaler::new(&opts)?;
+    eprintln!(
+        "refqsr: {} x{} on {}",
+        up.graph().name,
+        up.scale(),
+        up.context().describe()
+    );
+    if input.is_file() {
+        let b = bar(0, "{spinner} {msg} [{bar:30}] {pos}/{len} tiles {elapsed}");
+        b.set_message(input.display().to_string());
+        up.upscale_file_with_progress(input, output, &mut |done, total| {
+            b.set_length(total as u64);
+            b.set_position(done as u64);
+        })?;
+        b.finish_and_clear();
+        eprintln!("refqsr: wrote {}", output.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let jobs = refqsr::batch::collect(input, output)?;
+    let b = bar(
+        jobs.len() as u64,
+        "{spinner} [{bar:30}] {pos}/{len} images {elapsed} {msg}",
+    );
+    let mut failed = 0;
+    for (src, dst) in &jobs {
+        b.set_message(src.display().to_string());
+        if let Err(e) = refqsr::batch::prepare(dst).and_then(|_| up.upscale_file(src, dst)) {
+            b.suspend(|| eprintln!("refqsr: error: {e}"));
+            failed += 1;
+        }
+        b.inc(1);
+    }
+    b.finish_and_clear();
+    eprintln!(
+        "refqsr: {} of {} images upscaled into {}",
+        jobs.len() - failed,
+        jobs.len(),
+        output.display()
+    );
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn adapters() -> refqsr::Result<ExitCode> {
+    let list = refqsr::gpu::describe_adapters();
+    if list.is_empty() {
+        return Err(refqsr::Error::NoAdapter);
+    }
+    for a in list {
+        let i = &a.info;
+        println!("{}: {}", a.index, i.name);
+        println!(
+            "   backend {:?}, type {:?}, vendor {:#06x}, device {:#06x}",
+            i.backend, i.device_type, i.vendor, i.device
+        );
+        println!("   driver {} {}", i.driver, i.driver_info);
+        println!(
+            "   timestamps {}, shader-f16 {}, subgroups {}, max storage binding {} MiB, max buffer {} MiB",
+            yes(a.timestamps),
+            yes(a.shader_f16),
+            yes(a.subgroups),
+            a.max_storage_binding >> 20,
+            a.max_buffer >> 20
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn yes(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}

@@ -1,0 +1,270 @@
+//! The public upscaler: model choice, tiling, batching and image conversion.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use image::{DynamicImage, Rgb32FImage};
+
+use crate::error::{Error, Result};
+use crate::exec::{GpuModel, Plan};
+use crate::gpu::Context;
+use crate::model::Graph;
+use crate::tile::Grid;
+
+/// Models compiled into the binary, so the default upscale needs no files at run time.
+const BUILTIN: &[(&str, u32, &[u8], &[u8])] = &[
+    (
+        "spanx4_ch48",
+        4,
+        include_bytes!("../assets/models/spanx4_ch48.param"),
+        include_bytes!("../assets/models/spanx4_ch48.bin"),
+    ),
+    (
+        "spanx2_ch48",
+        2,
+        include_bytes!("../assets/models/spanx2_ch48.param"),
+        include_bytes!("../assets/models/spanx2_ch48.bin"),
+    ),
+];
+
+/// Tile sizes tried (largest first) when none is given.
+const TILE_CANDIDATES: &[usize] = &[512, 384, 256, 192, 128, 96, 64, 48, 32, 16];
+
+/// How to build an [`Upscaler`].
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// An ncnn model (`.param`, with its `.bin` beside it); `None` = the shipped SPAN model.
+    pub model: Option<PathBuf>,
+    /// Wanted upscaling factor; picks the shipped model, or must match `model`.
+    pub scale: Option<u32>,
+    /// Tile core size in input pixels; `None` = the largest that fits the device.
+    pub tile: Option<usize>,
+    /// Adapter index or name part (see `refqsr adapters`); `None` = the best one.
+    pub adapter: Option<String>,
+    /// Device memory the tensors of one batch may use (bytes); `None` = 1 GiB.
+    pub max_memory: Option<u64>,
+}
+
+/// Upscales images on one GPU with one model.
+pub struct Upscaler {
+    model: GpuModel,
+    halo: usize,
+    tile: Option<usize>,
+    max_memory: u64,
+    plans: Mutex<HashMap<(usize, usize, usize), Arc<Plan>>>,
+}
+
+/// Resolve a model: the shipped one for `scale`, or the files at `path`.
+pub fn load_graph(path: Option<&Path>, scale: Option<u32>) -> Result<Graph> {
+    let graph = match path {
+        None => {
+            let s = scale.unwrap_or(4);
+            let (name, _, param, bin) = BUILTIN.iter().find(|m| m.1 == s).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "no shipped model upscales by {s} (shipped: x4, x2); pass a model with -m"
+                ))
+            })?;
+            let g = crate::model::ncnn::load_bytes(
+                Path::new(&format!("{name}.param")),
+                param,
+                Path::new(&format!("{name}.bin")),
+                bin,
+            )?;
+            crate::model::fuse::fuse(g)
+        }
+        Some(p) => {
+            let (param, bin) = model_files(p);
+            Graph::load_ncnn(&param, &bin)?
+        }
+    };
+    if let Some(s) = scale {
+        if graph.scale() != s {
+            return Err(Error::Invalid(format!(
+                "model `{}` upscales by {}, not {s}: pick a x{s} model or drop -s",
+                graph.name,
+                graph.scale()
+            )));
+        }
+    }
+    if graph.input_channels() != 3 || graph.values[graph.output].channels != 3 {
+        return Err(Error::Unsupported {
+            model: graph.name.clone(),
+            message: format!(
+                "takes {} and gives {} channels; refqsr upscales RGB to RGB",
+                graph.input_channels(),
+                graph.values[graph.output].channels
+            ),
+        });
+    }
+    Ok(graph)
+}
+
+/// `x.param` / `x.bin` / `x` -> (`x.param`, `x.bin`).
+fn model_files(p: &Path) -> (PathBuf, PathBuf) {
+    match p.extension().and_then(|e| e.to_str()) {
+        Some("param") | Some("bin") => (p.with_extension("param"), p.with_extension("bin")),
+        _ => {
+            let s = p.as_os_str().to_owned();
+            let mut a = s.clone();
+            a.push(".param");
+            let mut b = s;
+            b.push(".bin");
+            (a.into(), b.into())
+        }
+    }
+}
+
+impl Upscaler {
+    /// Open the adapter and load the model.
+    pub fn new(opts: &Options) -> Result<Self> {
+        let graph = load_graph(opts.model.as_deref(), opts.scale)?;
+        let ctx = Context::new(opts.adapter.as_deref())?;
+        Self::with_graph(ctx, graph, opts)
+    }
+
+    /// An upscaler for an already loaded graph on an open device.
+    pub fn with_graph(ctx: Arc<Context>, graph: Graph, opts: &Options) -> Result<Self> {
+        if opts.tile == Some(0) {
+            return Err(Error::Invalid("tile size must be at least 1".into()));
+        }
+        let halo = graph.receptive_radius();
+        Ok(Upscaler {
+            model: GpuModel::new(ctx, graph)?,
+            halo,
+            tile: opts.tile,
+            max_memory: opts.max_memory.unwrap_or(1 << 30),
+            plans: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn context(&self) -> &Arc<Context> {
+        &self.model.ctx
+    }
+
+    pub fn graph(&self) -> &Graph {
+        &self.model.graph
+    }
+
+    pub fn scale(&self) -> u32 {
+        self.model.graph.scale()
+    }
+
+    /// Halo (in input pixels) read around each tile.
+    pub fn halo(&self) -> usize {
+        self.halo
+    }
+
+    fn fits(&self, batch: usize, h: usize, w: usize) -> bool {
+        let (largest, peak) = self.model.memory(batch, h, w);
+        largest <= self.model.ctx.max_binding() && peak <= self.max_memory
+    }
+
+    /// The tile core size used for a `width` x `height` image.
+    pub fn tile_size(&self, width: usize, height: usize) -> Result<usize> {
+        let h2 = 2 * self.halo;
+        if let Some(t) = self.tile {
+            let (th, tw) = (t.min(height) + h2, t.min(width) + h2);
+            if !self.fits(1, th, tw) {
+                return Err(Error::Invalid(format!(
+                    "tile {t} does not fit this adapter (binding limit {} MiB, memory budget {} MiB): use a smaller -t",
+                    self.model.ctx.max_binding() >> 20,
+                    self.max_memory >> 20
+                )));
+            }
+            return Ok(t);
+        }
+        TILE_CANDIDATES
+            .iter()
+            .copied()
+            .find(|&t| self.fits(1, t.min(height) + h2, t.min(width) + h2))
+            .ok_or_else(|| {
+                Error::Invalid("even a 16-pixel tile does not fit this adapter's limits".into())
+            })
+    }
+
+    fn plan(&self, batch: usize, h: usize, w: usize) -> Result<Arc<Plan>> {
+        let mut plans = self.plans.lock().expect("plan cache");
+        if let Some(p) = plans.get(&(batch, h, w)) {
+            return Ok(p.clone());
+        }
+        // Keep the cache small: a new image size usually means the old plans are done.
+        if plans.len() >= 4 {
+            plans.clear();
+        }
+        let p = Arc::new(self.model.plan(batch, h, w)?);
+        plans.insert((batch, h, w), p.clone());
+        Ok(p)
+    }
+
+    /// Upscale an RGB image (values in [0, 1]); `progress(done, total)` is called per tile.
+    pub fn upscale_rgb(
+        &self,
+        img: &Rgb32FImage,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Rgb32FImage> {
+        let (w, h) = (img.width() as usize, img.height() as usize);
+        if w == 0 || h == 0 {
+            return Err(Error::Invalid("image has no pixels".into()));
+        }
+        let s = self.scale() as usize;
+        let grid = Grid::new(w, h, self.tile_size(w, h)?, self.halo);
+        let (ih, iw) = grid.input_size();
+        let mut batch = 1;
+        while batch < grid.tiles.len().min(16) && self.fits(batch + 1, ih, iw) {
+            batch += 1;
+        }
+        let mut out = Rgb32FImage::new((w * s) as u32, (h * s) as u32);
+        let per_in = ih * iw * 4;
+        let per_out = per_in * s * s;
+        let total = grid.tiles.len();
+        let mut done = 0;
+        progress(0, total);
+        for chunk in grid.tiles.chunks(batch) {
+            let plan = self.plan(chunk.len(), ih, iw)?;
+            let mut input = vec![0f32; per_in * chunk.len()];
+            for (t, dst) in chunk.iter().zip(input.chunks_mut(per_in)) {
+                grid.extract(img, *t, dst);
+            }
+            let result = plan.run(&input)?;
+            for (t, src) in chunk.iter().zip(result.chunks(per_out)) {
+                grid.merge(&mut out, *t, s, src);
+            }
+            done += chunk.len();
+            progress(done, total);
+        }
+        Ok(out)
+    }
+
+    /// Upscale any decoded image. Colour goes through the network; alpha is upscaled bicubic;
+    /// grayscale stays grayscale; 16-bit stays 16-bit.
+    pub fn upscale_image(
+        &self,
+        img: &DynamicImage,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<DynamicImage> {
+        let rgb = self.upscale_rgb(&img.to_rgb32f(), progress)?;
+        Ok(crate::imageio::restore_format(img, rgb))
+    }
+
+    /// Read, upscale and write one file. The output appears complete or not at all.
+    pub fn upscale_file(&self, input: &Path, output: &Path) -> Result<()> {
+        self.upscale_file_with_progress(input, output, &mut |_, _| {})
+    }
+
+    /// [`Upscaler::upscale_file`] with a per-tile progress callback.
+    pub fn upscale_file_with_progress(
+        &self,
+        input: &Path,
+        output: &Path,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<()> {
+        let format = crate::imageio::output_format(output)?;
+        let img = crate::imageio::read(input)?;
+        let out = self.upscale_image(&img, progress).map_err(|e| match e {
+            Error::Invalid(m) => Error::image(input, m),
+            other => other,
+        })?;
+        crate::imageio::write(&out, output, format)
+    }
+}
