@@ -40,5 +40,5 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         case 4u: { r = y - x; }
         default: { r = x + y; }
     }
-    dst[i] = r * lane_mask(g, params.channels);
+    dst[i] = mask_lanes(r, g, params.channels);
 }

@@ -38,7 +38,7 @@ fn finish(acc: vec4<f32>, g: u32, ocgp: u32, index: u32) -> vec4<f32> {
     } else if EPI == 2u {
         y = y + residual[index];
     }
-    return y * lane_mask(g, OC);
+    return mask_lanes(y, g, OC);
 }
 
 @compute @workgroup_size(16, 4, 1)

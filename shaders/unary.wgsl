@@ -23,5 +23,5 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         return;
     }
     let g = (i / params.plane) % params.groups;
-    dst[i] = activate(src[i], ACT, params.leaky, slopes[g]) * lane_mask(g, params.channels);
+    dst[i] = mask_lanes(activate(src[i], ACT, params.leaky, slopes[g]), g, params.channels);
 }

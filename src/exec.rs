@@ -122,6 +122,20 @@ impl GpuModel {
                 b
             };
         buffers[g.input] = Some(take(sizes[g.input], &mut owned, &mut free));
+        // Values read but produced by no node are external inputs, filled by `run_with`.
+        let produced: std::collections::HashSet<ValueId> =
+            g.nodes.iter().map(|n| n.output).collect();
+        let mut externals = Vec::new();
+        for v in g.nodes.iter().flat_map(reads) {
+            if v != g.input && !produced.contains(&v) && buffers[v].is_none() {
+                buffers[v] = Some(take(sizes[v], &mut owned, &mut free));
+                externals.push((v, sizes[v]));
+            }
+        }
+        let mut last = last;
+        for &(v, _) in &externals {
+            last[v] = usize::MAX;
+        }
         let mut dispatches: Vec<Dispatch> = Vec::new();
         let b = batch as u32;
         for (j, node) in g.nodes.iter().enumerate() {
@@ -233,6 +247,10 @@ impl GpuModel {
             scale: s,
             input: buffers[g.input].clone().expect("input buffer"),
             input_bytes: sizes[g.input],
+            externals: externals
+                .into_iter()
+                .map(|(v, size)| (v, buffers[v].clone().expect("external buffer"), size))
+                .collect(),
             output,
             output_bytes: sizes[g.output],
             dispatches,
@@ -262,6 +280,8 @@ pub struct Plan {
     pub scale: usize,
     input: Arc<wgpu::Buffer>,
     input_bytes: u64,
+    /// Values no node produces: (value, buffer, bytes).
+    externals: Vec<(ValueId, Arc<wgpu::Buffer>, u64)>,
     output: Arc<wgpu::Buffer>,
     output_bytes: u64,
     dispatches: Vec<Dispatch>,
@@ -273,6 +293,12 @@ pub struct Plan {
 impl Plan {
     /// Run on a C4HW input of `batch` x `in_channels` x `h` x `w` and return the C4HW output.
     pub fn run(&self, input: &[f32]) -> Result<Vec<f32>> {
+        self.run_with(input, &[])
+    }
+
+    /// [`Plan::run`] for graphs that also read values no node produces (given as
+    /// (value, C4HW data) pairs).
+    pub fn run_with(&self, input: &[f32], externals: &[(ValueId, &[f32])]) -> Result<Vec<f32>> {
         assert_eq!(
             input.len() as u64 * 4,
             self.input_bytes,
@@ -281,6 +307,19 @@ impl Plan {
         let ctx = &self.ctx;
         ctx.queue
             .write_buffer(&self.input, 0, bytemuck::cast_slice(input));
+        for (v, data) in externals {
+            let (_, buf, size) = self
+                .externals
+                .iter()
+                .find(|e| e.0 == *v)
+                .expect("value is an external input of the plan");
+            assert_eq!(
+                data.len() as u64 * 4,
+                *size,
+                "external input size does not match the plan"
+            );
+            ctx.queue.write_buffer(buf, 0, bytemuck::cast_slice(data));
+        }
         let mut encoder = ctx
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
@@ -307,6 +346,17 @@ impl Plan {
         encoder.copy_buffer_to_buffer(&self.output, 0, &staging, 0, self.output_bytes);
         ctx.queue.submit([encoder.finish()]);
         ctx.map_read(&staging)
+    }
+
+    /// Fill every tensor buffer of the plan with NaN, so that a kernel that fails to write an
+    /// element shows up in comparisons (tests call this before a run).
+    pub fn poison(&self) {
+        for b in &self.owned {
+            let nan = vec![f32::NAN; (b.size() / 4) as usize];
+            self.ctx
+                .queue
+                .write_buffer(b, 0, bytemuck::cast_slice(&nan));
+        }
     }
 
     /// Number of kernel launches per run.

@@ -33,7 +33,9 @@ impl Grid {
     /// Tiles of at most `tile` x `tile` covering a `width` x `height` image.
     pub fn new(width: usize, height: usize, tile: usize, halo: usize) -> Grid {
         assert!(width > 0 && height > 0 && tile > 0);
-        let (tile_w, tile_h) = (tile.min(width), tile.min(height));
+        // As many tiles as `tile` needs, then shrunk to share the length evenly.
+        let even = |len: usize| len.div_ceil(len.div_ceil(tile));
+        let (tile_w, tile_h) = (even(width), even(height));
         let starts = |len: usize, t: usize| -> Vec<usize> {
             (0..len.div_ceil(t)).map(|i| (i * t).min(len - t)).collect()
         };

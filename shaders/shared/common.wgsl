@@ -20,8 +20,9 @@ fn activate(x: vec4<f32>, act: u32, leaky: f32, slope: vec4<f32>) -> vec4<f32> {
     }
 }
 
-// 1.0 for the lanes of group `g` that hold real channels, 0.0 for padding.
-fn lane_mask(g: u32, channels: u32) -> vec4<f32> {
+// `v` with the lanes of group `g` past the real channel count set to zero (a select, not a
+// multiply, so that inf or NaN in a padding lane cannot survive).
+fn mask_lanes(v: vec4<f32>, g: u32, channels: u32) -> vec4<f32> {
     let c = vec4<u32>(g * 4u) + vec4<u32>(0u, 1u, 2u, 3u);
-    return select(vec4<f32>(0.0), vec4<f32>(1.0), c < vec4<u32>(channels));
+    return select(vec4<f32>(0.0), v, c < vec4<u32>(channels));
 }

@@ -1,6 +1,6 @@
 //! CPU twin of `shaders/binary.wgsl`.
 
-use super::{lane_mask, Tensor};
+use super::{mask_lanes, Tensor};
 use crate::model::BinaryKind;
 
 /// The right-hand operand of a binary op.
@@ -16,26 +16,20 @@ pub fn binary(a: &Tensor, b: Operand<'_>, kind: BinaryKind) -> Tensor {
     let groups = a.groups();
     for i in 0..a.data.len() / 4 {
         let g = (i / plane) % groups;
-        let mask = lane_mask(g, a.c);
         let x = a.vec4(i);
         let y: [f32; 4] = match &b {
             Operand::Tensor(t) => t.vec4(i),
             Operand::Scalar(s) => [*s; 4],
             Operand::PerChannel(v) => per_channel_group(v, g),
         };
-        out.set_vec4(
-            i,
-            std::array::from_fn(|l| {
-                let r = match kind {
-                    BinaryKind::Add => x[l] + y[l],
-                    BinaryKind::Sub => x[l] - y[l],
-                    BinaryKind::Mul => x[l] * y[l],
-                    BinaryKind::Div => x[l] / y[l],
-                    BinaryKind::RSub => y[l] - x[l],
-                };
-                r * mask[l]
-            }),
-        );
+        let r: [f32; 4] = std::array::from_fn(|l| match kind {
+            BinaryKind::Add => x[l] + y[l],
+            BinaryKind::Sub => x[l] - y[l],
+            BinaryKind::Mul => x[l] * y[l],
+            BinaryKind::Div => x[l] / y[l],
+            BinaryKind::RSub => y[l] - x[l],
+        });
+        out.set_vec4(i, mask_lanes(r, g, a.c));
     }
     out
 }

@@ -1,6 +1,6 @@
 //! CPU twin of `shaders/conv.wgsl`.
 
-use super::{activate, lane_mask, sigmoid, Tensor};
+use super::{activate, mask_lanes, sigmoid, Tensor};
 use crate::kernels::conv::PackedConv;
 
 const PX: usize = 4;
@@ -80,8 +80,7 @@ fn mat_vec(m: &[f32; 16], v: &[f32; 4]) -> [f32; 4] {
 }
 
 fn finish(p: &PackedConv, acc: [f32; 4], g: usize, residual: Option<[f32; 4]>) -> [f32; 4] {
-    let mask = lane_mask(g, p.oc);
-    std::array::from_fn(|l| {
+    let y = std::array::from_fn(|l| {
         let c = g * 4 + l;
         let x = acc[l] + p.bias.get(c).copied().unwrap_or(0.0);
         let slope = p.slopes.get(c).copied().unwrap_or(0.0);
@@ -91,6 +90,7 @@ fn finish(p: &PackedConv, acc: [f32; 4], g: usize, residual: Option<[f32; 4]>) -
             (2, Some(r)) => y += r[l],
             _ => {}
         }
-        y * mask[l]
-    })
+        y
+    });
+    mask_lanes(y, g, p.oc)
 }

@@ -95,9 +95,9 @@ impl Tensor {
     }
 }
 
-/// Lane mask of `common.wgsl`: 1 for real channels of group `g`, 0 for padding.
-pub(crate) fn lane_mask(g: usize, channels: usize) -> [f32; 4] {
-    std::array::from_fn(|j| if g * 4 + j < channels { 1.0 } else { 0.0 })
+/// `mask_lanes` of `common.wgsl`: lanes of group `g` past the real channels become zero.
+pub(crate) fn mask_lanes(v: [f32; 4], g: usize, channels: usize) -> [f32; 4] {
+    std::array::from_fn(|j| if g * 4 + j < channels { v[j] } else { 0.0 })
 }
 
 pub(crate) fn sigmoid(x: f32) -> f32 {
@@ -130,9 +130,18 @@ pub(crate) fn activate(x: f32, act: u32, leaky: f32, slope: f32) -> f32 {
 
 /// Run a whole graph on the CPU twins (the reference the GPU path is tested against).
 pub fn run_graph(graph: &Graph, input: &Tensor) -> Tensor {
-    assert_eq!(input.c, graph.input_channels());
+    run_graph_with(graph, &[input])
+}
+
+/// [`run_graph`] where `inputs[i]` gives value `i` (the graph input is value 0 in such graphs;
+/// the others are values no node produces).
+pub fn run_graph_with(graph: &Graph, inputs: &[&Tensor]) -> Tensor {
+    assert_eq!(inputs[0].c, graph.input_channels());
     let mut values: Vec<Option<Tensor>> = vec![None; graph.values.len()];
-    values[graph.input] = Some(input.clone());
+    values[graph.input] = Some(inputs[0].clone());
+    for (i, t) in inputs.iter().enumerate().skip(1) {
+        values[i] = Some((*t).clone());
+    }
     for node in &graph.nodes {
         let get = |v: usize| values[v].as_ref().expect("value computed before use");
         let x = get(node.inputs[0]);

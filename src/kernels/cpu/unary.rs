@@ -1,6 +1,6 @@
 //! CPU twin of `shaders/unary.wgsl`.
 
-use super::{activate, lane_mask, Tensor};
+use super::{activate, mask_lanes, Tensor};
 use crate::model::Activation;
 
 pub fn unary(x: &Tensor, act: &Activation) -> Tensor {
@@ -14,15 +14,12 @@ pub fn unary(x: &Tensor, act: &Activation) -> Tensor {
     };
     for i in 0..x.data.len() / 4 {
         let g = (i / plane) % groups;
-        let mask = lane_mask(g, x.c);
         let v = x.vec4(i);
-        out.set_vec4(
-            i,
-            std::array::from_fn(|l| {
-                let slope = slopes.get(g * 4 + l).copied().unwrap_or(0.0);
-                activate(v[l], act.code(), leaky, slope) * mask[l]
-            }),
-        );
+        let y = std::array::from_fn(|l| {
+            let slope = slopes.get(g * 4 + l).copied().unwrap_or(0.0);
+            activate(v[l], act.code(), leaky, slope)
+        });
+        out.set_vec4(i, mask_lanes(y, g, x.c));
     }
     out
 }

@@ -1,0 +1,113 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::sync::{Arc, OnceLock};
+
+use refqsr::gpu::Context;
+use refqsr::kernels::cpu::Tensor;
+
+/// The device every test runs on, opened once per test binary; prints which one it is.
+pub fn ctx() -> Arc<Context> {
+    static CTX: OnceLock<Arc<Context>> = OnceLock::new();
+    CTX.get_or_init(|| {
+        let ctx = Context::new(std::env::var("REFQSR_ADAPTER").ok().as_deref())
+            .expect("a GPU adapter (install mesa-vulkan-drivers for lavapipe)");
+        eprintln!("tests run on: {}", ctx.describe());
+        ctx
+    })
+    .clone()
+}
+
+/// A small fast generator; every test draws a fresh seed and prints it so a failure can be
+/// replayed with REFQSR_SEED.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn fresh(test: &str) -> Rng {
+        let seed = std::env::var("REFQSR_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                let t = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap();
+                t.as_nanos() as u64 ^ (std::process::id() as u64) << 32
+            });
+        eprintln!("{test}: seed {seed}");
+        Rng(seed | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// Uniform in [lo, hi), never exactly zero.
+    pub fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
+        loop {
+            let u = (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32;
+            let v = lo + (hi - lo) * u;
+            if v != 0.0 {
+                return v;
+            }
+        }
+    }
+
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+
+    pub fn vec(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+        (0..n).map(|_| self.uniform(lo, hi)).collect()
+    }
+
+    /// A tensor with random real channels and zero padding lanes (the engine's invariant).
+    pub fn tensor(&mut self, n: usize, c: usize, h: usize, w: usize) -> Tensor {
+        let nchw = self.vec(n * c * h * w, -1.0, 1.0);
+        Tensor::from_nchw(n, c, h, w, &nchw)
+    }
+}
+
+/// Largest absolute difference, treating any NaN as a failure.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| {
+            if x.is_nan() || y.is_nan() {
+                f32::INFINITY
+            } else {
+                (x - y).abs()
+            }
+        })
+        .fold(0.0, f32::max)
+}
+
+/// PSNR in dB between two equally sized sets of values in [0, 1].
+pub fn psnr(a: &[f32], b: &[f32]) -> f64 {
+    let mse: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| ((*x as f64) - (*y as f64)).powi(2))
+        .sum::<f64>()
+        / a.len() as f64;
+    10.0 * (1.0 / mse.max(1e-20)).log10()
+}
+
+/// BT.601 luma of an RGB image in [0, 1], as in SR papers (Y in [16, 235] / 255).
+pub fn luma(rgb: &image::Rgb32FImage) -> Vec<f32> {
+    rgb.pixels()
+        .map(|p| {
+            let [r, g, b] = p.0.map(|v| v.clamp(0.0, 1.0));
+            (16.0 + 65.481 * r + 128.553 * g + 24.966 * b) / 255.0
+        })
+        .collect()
+}
+
+pub fn asset(rel: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("assets")
+        .join(rel)
+}

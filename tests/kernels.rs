@@ -1,0 +1,312 @@
+//! Every kernel against its CPU twin on fresh random inputs, with GPU buffers poisoned (NaN)
+//! before each run so that an element a kernel fails to write cannot pass.
+
+mod common;
+
+use common::{ctx, max_abs_diff, Rng};
+use refqsr::exec::GpuModel;
+use refqsr::kernels::cpu::{self, Tensor};
+use refqsr::model::{Activation, BinaryKind, Conv, Epilogue, Graph, Node, Op, Rhs, Value};
+
+/// fp32 sums of up to 48 x 9 products of values in [-1, 1]: the GPU may fuse multiply-adds
+/// or reassociate the 4-term dot products, the CPU twin does not.
+const CONV_TOL: f32 = 2e-5;
+/// Pointwise ops: one rounding, plus exp() differences between drivers.
+const POINTWISE_TOL: f32 = 2e-6;
+
+/// A graph computing `op` on inputs of the given channel counts (same spatial size).
+fn single(
+    op: Op,
+    in_channels: &[usize],
+    out_channels: usize,
+    out_scale: u32,
+    residual: Option<usize>,
+) -> (Graph, Vec<usize>) {
+    let mut values: Vec<Value> = in_channels
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| Value {
+            name: format!("in{i}"),
+            channels: c,
+            scale: 1,
+        })
+        .collect();
+    values.push(Value {
+        name: "out".into(),
+        channels: out_channels,
+        scale: out_scale,
+    });
+    let mut nodes = Vec::new();
+    // Extra inputs are produced by cheap identity ops from input 0 so that the graph stays
+    // single-input; their values are then overwritten through a channel-wise mul by 1.
+    let inputs: Vec<usize> = (0..in_channels.len()).collect();
+    let out = values.len() - 1;
+    let op = match (op, residual) {
+        (Op::Conv(mut c), Some(r)) => {
+            c.epilogue = match c.epilogue {
+                Epilogue::SpanGate(_) => Epilogue::SpanGate(r),
+                Epilogue::Add(_) => Epilogue::Add(r),
+                Epilogue::None => Epilogue::None,
+            };
+            Op::Conv(c)
+        }
+        (op, _) => op,
+    };
+    let node_inputs = match &op {
+        Op::Conv(_) => vec![0],
+        _ => inputs.clone(),
+    };
+    nodes.push(Node {
+        name: "under test".into(),
+        op,
+        inputs: node_inputs,
+        output: out,
+    });
+    (
+        Graph {
+            name: "test".into(),
+            values,
+            nodes,
+            input: 0,
+            output: out,
+        },
+        inputs,
+    )
+}
+
+/// Run `graph` on the GPU with every value in `inputs` uploaded as given.
+fn run_gpu(graph: &Graph, inputs: &[&Tensor]) -> Vec<f32> {
+    let t = inputs[0];
+    let model = GpuModel::new(ctx(), graph.clone()).unwrap();
+    let plan = model.plan(t.n, t.h, t.w).unwrap();
+    plan.poison();
+    let extra: Vec<(usize, &[f32])> = inputs
+        .iter()
+        .enumerate()
+        .skip(1)
+        .map(|(i, t)| (i, &t.data[..]))
+        .collect();
+    plan.run_with(&t.data, &extra).unwrap()
+}
+
+fn run_cpu(graph: &Graph, inputs: &[&Tensor]) -> Tensor {
+    cpu::run_graph_with(graph, inputs)
+}
+
+fn random_conv(
+    rng: &mut Rng,
+    in_ch: usize,
+    out_ch: usize,
+    k: usize,
+    act: Activation,
+    epilogue: Epilogue,
+) -> Conv {
+    let fan = (in_ch * k * k) as f32;
+    Conv {
+        in_ch,
+        out_ch,
+        k,
+        weights: rng
+            .vec(out_ch * in_ch * k * k, -1.0, 1.0)
+            .iter()
+            .map(|w| w / fan.sqrt())
+            .collect(),
+        bias: rng.vec(out_ch, -0.5, 0.5),
+        act,
+        epilogue,
+    }
+}
+
+#[test]
+fn conv_matches_cpu_twin() {
+    let mut rng = Rng::fresh("conv");
+    let acts = [
+        Activation::None,
+        Activation::Relu,
+        Activation::Leaky(0.1),
+        Activation::PRelu(vec![]),
+        Activation::Swish,
+        Activation::Sigmoid,
+    ];
+    // (in, out, k, h, w): odd widths, channel counts off multiples of 4 and 8, 1x1 and 3x3,
+    // images smaller than the kernel's reach.
+    let shapes = [
+        (3, 48, 3, 9, 13),
+        (48, 48, 3, 12, 17),
+        (48, 12, 3, 5, 4),
+        (192, 48, 1, 7, 9),
+        (5, 7, 3, 1, 1),
+        (8, 3, 3, 3, 2),
+        (16, 20, 1, 6, 5),
+    ];
+    for (si, &(ic, oc, k, h, w)) in shapes.iter().enumerate() {
+        for (ai, act) in acts.iter().enumerate() {
+            let act = match act {
+                Activation::PRelu(_) => Activation::PRelu(rng.vec(oc, -0.5, 0.5)),
+                a => a.clone(),
+            };
+            let epi = [Epilogue::None, Epilogue::SpanGate(1), Epilogue::Add(1)][(si + ai) % 3];
+            let epi = if epi == Epilogue::SpanGate(1) && act != Activation::None {
+                Epilogue::Add(1)
+            } else {
+                epi
+            };
+            let conv = random_conv(&mut rng, ic, oc, k, act.clone(), epi);
+            let batch = 1 + rng.below(2);
+            let x = rng.tensor(batch, ic, h, w);
+            let (graph, inputs) = if epi == Epilogue::None {
+                single(Op::Conv(conv), &[ic], oc, 1, None)
+            } else {
+                single(Op::Conv(conv), &[ic, oc], oc, 1, Some(1))
+            };
+            let r = rng.tensor(batch, oc, h, w);
+            let ins: Vec<&Tensor> = if inputs.len() == 2 {
+                vec![&x, &r]
+            } else {
+                vec![&x]
+            };
+            let want = run_cpu(&graph, &ins);
+            let got = run_gpu(&graph, &ins);
+            let d = max_abs_diff(&got, &want.data);
+            assert!(
+                d <= CONV_TOL,
+                "conv {ic}->{oc} k{k} {h}x{w} x{batch} {act:?} {epi:?}: max diff {d}"
+            );
+            assert!(
+                want.data.iter().any(|v| v.abs() > 0.01),
+                "degenerate test data"
+            );
+        }
+    }
+}
+
+#[test]
+fn binary_matches_cpu_twin() {
+    let mut rng = Rng::fresh("binary");
+    for kind in [
+        BinaryKind::Add,
+        BinaryKind::Sub,
+        BinaryKind::Mul,
+        BinaryKind::Div,
+        BinaryKind::RSub,
+    ] {
+        for (c, h, w) in [(3, 5, 7), (48, 4, 4), (6, 1, 9)] {
+            let a = rng.tensor(2, c, h, w);
+            let b = rng.tensor(2, c, h, w);
+            for rhs in [
+                Rhs::Tensor,
+                Rhs::Scalar(rng.uniform(-2.0, 2.0)),
+                Rhs::PerChannel(rng.vec(c, 0.5, 2.0)),
+            ] {
+                let tensor = rhs == Rhs::Tensor;
+                let chans: Vec<usize> = if tensor { vec![c, c] } else { vec![c] };
+                let (graph, _) = single(
+                    Op::Binary {
+                        kind,
+                        rhs: rhs.clone(),
+                    },
+                    &chans,
+                    c,
+                    1,
+                    None,
+                );
+                let ins: Vec<&Tensor> = if tensor { vec![&a, &b] } else { vec![&a] };
+                let want = run_cpu(&graph, &ins);
+                let got = run_gpu(&graph, &ins);
+                let d = max_abs_diff(&got, &want.data);
+                // Division by values near zero amplifies one-ulp differences.
+                let tol = if kind == BinaryKind::Div {
+                    1e-3
+                } else {
+                    POINTWISE_TOL
+                };
+                assert!(d <= tol, "{kind:?} {rhs:?} {c}x{h}x{w}: max diff {d}");
+            }
+        }
+    }
+}
+
+#[test]
+fn unary_matches_cpu_twin() {
+    let mut rng = Rng::fresh("unary");
+    for c in [3, 8, 13] {
+        let acts = [
+            Activation::Relu,
+            Activation::Leaky(0.2),
+            Activation::PRelu(rng.vec(c, -1.0, 1.0)),
+            Activation::Swish,
+            Activation::Sigmoid,
+        ];
+        for act in acts {
+            let x = rng.tensor(2, c, 6, 11);
+            let (graph, _) = single(Op::Act(act.clone()), &[c], c, 1, None);
+            let want = run_cpu(&graph, &[&x]);
+            let got = run_gpu(&graph, &[&x]);
+            let d = max_abs_diff(&got, &want.data);
+            assert!(d <= POINTWISE_TOL, "{act:?} c{c}: max diff {d}");
+        }
+    }
+}
+
+#[test]
+fn concat_matches_cpu_twin() {
+    let mut rng = Rng::fresh("concat");
+    for chans in [vec![48, 48, 48, 48], vec![3, 5], vec![1, 2, 7], vec![4]] {
+        let ts: Vec<Tensor> = chans.iter().map(|&c| rng.tensor(2, c, 5, 6)).collect();
+        let total = chans.iter().sum();
+        let (graph, _) = single(Op::Concat, &chans, total, 1, None);
+        let ins: Vec<&Tensor> = ts.iter().collect();
+        let want = run_cpu(&graph, &ins);
+        let got = run_gpu(&graph, &ins);
+        assert_eq!(max_abs_diff(&got, &want.data), 0.0, "concat {chans:?}");
+        // And the twin itself puts every channel where it belongs.
+        let mut off = 0;
+        for t in &ts {
+            for c in 0..t.c {
+                assert_eq!(want.get(1, off + c, 4, 5), t.get(1, c, 4, 5));
+            }
+            off += t.c;
+        }
+    }
+}
+
+#[test]
+fn pixel_shuffle_matches_cpu_twin() {
+    let mut rng = Rng::fresh("pixel_shuffle");
+    for (c, r) in [(48, 4), (12, 2), (3, 1), (27, 3)] {
+        let x = rng.tensor(2, c, 5, 7);
+        let (graph, _) = single(
+            Op::PixelShuffle { factor: r as u32 },
+            &[c],
+            c / (r * r),
+            r as u32,
+            None,
+        );
+        let want = run_cpu(&graph, &[&x]);
+        let got = run_gpu(&graph, &[&x]);
+        assert_eq!(
+            max_abs_diff(&got, &want.data),
+            0.0,
+            "pixel shuffle {c} by {r}"
+        );
+        // PyTorch semantics: out[c][y*r+i][x*r+j] = in[c*r*r + i*r + j][y][x]
+        let oc = c / (r * r);
+        let (ch, i, j) = (oc - 1, r - 1, 0);
+        assert_eq!(
+            want.get(1, ch, 4 * r + i, 6 * r + j),
+            x.get(1, ch * r * r + i * r + j, 4, 6)
+        );
+    }
+}
+
+#[test]
+fn interp_matches_cpu_twin() {
+    let mut rng = Rng::fresh("interp");
+    for (c, f) in [(3, 4), (5, 2), (8, 1)] {
+        let x = rng.tensor(2, c, 4, 3);
+        let (graph, _) = single(Op::InterpNearest { factor: f }, &[c], c, f, None);
+        let want = run_cpu(&graph, &[&x]);
+        let got = run_gpu(&graph, &[&x]);
+        assert_eq!(max_abs_diff(&got, &want.data), 0.0, "interp {c} by {f}");
+    }
+}
