@@ -325,18 +325,7 @@ impl Plan {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("plan"),
             });
-        {
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("graph"),
-                timestamp_writes: None,
-            });
-            for d in &self.dispatches {
-                pass.set_pipeline(&d.pipeline);
-                pass.set_bind_group(0, &d.bind_group, &[]);
-                let [x, y, z] = d.workgroups;
-                pass.dispatch_workgroups(x, y, z);
-            }
-        }
+        self.encode(&mut encoder);
         let staging = ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("output readback"),
             size: self.output_bytes,
@@ -346,6 +335,39 @@ impl Plan {
         encoder.copy_buffer_to_buffer(&self.output, 0, &staging, 0, self.output_bytes);
         ctx.queue.submit([encoder.finish()]);
         ctx.map_read(&staging)
+    }
+
+    /// Run the recorded launches on whatever the buffers hold and wait for the device: the
+    /// kernels alone, for benchmarks.
+    pub fn execute(&self) -> Result<()> {
+        let ctx = &self.ctx;
+        let mut encoder = ctx
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("plan"),
+            });
+        self.encode(&mut encoder);
+        let index = ctx.queue.submit([encoder.finish()]);
+        ctx.device
+            .poll(wgpu::PollType::Wait {
+                submission_index: Some(index),
+                timeout: None,
+            })
+            .map_err(|e| Error::Gpu(format!("waiting for the device: {e}")))?;
+        Ok(())
+    }
+
+    fn encode(&self, encoder: &mut wgpu::CommandEncoder) {
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("graph"),
+            timestamp_writes: None,
+        });
+        for d in &self.dispatches {
+            pass.set_pipeline(&d.pipeline);
+            pass.set_bind_group(0, &d.bind_group, &[]);
+            let [x, y, z] = d.workgroups;
+            pass.dispatch_workgroups(x, y, z);
+        }
     }
 
     /// Fill every tensor buffer of the plan with NaN, so that a kernel that fails to write an

@@ -102,7 +102,7 @@ pub fn describe_adapters() -> Vec<AdapterReport> {
                 timestamps: f.contains(wgpu::Features::TIMESTAMP_QUERY),
                 shader_f16: f.contains(wgpu::Features::SHADER_F16),
                 subgroups: f.contains(wgpu::Features::SUBGROUP),
-                max_storage_binding: l.max_storage_buffer_binding_size as u64,
+                max_storage_binding: l.max_storage_buffer_binding_size,
                 max_buffer: l.max_buffer_size,
             }
         })

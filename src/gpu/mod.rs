@@ -102,7 +102,7 @@ impl Context {
 
     /// Largest storage binding, capped at 128 MiB: some drivers report more than they honour.
     pub fn max_binding(&self) -> u64 {
-        (self.limits.max_storage_buffer_binding_size as u64).min(128 << 20)
+        self.limits.max_storage_buffer_binding_size.min(128 << 20)
     }
 
     /// A compute pipeline for `shader` (a name from [`crate::kernels::SHADERS`]) specialized

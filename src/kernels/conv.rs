@@ -109,6 +109,7 @@ impl GpuConv {
     }
 
     /// Record a launch over `batch` images of `h` x `w`.
+    #[allow(clippy::too_many_arguments)]
     pub fn dispatch(
         &self,
         ctx: &Context,

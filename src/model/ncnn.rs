@@ -474,7 +474,7 @@ impl Builder<'_> {
                     "Swish" => Activation::Swish,
                     "Sigmoid" => Activation::Sigmoid,
                     "ReLU" => match l.float(0, 0.0)? {
-                        s if s == 0.0 => Activation::Relu,
+                        0.0 => Activation::Relu,
                         s => Activation::Leaky(s),
                     },
                     _ => {

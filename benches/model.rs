@@ -1,12 +1,14 @@
-//! Time the whole upscale of a centre crop of an image (upload to download), as the ncnn
-//! comparison in BENCHMARKS.md does: `cargo run --release --example speed -- IMG WxH [RUNS] [MODEL]`.
+//! Time the whole upscale of a centre crop of an image (upload to download, tiling and host
+//! conversions included), as the ncnn comparison in benches/RESULTS.md does:
+//! `cargo bench --bench model -- [IMG] [WxH] [RUNS] [MODEL.param]`.
 
 use std::time::Instant;
 
 use refqsr::{Options, Upscaler};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().collect();
+    // cargo bench adds `--bench`; the rest are ours.
+    let args: Vec<String> = std::env::args().filter(|a| !a.starts_with("--")).collect();
     let path = args
         .get(1)
         .map(String::as_str)

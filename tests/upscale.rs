@@ -1,0 +1,197 @@
+//! End to end: real photos through SPAN on the GPU, against bicubic, against the CPU
+//! reference graph, and tiled against untiled.
+
+mod common;
+
+use common::{asset, ctx, luma, max_abs_diff, psnr, Rng};
+use image::imageops::{self, FilterType};
+use image::{DynamicImage, Rgb32FImage};
+use refqsr::kernels::cpu;
+use refqsr::tile::Grid;
+use refqsr::upscaler::load_graph;
+use refqsr::{Options, Upscaler};
+
+fn upscaler(model: Option<&str>, scale: Option<u32>, tile: Option<usize>) -> Upscaler {
+    let graph = load_graph(
+        model
+            .map(|m| asset(&format!("models/{m}.param")))
+            .as_deref(),
+        scale,
+    )
+    .unwrap();
+    Upscaler::with_graph(
+        ctx(),
+        graph,
+        &Options {
+            tile,
+            ..Options::default()
+        },
+    )
+    .unwrap()
+}
+
+fn crop(path: &str, x: u32, y: u32, w: u32, h: u32) -> Rgb32FImage {
+    let img = image::open(asset(path)).unwrap().to_rgb32f();
+    imageops::crop_imm(&img, x, y, w, h).to_image()
+}
+
+/// PSNR on the Y channel with `shave` border pixels ignored, as SR papers report it.
+fn psnr_y(a: &Rgb32FImage, b: &Rgb32FImage, shave: u32) -> f64 {
+    let (w, h) = a.dimensions();
+    let inner = |i: &Rgb32FImage| {
+        imageops::crop_imm(i, shave, shave, w - 2 * shave, h - 2 * shave).to_image()
+    };
+    psnr(&luma(&inner(a)), &luma(&inner(b)))
+}
+
+/// The reference: the same tiles on the CPU twins.
+fn cpu_upscale(up: &Upscaler, img: &Rgb32FImage) -> Rgb32FImage {
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let s = up.scale() as usize;
+    let grid = Grid::new(w, h, w.max(h), up.halo());
+    let (ih, iw) = grid.input_size();
+    let mut out = Rgb32FImage::new((w * s) as u32, (h * s) as u32);
+    for t in &grid.tiles {
+        let mut x = cpu::Tensor::zeros(1, 3, ih, iw);
+        grid.extract(img, *t, &mut x.data);
+        let y = cpu::run_graph(up.graph(), &x);
+        grid.merge(&mut out, *t, s, &y.data);
+    }
+    out
+}
+
+#[test]
+fn span_x4_beats_bicubic_and_matches_the_cpu_reference() {
+    let hr = crop("images/astronaut.png", 160, 40, 256, 256);
+    let lr = imageops::resize(&hr, 64, 64, FilterType::CatmullRom);
+    let up = upscaler(None, Some(4), None);
+    let sr = up.upscale_rgb(&lr, &mut |_, _| {}).unwrap();
+    let bicubic = imageops::resize(&lr, 256, 256, FilterType::CatmullRom);
+    let (p_sr, p_bic) = (psnr_y(&sr, &hr, 4), psnr_y(&bicubic, &hr, 4));
+    eprintln!("PSNR-Y: SPAN x4 {p_sr:.2} dB, bicubic {p_bic:.2} dB");
+    assert!(
+        p_sr >= p_bic + 1.5,
+        "SPAN {p_sr:.2} dB vs bicubic {p_bic:.2} dB"
+    );
+
+    let reference = cpu_upscale(&up, &lr);
+    let agree = psnr(sr.as_raw(), reference.as_raw());
+    eprintln!("GPU vs CPU reference: {agree:.1} dB");
+    assert!(agree >= 50.0, "GPU and CPU reference differ: {agree:.1} dB");
+}
+
+#[test]
+fn other_models_run_and_match_the_cpu_reference() {
+    let mut rng = Rng::fresh("other models");
+    for (model, scale) in [
+        ("spanx2_ch48", 2),
+        ("spanx4_ch52", 4),
+        ("realesr-animevideov3-x4", 4),
+    ] {
+        let (x, y) = (rng.below(400) as u32, rng.below(300) as u32);
+        let lr = crop("images/coffee.png", x, y, 23, 17);
+        let up = upscaler(Some(model), None, None);
+        assert_eq!(up.scale(), scale);
+        let sr = up.upscale_rgb(&lr, &mut |_, _| {}).unwrap();
+        assert_eq!(sr.dimensions(), (23 * scale, 17 * scale));
+        let reference = cpu_upscale(&up, &lr);
+        let agree = psnr(sr.as_raw(), reference.as_raw());
+        eprintln!("{model}: GPU vs CPU reference {agree:.1} dB");
+        assert!(agree >= 50.0, "{model}: {agree:.1} dB");
+        // and it upscales: close to a bicubic upscale, far from garbage
+        let bicubic = imageops::resize(&lr, 23 * scale, 17 * scale, FilterType::CatmullRom);
+        assert!(
+            psnr(sr.as_raw(), bicubic.as_raw()) > 20.0,
+            "{model} output is not an upscale of its input"
+        );
+    }
+}
+
+#[test]
+fn tiled_output_equals_untiled_for_any_tile_size() {
+    let mut rng = Rng::fresh("tiling");
+    let (x, y) = (rng.below(500) as u32, rng.below(300) as u32);
+    let lr = crop("images/coffee.png", x, y, 37, 29);
+    let untiled = upscaler(None, None, Some(1000))
+        .upscale_rgb(&lr, &mut |_, _| {})
+        .unwrap();
+    // Tiles smaller than the halo, odd sizes, sizes leaving 1-pixel remainders (36 of 37,
+    // 28 of 29), and tiles larger than the image.
+    for tile in [5, 8, 13, 28, 36, 64] {
+        let up = upscaler(None, None, Some(tile));
+        let mut calls = 0;
+        let tiled = up.upscale_rgb(&lr, &mut |_, _| calls += 1).unwrap();
+        let d = max_abs_diff(tiled.as_raw(), untiled.as_raw());
+        assert!(d <= 1e-5, "tile {tile}: max diff {d}");
+        assert!(calls >= 2);
+    }
+    // One-pixel tiles on a tiny image.
+    let tiny = crop("images/coffee.png", x, y, 3, 2);
+    let a = upscaler(None, None, Some(1))
+        .upscale_rgb(&tiny, &mut |_, _| {})
+        .unwrap();
+    let b = upscaler(None, None, None)
+        .upscale_rgb(&tiny, &mut |_, _| {})
+        .unwrap();
+    assert!(max_abs_diff(a.as_raw(), b.as_raw()) <= 1e-5);
+}
+
+#[test]
+fn alpha_gray_and_16_bit_inputs_keep_their_format() {
+    let up = upscaler(None, Some(2), None);
+    let rgb = crop("images/chelsea.png", 200, 100, 20, 12);
+    let (w, h) = rgb.dimensions();
+    // RGBA with a gradient alpha
+    let rgba = image::Rgba32FImage::from_fn(w, h, |x, y| {
+        let p = rgb.get_pixel(x, y).0;
+        image::Rgba([p[0], p[1], p[2], x as f32 / w as f32])
+    });
+    let out = up
+        .upscale_image(
+            &DynamicImage::ImageRgba8(DynamicImage::ImageRgba32F(rgba).to_rgba8()),
+            &mut |_, _| {},
+        )
+        .unwrap();
+    assert_eq!(out.color(), image::ColorType::Rgba8);
+    assert_eq!((out.width(), out.height()), (2 * w, 2 * h));
+    let o = out.to_rgba8();
+    assert!(
+        o.get_pixel(1, 5)[3] < 40 && o.get_pixel(2 * w - 2, 5)[3] > 200,
+        "alpha follows the input"
+    );
+    // colour went through the network: same as the RGB-only result
+    let plain = up
+        .upscale_image(
+            &DynamicImage::ImageRgb8(DynamicImage::ImageRgb32F(rgb.clone()).to_rgb8()),
+            &mut |_, _| {},
+        )
+        .unwrap();
+    assert_eq!(plain.color(), image::ColorType::Rgb8);
+    assert!(o
+        .pixels()
+        .zip(plain.to_rgb8().pixels())
+        .all(|(a, b)| a[0] == b[0] && a[1] == b[1] && a[2] == b[2]));
+
+    let gray = DynamicImage::ImageRgb32F(rgb.clone()).to_luma16();
+    let out = up
+        .upscale_image(&DynamicImage::ImageLuma16(gray), &mut |_, _| {})
+        .unwrap();
+    assert_eq!(out.color(), image::ColorType::L16);
+    let out = up
+        .upscale_image(
+            &DynamicImage::ImageRgb16(DynamicImage::ImageRgb32F(rgb).to_rgb16()),
+            &mut |_, _| {},
+        )
+        .unwrap();
+    assert_eq!(out.color(), image::ColorType::Rgb16);
+}
+
+#[test]
+fn a_scale_the_model_lacks_is_an_error() {
+    let e = load_graph(Some(&asset("models/spanx4_ch48.param")), Some(2))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("upscales by 4, not 2"), "{e}");
+    let e = load_graph(None, Some(3)).unwrap_err().to_string();
+    assert!(e.contains("no shipped model upscales by 3"), "{e}");
+}
