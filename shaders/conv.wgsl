@@ -1,149 +1,293 @@
 // fp32 convolution, kernel K x K (1 or 3), stride 1, "same" zero padding, fused epilogue.
 //
-// Register tiling: each invocation computes PX = 4 neighbouring pixels of one row for two
-// output groups (8 channels), so every input vec4 it loads feeds 2 x 16 FMAs per tap it
-// covers and every weight matrix feeds 4 pixels. All invocations of a workgroup share their
-// output groups, so weight loads are uniform (scalar loads on SIMD CPUs, broadcast on GPUs).
-// Weights are mat4x4 per (output group, input group, tap): column j = input channel 4i+j.
+// Register tiling: each invocation computes PX = 8 neighbouring pixels of one row for OCB = 4
+// output groups (16 channels): every input vec4 it loads feeds up to 4 x 3 x 16 FMAs and
+// every weight matrix 8 pixels (8 x 4 measured fastest on lavapipe among 4x4 ... 16x4). One dispatch covers one block of 4 output groups, whose
+// weights are bound as a uniform buffer slice: the same for every invocation, so SIMD
+// drivers load each matrix once per workgroup (scalar loads on lavapipe, the constant cache
+// on GPUs). Weights are mat4x4 per (input group, tap, output group of the block):
+// column j = input channel 4i+j. The body is written out by hand (no arrays indexed in
+// loops) because drivers that cannot prove an index constant keep such arrays in memory.
+// The accumulation order is the CPU twin's: input group, tap row, tap column.
 
-override K: u32 = 3u;
-override ICG: u32 = 1u;      // input channel groups
-override OCG: u32 = 1u;      // real output channel groups (weights are padded to even)
-override OC: u32 = 4u;       // real output channels
-override ACT: u32 = 0u;      // model::Activation::code
-override EPI: u32 = 0u;      // model::Epilogue::code
-
+// Everything is a runtime parameter rather than an override constant: one pipeline serves
+// every convolution, and software drivers spend seconds compiling each one.
 struct Params {
     width: u32,
     height: u32,
-    batch: u32,
+    og: u32,       // first output group of this dispatch's block
     leaky: f32,
+    k: u32,        // kernel size, 1 or 3
+    icg: u32,      // input channel groups
+    ocg: u32,      // real output channel groups
+    oc: u32,       // real output channels
+    act: u32,      // model::Activation::code
+    epi: u32,      // model::Epilogue::code
 }
 
 @group(0) @binding(0) var<storage, read> src: array<vec4<f32>>;
-@group(0) @binding(1) var<storage, read> weights: array<mat4x4<f32>>;
-// bias groups [0, OCGP), then PReLU slope groups [OCGP, 2 OCGP)
+// This block's weights: 64 KiB, the smallest uniform binding limit WebGPU guarantees.
+@group(0) @binding(1) var<uniform> weights: array<mat4x4<f32>, 1024>;
+// bias groups [0, OCGP), then PReLU slope groups [OCGP, 2 OCGP), OCGP = ocg rounded up to OCB
 @group(0) @binding(2) var<storage, read> vecs: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> residual: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> dst: array<vec4<f32>>;
 @group(0) @binding(5) var<uniform> params: Params;
 
-const PX: u32 = 4u; // pixels per invocation (written out in main)
-
-fn finish(acc: vec4<f32>, g: u32, ocgp: u32, index: u32) -> vec4<f32> {
+fn finish(acc: vec4<f32>, g: u32, index: u32) -> vec4<f32> {
+    let ocgp = (params.ocg + 3u) / 4u * 4u;
     let x = acc + vecs[g];
-    var y = activate(x, ACT, params.leaky, vecs[ocgp + g]);
-    if EPI == 1u {
+    var y = activate(x, params.act, params.leaky, vecs[ocgp + g]);
+    if params.epi == 1u {
         y = (x + residual[index]) * (sigmoid4(x) - 0.5);
-    } else if EPI == 2u {
+    } else if params.epi == 2u {
         y = y + residual[index];
     }
-    return mask_lanes(y, g, OC);
+    return mask_lanes(y, g, params.oc);
 }
 
-// Loads one input pixel of row `row` (already clamped) at column x, zero outside the image.
+// One input pixel of row `row` (already clamped) at column x, zero outside the image.
 fn load(row: u32, row_ok: bool, x: i32, w: u32) -> vec4<f32> {
     let ok = row_ok && x >= 0 && x < i32(w);
     return select(vec4<f32>(0.0), src[row + u32(clamp(x, 0, i32(w) - 1))], ok);
 }
 
-// Written out by hand rather than with arrays and loops: drivers that cannot prove an array
-// index constant (lavapipe among them) keep such arrays in memory, which costs more than the
-// arithmetic. The accumulation order is the CPU twin's: input group, tap row, tap column.
-@compute @workgroup_size(16, 4, 1)
+// No early return for out-of-range invocations: code after a divergent return cannot assume
+// invocation 0 is active, and drivers then fall back from one uniform load per workgroup to
+// one per invocation. They compute on a clamped row instead and skip the store.
+@compute @workgroup_size(8, 8, 1)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let w = params.width;
     let h = params.height;
-    let pairs = (OCG + 1u) / 2u;
-    let ocgp = pairs * 2u;
-    let x0 = gid.x * PX;
-    // No early return for out-of-range invocations: code after a divergent return cannot
-    // assume invocation 0 is active, and drivers then fall back from one uniform weight load
-    // per workgroup to one load per invocation (lavapipe: 20x slower). They compute on a
-    // clamped row instead and skip the store.
+    let x0 = gid.x * 8u;
     let valid = x0 < params.width && gid.y < params.height;
     let y = min(gid.y, params.height - 1u);
-    // From the workgroup id, not the invocation id: the same for the whole workgroup, which
-    // lets drivers load the weights once per workgroup (scalar loads on SIMD CPUs).
-    let n = wid.z / pairs;
-    let og = (wid.z % pairs) * 2u;
+    let n = wid.z;
+    let og = params.og;
     let plane = w * h;
-    let r = i32(K / 2u);
-    let taps = K * K;
+    let k = params.k;
+    let icg = params.icg;
+    let ocg = params.ocg;
+    let r = i32(k / 2u);
+    let taps = k * k;
     let xl = i32(x0) - r;
-    var a0 = vec4<f32>(0.0);
-    var a1 = vec4<f32>(0.0);
-    var a2 = vec4<f32>(0.0);
-    var a3 = vec4<f32>(0.0);
-    var b0 = vec4<f32>(0.0);
-    var b1 = vec4<f32>(0.0);
-    var b2 = vec4<f32>(0.0);
-    var b3 = vec4<f32>(0.0);
-    for (var ic = 0u; ic < ICG; ic++) {
-        let base = (n * ICG + ic) * plane;
-        let w0 = (og * ICG + ic) * taps;
-        let w1 = w0 + ICG * taps;
-        for (var ky = 0u; ky < K; ky++) {
+    var a0_0 = vec4<f32>(0.0);
+    var a0_1 = vec4<f32>(0.0);
+    var a0_2 = vec4<f32>(0.0);
+    var a0_3 = vec4<f32>(0.0);
+    var a0_4 = vec4<f32>(0.0);
+    var a0_5 = vec4<f32>(0.0);
+    var a0_6 = vec4<f32>(0.0);
+    var a0_7 = vec4<f32>(0.0);
+    var a1_0 = vec4<f32>(0.0);
+    var a1_1 = vec4<f32>(0.0);
+    var a1_2 = vec4<f32>(0.0);
+    var a1_3 = vec4<f32>(0.0);
+    var a1_4 = vec4<f32>(0.0);
+    var a1_5 = vec4<f32>(0.0);
+    var a1_6 = vec4<f32>(0.0);
+    var a1_7 = vec4<f32>(0.0);
+    var a2_0 = vec4<f32>(0.0);
+    var a2_1 = vec4<f32>(0.0);
+    var a2_2 = vec4<f32>(0.0);
+    var a2_3 = vec4<f32>(0.0);
+    var a2_4 = vec4<f32>(0.0);
+    var a2_5 = vec4<f32>(0.0);
+    var a2_6 = vec4<f32>(0.0);
+    var a2_7 = vec4<f32>(0.0);
+    var a3_0 = vec4<f32>(0.0);
+    var a3_1 = vec4<f32>(0.0);
+    var a3_2 = vec4<f32>(0.0);
+    var a3_3 = vec4<f32>(0.0);
+    var a3_4 = vec4<f32>(0.0);
+    var a3_5 = vec4<f32>(0.0);
+    var a3_6 = vec4<f32>(0.0);
+    var a3_7 = vec4<f32>(0.0);
+    for (var ic = 0u; ic < icg; ic++) {
+        let base = (n * icg + ic) * plane;
+        let wb = ic * taps * 4u;
+        for (var ky = 0u; ky < k; ky++) {
             let iy = i32(y + ky) - r;
             let row_ok = iy >= 0 && iy < i32(h);
             let row = base + u32(clamp(iy, 0, i32(h) - 1)) * w;
-            let v0 = load(row, row_ok, xl, w);
+            let v0 = load(row, row_ok, xl + 0, w);
             let v1 = load(row, row_ok, xl + 1, w);
             let v2 = load(row, row_ok, xl + 2, w);
             let v3 = load(row, row_ok, xl + 3, w);
-            var m = weights[w0 + ky * K];
-            var q = weights[w1 + ky * K];
-            a0 += m * v0;
-            a1 += m * v1;
-            a2 += m * v2;
-            a3 += m * v3;
-            b0 += q * v0;
-            b1 += q * v1;
-            b2 += q * v2;
-            b3 += q * v3;
-            if K == 3u {
-                let v4 = load(row, row_ok, xl + 4, w);
-                let v5 = load(row, row_ok, xl + 5, w);
-                m = weights[w0 + ky * K + 1u];
-                q = weights[w1 + ky * K + 1u];
-                a0 += m * v1;
-                a1 += m * v2;
-                a2 += m * v3;
-                a3 += m * v4;
-                b0 += q * v1;
-                b1 += q * v2;
-                b2 += q * v3;
-                b3 += q * v4;
-                m = weights[w0 + ky * K + 2u];
-                q = weights[w1 + ky * K + 2u];
-                a0 += m * v2;
-                a1 += m * v3;
-                a2 += m * v4;
-                a3 += m * v5;
-                b0 += q * v2;
-                b1 += q * v3;
-                b2 += q * v4;
-                b3 += q * v5;
+            let v4 = load(row, row_ok, xl + 4, w);
+            let v5 = load(row, row_ok, xl + 5, w);
+            let v6 = load(row, row_ok, xl + 6, w);
+            let v7 = load(row, row_ok, xl + 7, w);
+            {
+                let m0 = weights[wb + (ky * k + 0u) * 4u + 0u];
+                let m1 = weights[wb + (ky * k + 0u) * 4u + 1u];
+                let m2 = weights[wb + (ky * k + 0u) * 4u + 2u];
+                let m3 = weights[wb + (ky * k + 0u) * 4u + 3u];
+                a0_0 += m0 * v0;
+                a0_1 += m0 * v1;
+                a0_2 += m0 * v2;
+                a0_3 += m0 * v3;
+                a0_4 += m0 * v4;
+                a0_5 += m0 * v5;
+                a0_6 += m0 * v6;
+                a0_7 += m0 * v7;
+                a1_0 += m1 * v0;
+                a1_1 += m1 * v1;
+                a1_2 += m1 * v2;
+                a1_3 += m1 * v3;
+                a1_4 += m1 * v4;
+                a1_5 += m1 * v5;
+                a1_6 += m1 * v6;
+                a1_7 += m1 * v7;
+                a2_0 += m2 * v0;
+                a2_1 += m2 * v1;
+                a2_2 += m2 * v2;
+                a2_3 += m2 * v3;
+                a2_4 += m2 * v4;
+                a2_5 += m2 * v5;
+                a2_6 += m2 * v6;
+                a2_7 += m2 * v7;
+                a3_0 += m3 * v0;
+                a3_1 += m3 * v1;
+                a3_2 += m3 * v2;
+                a3_3 += m3 * v3;
+                a3_4 += m3 * v4;
+                a3_5 += m3 * v5;
+                a3_6 += m3 * v6;
+                a3_7 += m3 * v7;
+            }
+            if k == 3u {
+                let v8 = load(row, row_ok, xl + 8, w);
+                let v9 = load(row, row_ok, xl + 9, w);
+                {
+                    let m0 = weights[wb + (ky * k + 1u) * 4u + 0u];
+                    let m1 = weights[wb + (ky * k + 1u) * 4u + 1u];
+                    let m2 = weights[wb + (ky * k + 1u) * 4u + 2u];
+                    let m3 = weights[wb + (ky * k + 1u) * 4u + 3u];
+                    a0_0 += m0 * v1;
+                    a0_1 += m0 * v2;
+                    a0_2 += m0 * v3;
+                    a0_3 += m0 * v4;
+                    a0_4 += m0 * v5;
+                    a0_5 += m0 * v6;
+                    a0_6 += m0 * v7;
+                    a0_7 += m0 * v8;
+                    a1_0 += m1 * v1;
+                    a1_1 += m1 * v2;
+                    a1_2 += m1 * v3;
+                    a1_3 += m1 * v4;
+                    a1_4 += m1 * v5;
+                    a1_5 += m1 * v6;
+                    a1_6 += m1 * v7;
+                    a1_7 += m1 * v8;
+                    a2_0 += m2 * v1;
+                    a2_1 += m2 * v2;
+                    a2_2 += m2 * v3;
+                    a2_3 += m2 * v4;
+                    a2_4 += m2 * v5;
+                    a2_5 += m2 * v6;
+                    a2_6 += m2 * v7;
+                    a2_7 += m2 * v8;
+                    a3_0 += m3 * v1;
+                    a3_1 += m3 * v2;
+                    a3_2 += m3 * v3;
+                    a3_3 += m3 * v4;
+                    a3_4 += m3 * v5;
+                    a3_5 += m3 * v6;
+                    a3_6 += m3 * v7;
+                    a3_7 += m3 * v8;
+                }
+                {
+                    let m0 = weights[wb + (ky * k + 2u) * 4u + 0u];
+                    let m1 = weights[wb + (ky * k + 2u) * 4u + 1u];
+                    let m2 = weights[wb + (ky * k + 2u) * 4u + 2u];
+                    let m3 = weights[wb + (ky * k + 2u) * 4u + 3u];
+                    a0_0 += m0 * v2;
+                    a0_1 += m0 * v3;
+                    a0_2 += m0 * v4;
+                    a0_3 += m0 * v5;
+                    a0_4 += m0 * v6;
+                    a0_5 += m0 * v7;
+                    a0_6 += m0 * v8;
+                    a0_7 += m0 * v9;
+                    a1_0 += m1 * v2;
+                    a1_1 += m1 * v3;
+                    a1_2 += m1 * v4;
+                    a1_3 += m1 * v5;
+                    a1_4 += m1 * v6;
+                    a1_5 += m1 * v7;
+                    a1_6 += m1 * v8;
+                    a1_7 += m1 * v9;
+                    a2_0 += m2 * v2;
+                    a2_1 += m2 * v3;
+                    a2_2 += m2 * v4;
+                    a2_3 += m2 * v5;
+                    a2_4 += m2 * v6;
+                    a2_5 += m2 * v7;
+                    a2_6 += m2 * v8;
+                    a2_7 += m2 * v9;
+                    a3_0 += m3 * v2;
+                    a3_1 += m3 * v3;
+                    a3_2 += m3 * v4;
+                    a3_3 += m3 * v5;
+                    a3_4 += m3 * v6;
+                    a3_5 += m3 * v7;
+                    a3_6 += m3 * v8;
+                    a3_7 += m3 * v9;
+                }
             }
         }
     }
     if !valid {
         return;
     }
-    let i0 = ((n * OCG + og) * h + y) * w + x0;
-    let more = og + 1u < OCG;
-    store(a0, b0, x0, w, og, ocgp, i0, plane, more);
-    store(a1, b1, x0 + 1u, w, og, ocgp, i0 + 1u, plane, more);
-    store(a2, b2, x0 + 2u, w, og, ocgp, i0 + 2u, plane, more);
-    store(a3, b3, x0 + 3u, w, og, ocgp, i0 + 3u, plane, more);
-}
-
-fn store(a: vec4<f32>, b: vec4<f32>, x: u32, w: u32, og: u32, ocgp: u32, i: u32, plane: u32, more: bool) {
-    if x >= w {
-        return;
+    let i0 = ((n * ocg + og) * h + y) * w + x0;
+    if x0 + 0u < w {
+        dst[i0 + 0u + 0u * plane] = finish(a0_0, og + 0u, i0 + 0u + 0u * plane);
+        if og + 1u < ocg { dst[i0 + 0u + 1u * plane] = finish(a1_0, og + 1u, i0 + 0u + 1u * plane); }
+        if og + 2u < ocg { dst[i0 + 0u + 2u * plane] = finish(a2_0, og + 2u, i0 + 0u + 2u * plane); }
+        if og + 3u < ocg { dst[i0 + 0u + 3u * plane] = finish(a3_0, og + 3u, i0 + 0u + 3u * plane); }
     }
-    dst[i] = finish(a, og, ocgp, i);
-    if more {
-        dst[i + plane] = finish(b, og + 1u, ocgp, i + plane);
+    if x0 + 1u < w {
+        dst[i0 + 1u + 0u * plane] = finish(a0_1, og + 0u, i0 + 1u + 0u * plane);
+        if og + 1u < ocg { dst[i0 + 1u + 1u * plane] = finish(a1_1, og + 1u, i0 + 1u + 1u * plane); }
+        if og + 2u < ocg { dst[i0 + 1u + 2u * plane] = finish(a2_1, og + 2u, i0 + 1u + 2u * plane); }
+        if og + 3u < ocg { dst[i0 + 1u + 3u * plane] = finish(a3_1, og + 3u, i0 + 1u + 3u * plane); }
+    }
+    if x0 + 2u < w {
+        dst[i0 + 2u + 0u * plane] = finish(a0_2, og + 0u, i0 + 2u + 0u * plane);
+        if og + 1u < ocg { dst[i0 + 2u + 1u * plane] = finish(a1_2, og + 1u, i0 + 2u + 1u * plane); }
+        if og + 2u < ocg { dst[i0 + 2u + 2u * plane] = finish(a2_2, og + 2u, i0 + 2u + 2u * plane); }
+        if og + 3u < ocg { dst[i0 + 2u + 3u * plane] = finish(a3_2, og + 3u, i0 + 2u + 3u * plane); }
+    }
+    if x0 + 3u < w {
+        dst[i0 + 3u + 0u * plane] = finish(a0_3, og + 0u, i0 + 3u + 0u * plane);
+        if og + 1u < ocg { dst[i0 + 3u + 1u * plane] = finish(a1_3, og + 1u, i0 + 3u + 1u * plane); }
+        if og + 2u < ocg { dst[i0 + 3u + 2u * plane] = finish(a2_3, og + 2u, i0 + 3u + 2u * plane); }
+        if og + 3u < ocg { dst[i0 + 3u + 3u * plane] = finish(a3_3, og + 3u, i0 + 3u + 3u * plane); }
+    }
+    if x0 + 4u < w {
+        dst[i0 + 4u + 0u * plane] = finish(a0_4, og + 0u, i0 + 4u + 0u * plane);
+        if og + 1u < ocg { dst[i0 + 4u + 1u * plane] = finish(a1_4, og + 1u, i0 + 4u + 1u * plane); }
+        if og + 2u < ocg { dst[i0 + 4u + 2u * plane] = finish(a2_4, og + 2u, i0 + 4u + 2u * plane); }
+        if og + 3u < ocg { dst[i0 + 4u + 3u * plane] = finish(a3_4, og + 3u, i0 + 4u + 3u * plane); }
+    }
+    if x0 + 5u < w {
+        dst[i0 + 5u + 0u * plane] = finish(a0_5, og + 0u, i0 + 5u + 0u * plane);
+        if og + 1u < ocg { dst[i0 + 5u + 1u * plane] = finish(a1_5, og + 1u, i0 + 5u + 1u * plane); }
+        if og + 2u < ocg { dst[i0 + 5u + 2u * plane] = finish(a2_5, og + 2u, i0 + 5u + 2u * plane); }
+        if og + 3u < ocg { dst[i0 + 5u + 3u * plane] = finish(a3_5, og + 3u, i0 + 5u + 3u * plane); }
+    }
+    if x0 + 6u < w {
+        dst[i0 + 6u + 0u * plane] = finish(a0_6, og + 0u, i0 + 6u + 0u * plane);
+        if og + 1u < ocg { dst[i0 + 6u + 1u * plane] = finish(a1_6, og + 1u, i0 + 6u + 1u * plane); }
+        if og + 2u < ocg { dst[i0 + 6u + 2u * plane] = finish(a2_6, og + 2u, i0 + 6u + 2u * plane); }
+        if og + 3u < ocg { dst[i0 + 6u + 3u * plane] = finish(a3_6, og + 3u, i0 + 6u + 3u * plane); }
+    }
+    if x0 + 7u < w {
+        dst[i0 + 7u + 0u * plane] = finish(a0_7, og + 0u, i0 + 7u + 0u * plane);
+        if og + 1u < ocg { dst[i0 + 7u + 1u * plane] = finish(a1_7, og + 1u, i0 + 7u + 1u * plane); }
+        if og + 2u < ocg { dst[i0 + 7u + 2u * plane] = finish(a2_7, og + 2u, i0 + 7u + 2u * plane); }
+        if og + 3u < ocg { dst[i0 + 7u + 3u * plane] = finish(a3_7, og + 3u, i0 + 7u + 3u * plane); }
     }
 }

@@ -146,7 +146,7 @@ impl GpuModel {
             let s = xv.scale;
             let (ih, iw) = (h as u32 * s, w as u32 * s);
             let label = &node.name;
-            let d = match (&node.op, &self.nodes[j]) {
+            let launches: Vec<Dispatch> = match (&node.op, &self.nodes[j]) {
                 (Op::Conv(c), NodeRes::Conv(gc)) => {
                     let r = c.epilogue.residual().map(buf);
                     gc.dispatch(ctx, label, &x, r.as_deref(), &out, b, ih, iw)
@@ -157,7 +157,7 @@ impl GpuModel {
                         (_, NodeRes::Vector(v)) => Some(Arc::new(v.clone())),
                         _ => None,
                     };
-                    kernels::binary::dispatch(
+                    vec![kernels::binary::dispatch(
                         ctx,
                         label,
                         *kind,
@@ -168,14 +168,14 @@ impl GpuModel {
                         b,
                         xv.channels as u32,
                         ih * iw,
-                    )?
+                    )?]
                 }
                 (Op::Act(a), res) => {
                     let slopes = match res {
                         NodeRes::Vector(v) => Some(v),
                         _ => None,
                     };
-                    kernels::unary::dispatch(
+                    vec![kernels::unary::dispatch(
                         ctx,
                         label,
                         a,
@@ -185,7 +185,7 @@ impl GpuModel {
                         b,
                         xv.channels as u32,
                         ih * iw,
-                    )?
+                    )?]
                 }
                 (Op::Concat, _) => {
                     let ins: Vec<(Arc<wgpu::Buffer>, u32)> = node
@@ -195,9 +195,16 @@ impl GpuModel {
                         .collect();
                     let refs: Vec<(&wgpu::Buffer, u32)> =
                         ins.iter().map(|(b, c)| (b.as_ref(), *c)).collect();
-                    kernels::concat::dispatch(ctx, label, &refs, &out, b, ih * iw)?
+                    vec![kernels::concat::dispatch(
+                        ctx,
+                        label,
+                        &refs,
+                        &out,
+                        b,
+                        ih * iw,
+                    )?]
                 }
-                (Op::PixelShuffle { factor }, _) => kernels::pixel_shuffle::dispatch(
+                (Op::PixelShuffle { factor }, _) => vec![kernels::pixel_shuffle::dispatch(
                     ctx,
                     label,
                     &x,
@@ -207,8 +214,8 @@ impl GpuModel {
                     ih,
                     iw,
                     *factor,
-                )?,
-                (Op::InterpNearest { factor }, _) => kernels::interp::dispatch(
+                )?],
+                (Op::InterpNearest { factor }, _) => vec![kernels::interp::dispatch(
                     ctx,
                     label,
                     &x,
@@ -218,10 +225,10 @@ impl GpuModel {
                     ih,
                     iw,
                     *factor,
-                )?,
+                )?],
                 (Op::Conv(_), _) => unreachable!("conv nodes have conv resources"),
             };
-            dispatches.push(d);
+            dispatches.extend(launches);
             buffers[node.output] = Some(out);
             for v in reads(node) {
                 if last[v] == j {
@@ -355,6 +362,30 @@ impl Plan {
             })
             .map_err(|e| Error::Gpu(format!("waiting for the device: {e}")))?;
         Ok(())
+    }
+
+    /// Host wall time of each launch run on its own (a coarse profile for adapters without
+    /// timestamp queries).
+    pub fn profile(&self) -> Result<Vec<(String, f64)>> {
+        let ctx = &self.ctx;
+        let mut out = Vec::new();
+        for d in &self.dispatches {
+            let t = std::time::Instant::now();
+            let mut encoder = ctx.device.create_command_encoder(&Default::default());
+            {
+                let mut pass = encoder.begin_compute_pass(&Default::default());
+                pass.set_pipeline(&d.pipeline);
+                pass.set_bind_group(0, &d.bind_group, &[]);
+                let [x, y, z] = d.workgroups;
+                pass.dispatch_workgroups(x, y, z);
+            }
+            let index = ctx.queue.submit([encoder.finish()]);
+            ctx.device
+                .poll(wgpu::PollType::Wait { submission_index: Some(index), timeout: None })
+                .map_err(|e| Error::Gpu(format!("waiting for the device: {e}")))?;
+            out.push((d.label.clone(), t.elapsed().as_secs_f64() * 1e3));
+        }
+        Ok(out)
     }
 
     fn encode(&self, encoder: &mut wgpu::CommandEncoder) {

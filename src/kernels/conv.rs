@@ -2,10 +2,19 @@
 
 use std::sync::Arc;
 
-use super::{bind_group, Dispatch};
-use crate::error::Result;
+use wgpu::util::DeviceExt;
+
+use super::Dispatch;
+use crate::error::{Error, Result};
 use crate::gpu::Context;
 use crate::model::{Activation, Conv};
+
+/// Output groups per invocation and per dispatch (the shader's register tile).
+pub const OCB: usize = 4;
+/// Pixels per invocation (along a row).
+pub const PX: usize = 8;
+/// Matrices in one block's uniform weight slice (64 KiB).
+pub const SLICE_MATS: usize = 1024;
 
 /// Weights and epilogue vectors in the shader's layout (shared by the GPU launch and the CPU
 /// twin, so both read exactly the same numbers).
@@ -16,7 +25,8 @@ pub struct PackedConv {
     /// Real output groups.
     pub ocg: usize,
     pub oc: usize,
-    /// `[ocg padded to even][icg][k*k]` column-major 4x4 matrices.
+    /// Per block of [`OCB`] output groups: `[icg][k*k][OCB]` column-major 4x4 matrices
+    /// (column j = input channel 4i+j, row r = output channel 4g+r).
     pub mats: Vec<[f32; 16]>,
     pub bias: Vec<f32>,
     pub slopes: Vec<f32>,
@@ -28,14 +38,15 @@ pub struct PackedConv {
 impl PackedConv {
     pub fn new(c: &Conv) -> Self {
         let (k, icg, ocg) = (c.k, c.in_ch.div_ceil(4), c.out_ch.div_ceil(4));
-        let ocgp = ocg.next_multiple_of(2);
+        let blocks = ocg.div_ceil(OCB);
         let taps = k * k;
-        let mut mats = vec![[0f32; 16]; ocgp * icg * taps];
+        let mut mats = vec![[0f32; 16]; blocks * icg * taps * OCB];
         for o in 0..c.out_ch {
+            let (g, b) = (o / 4, o / 4 / OCB);
             for i in 0..c.in_ch {
                 for t in 0..taps {
-                    let m = &mut mats[((o / 4) * icg + i / 4) * taps + t];
-                    m[(i % 4) * 4 + o % 4] = c.weights[(o * c.in_ch + i) * taps + t];
+                    let idx = b * icg * taps * OCB + ((i / 4) * taps + t) * OCB + g % OCB;
+                    mats[idx][(i % 4) * 4 + o % 4] = c.weights[(o * c.in_ch + i) * taps + t];
                 }
             }
         }
@@ -58,9 +69,19 @@ impl PackedConv {
         }
     }
 
-    /// Bias groups then slope groups, each padded to an even number of groups.
+    /// Blocks of [`OCB`] output groups (one dispatch each).
+    pub fn blocks(&self) -> usize {
+        self.ocg.div_ceil(OCB)
+    }
+
+    /// Matrices per block.
+    pub fn block_len(&self) -> usize {
+        self.icg * self.k * self.k * OCB
+    }
+
+    /// Bias groups then slope groups, each padded to a whole number of blocks.
     pub fn vecs(&self) -> Vec<f32> {
-        let n = self.ocg.next_multiple_of(2) * 4;
+        let n = self.blocks() * OCB * 4;
         let mut v = vec![0f32; 2 * n];
         v[..self.bias.len()].copy_from_slice(&self.bias);
         v[n..n + self.slopes.len()].copy_from_slice(&self.slopes);
@@ -73,8 +94,15 @@ impl PackedConv {
 struct Params {
     width: u32,
     height: u32,
-    batch: u32,
+    og: u32,
     leaky: f32,
+    k: u32,
+    icg: u32,
+    ocg: u32,
+    oc: u32,
+    act: u32,
+    epi: u32,
+    _pad: [u32; 2],
 }
 
 /// A convolution's weights resident on the device.
@@ -82,33 +110,52 @@ pub struct GpuConv {
     pub packed: PackedConv,
     pipeline: Arc<wgpu::ComputePipeline>,
     weights: wgpu::Buffer,
+    /// Byte distance between block slices (256-aligned for uniform binding offsets).
+    stride: u64,
     vecs: wgpu::Buffer,
 }
 
 impl GpuConv {
     pub fn new(ctx: &Context, packed: PackedConv) -> Result<Self> {
-        let pipeline = ctx.pipeline(
-            "conv",
-            &[
-                ("K", packed.k as u64),
-                ("ICG", packed.icg as u64),
-                ("OCG", packed.ocg as u64),
-                ("OC", packed.oc as u64),
-                ("ACT", packed.act as u64),
-                ("EPI", packed.epi as u64),
-            ],
-        )?;
-        let weights = ctx.upload("conv weights", &packed.mats);
+        if packed.block_len() > SLICE_MATS {
+            return Err(Error::Invalid(format!(
+                "a {k}x{k} convolution with {} input channels needs {} KiB of weights per block; \
+                 the fp32 kernel binds 64 KiB (at most {} input channels for 3x3)",
+                packed.icg * 4,
+                packed.block_len() * 64 / 1024,
+                SLICE_MATS / (9 * OCB) * 4,
+                k = packed.k
+            )));
+        }
+        let pipeline = ctx.pipeline("conv", &[])?;
+        let align = ctx.limits.min_uniform_buffer_offset_alignment as u64;
+        let stride = ((packed.block_len() * 64) as u64).next_multiple_of(align);
+        let slice_bytes = (SLICE_MATS * 64) as u64;
+        let size = stride * (packed.blocks() as u64 - 1) + slice_bytes;
+        let mut bytes = vec![0u8; size as usize];
+        for (b, block) in packed.mats.chunks(packed.block_len()).enumerate() {
+            let at = b * stride as usize;
+            let src: &[u8] = bytemuck::cast_slice(block);
+            bytes[at..at + src.len()].copy_from_slice(src);
+        }
+        let weights = ctx
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("conv weights"),
+                contents: &bytes,
+                usage: wgpu::BufferUsages::UNIFORM,
+            });
         let vecs = ctx.upload("conv bias", &packed.vecs());
         Ok(GpuConv {
             packed,
             pipeline,
             weights,
+            stride,
             vecs,
         })
     }
 
-    /// Record a launch over `batch` images of `h` x `w`.
+    /// Record the launches (one per block of output groups) over `batch` images of `h` x `w`.
     #[allow(clippy::too_many_arguments)]
     pub fn dispatch(
         &self,
@@ -120,29 +167,70 @@ impl GpuConv {
         batch: u32,
         h: u32,
         w: u32,
-    ) -> Dispatch {
-        let params = ctx.uniform(
-            "conv params",
-            &Params {
-                width: w,
-                height: h,
-                batch,
-                leaky: self.packed.leaky,
-            },
-        );
+    ) -> Vec<Dispatch> {
         let residual = residual.unwrap_or(ctx.dummy());
-        let bind_group = bind_group(
-            ctx,
-            label,
-            &self.pipeline,
-            &[src, &self.weights, &self.vecs, residual, dst, &params],
-        );
-        let pairs = self.packed.ocg.div_ceil(2) as u32;
-        Dispatch {
-            label: label.to_string(),
-            pipeline: self.pipeline.clone(),
-            bind_group,
-            workgroups: [w.div_ceil(4).div_ceil(16), h.div_ceil(4), batch * pairs],
-        }
+        let layout = self.pipeline.get_bind_group_layout(0);
+        (0..self.packed.blocks())
+            .map(|b| {
+                let params = ctx.uniform(
+                    "conv params",
+                    &Params {
+                        width: w,
+                        height: h,
+                        og: (b * OCB) as u32,
+                        leaky: self.packed.leaky,
+                        k: self.packed.k as u32,
+                        icg: self.packed.icg as u32,
+                        ocg: self.packed.ocg as u32,
+                        oc: self.packed.oc as u32,
+                        act: self.packed.act,
+                        epi: self.packed.epi,
+                        _pad: [0; 2],
+                    },
+                );
+                let weights = wgpu::BufferBinding {
+                    buffer: &self.weights,
+                    offset: b as u64 * self.stride,
+                    size: wgpu::BufferSize::new((SLICE_MATS * 64) as u64),
+                };
+                let entries = [
+                    wgpu::BindGroupEntry {
+                        binding: 0,
+                        resource: src.as_entire_binding(),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 1,
+                        resource: wgpu::BindingResource::Buffer(weights),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 2,
+                        resource: self.vecs.as_entire_binding(),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 3,
+                        resource: residual.as_entire_binding(),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 4,
+                        resource: dst.as_entire_binding(),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 5,
+                        resource: params.as_entire_binding(),
+                    },
+                ];
+                let bind_group = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some(label),
+                    layout: &layout,
+                    entries: &entries,
+                });
+                Dispatch {
+                    label: label.to_string(),
+                    pipeline: self.pipeline.clone(),
+                    bind_group,
+                    workgroups: [w.div_ceil(PX as u32).div_ceil(8), h.div_ceil(8), batch],
+                }
+            })
+            .collect()
     }
 }

@@ -1,12 +1,13 @@
 //! CPU twin of `shaders/conv.wgsl`.
 
 use super::{activate, mask_lanes, sigmoid, Tensor};
-use crate::kernels::conv::PackedConv;
+use crate::kernels::conv::{PackedConv, OCB};
 
-const PX: usize = 4;
+use crate::kernels::conv::PX;
 
-/// Convolution with the fused epilogue, looping as the shader does (one invocation = 4 pixels
-/// of a row x 2 output groups).
+/// Convolution with the fused epilogue, looping as the shader does: one dispatch per block of
+/// [`OCB`] output groups, one invocation per 4 pixels of a row, accumulating over input group,
+/// tap row, tap column.
 pub fn conv(input: &Tensor, p: &PackedConv, residual: Option<&Tensor>) -> Tensor {
     assert_eq!(
         input.groups(),
@@ -15,24 +16,24 @@ pub fn conv(input: &Tensor, p: &PackedConv, residual: Option<&Tensor>) -> Tensor
     );
     let (n, h, w) = (input.n, input.h, input.w);
     let mut out = Tensor::poisoned(n, p.oc, h, w);
-    let (k, icg, ocg) = (p.k, p.icg, p.ocg);
+    let (k, icg) = (p.k, p.icg);
     let r = (k / 2) as isize;
     let taps = k * k;
     let plane = w * h;
-    for b in 0..n {
-        for og in (0..ocg).step_by(2) {
+    for block in 0..p.blocks() {
+        let og = block * OCB;
+        let weights = &p.mats[block * p.block_len()..(block + 1) * p.block_len()];
+        for b in 0..n {
             for y in 0..h {
                 for x0 in (0..w).step_by(PX) {
-                    let mut acc = [[[0f32; 4]; PX]; 2];
+                    let mut acc = [[[0f32; 4]; PX]; OCB];
                     for ic in 0..icg {
                         let base = (b * icg + ic) * plane;
-                        let w0 = (og * icg + ic) * taps;
-                        let w1 = w0 + icg * taps;
                         for ky in 0..k {
                             let iy = (y + ky) as isize - r;
                             let row_ok = iy >= 0 && iy < h as isize;
                             let row = base + iy.clamp(0, h as isize - 1) as usize * w;
-                            let mut v = [[0f32; 4]; 6];
+                            let mut v = [[0f32; 4]; PX + 2];
                             for (i, vi) in v.iter_mut().enumerate().take(PX + k - 1) {
                                 let ix = (x0 + i) as isize - r;
                                 if row_ok && ix >= 0 && ix < w as isize {
@@ -40,8 +41,8 @@ pub fn conv(input: &Tensor, p: &PackedConv, residual: Option<&Tensor>) -> Tensor
                                 }
                             }
                             for kx in 0..k {
-                                let m = [&p.mats[w0 + ky * k + kx], &p.mats[w1 + ky * k + kx]];
-                                for (a, m) in acc.iter_mut().zip(m) {
+                                for (j, a) in acc.iter_mut().enumerate() {
+                                    let m = &weights[(ic * taps + ky * k + kx) * OCB + j];
                                     for (px, ap) in a.iter_mut().enumerate() {
                                         let s = mat_vec(m, &v[px + kx]);
                                         for l in 0..4 {
@@ -52,17 +53,13 @@ pub fn conv(input: &Tensor, p: &PackedConv, residual: Option<&Tensor>) -> Tensor
                             }
                         }
                     }
-                    for px in 0..PX {
-                        let x = x0 + px;
-                        if x >= w {
-                            break;
-                        }
+                    for (px, x) in (x0..(x0 + PX).min(w)).enumerate() {
                         for (j, a) in acc.iter().enumerate() {
                             let g = og + j;
-                            if g >= ocg {
+                            if g >= p.ocg {
                                 continue;
                             }
-                            let i = ((b * ocg + g) * h + y) * w + x;
+                            let i = ((b * p.ocg + g) * h + y) * w + x;
                             let res = residual.map(|t| t.vec4(i));
                             out.set_vec4(i, finish(p, a[px], g, res));
                         }
