@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::gpu::Context;
-use crate::kernels::{self, conv::GpuConv, conv::PackedConv, Dispatch};
+use crate::kernels::{self, conv::GpuConv, conv::PackedConv, Dispatch, Step};
 use crate::model::{Activation, Graph, Op, Rhs, ValueId};
 
 /// A graph whose weights live on the device.
@@ -136,7 +136,7 @@ impl GpuModel {
         for &(v, _) in &externals {
             last[v] = usize::MAX;
         }
-        let mut dispatches: Vec<Dispatch> = Vec::new();
+        let mut steps: Vec<Step> = Vec::new();
         let b = batch as u32;
         for (j, node) in g.nodes.iter().enumerate() {
             let out = take(sizes[node.output], &mut owned, &mut free);
@@ -187,6 +187,27 @@ impl GpuModel {
                         ih * iw,
                     )?]
                 }
+                (Op::Concat, _) if node.inputs.iter().all(|&v| g.values[v].channels % 4 == 0) => {
+                    // Whole channel groups: per batch item each input is one contiguous run.
+                    let plane = (ih * iw) as u64 * 16;
+                    let out_groups = (g.values[node.output].channels / 4) as u64;
+                    let mut off = 0u64;
+                    for &v in &node.inputs {
+                        let groups = (g.values[v].channels / 4) as u64;
+                        for n in 0..batch as u64 {
+                            steps.push(Step::Copy(kernels::Copy {
+                                label: label.clone(),
+                                src: (*buf(v)).clone(),
+                                src_offset: n * groups * plane,
+                                dst: (*out).clone(),
+                                dst_offset: (n * out_groups + off) * plane,
+                                size: groups * plane,
+                            }));
+                        }
+                        off += groups;
+                    }
+                    Vec::new()
+                }
                 (Op::Concat, _) => {
                     let ins: Vec<(Arc<wgpu::Buffer>, u32)> = node
                         .inputs
@@ -228,7 +249,7 @@ impl GpuModel {
                 )?],
                 (Op::Conv(_), _) => unreachable!("conv nodes have conv resources"),
             };
-            dispatches.extend(launches);
+            steps.extend(launches.into_iter().map(Step::Launch));
             buffers[node.output] = Some(out);
             for v in reads(node) {
                 if last[v] == j {
@@ -260,7 +281,7 @@ impl GpuModel {
                 .collect(),
             output,
             output_bytes: sizes[g.output],
-            dispatches,
+            steps,
             owned,
             peak_bytes: self.memory(batch, h, w).1,
         })
@@ -291,7 +312,7 @@ pub struct Plan {
     externals: Vec<(ValueId, Arc<wgpu::Buffer>, u64)>,
     output: Arc<wgpu::Buffer>,
     output_bytes: u64,
-    dispatches: Vec<Dispatch>,
+    steps: Vec<Step>,
     owned: Vec<Arc<wgpu::Buffer>>,
     /// Device memory the plan's tensors need at their peak.
     pub peak_bytes: u64,
@@ -369,36 +390,24 @@ impl Plan {
     pub fn profile(&self) -> Result<Vec<(String, f64)>> {
         let ctx = &self.ctx;
         let mut out = Vec::new();
-        for d in &self.dispatches {
+        for step in self.steps.chunks(1) {
             let t = std::time::Instant::now();
             let mut encoder = ctx.device.create_command_encoder(&Default::default());
-            {
-                let mut pass = encoder.begin_compute_pass(&Default::default());
-                pass.set_pipeline(&d.pipeline);
-                pass.set_bind_group(0, &d.bind_group, &[]);
-                let [x, y, z] = d.workgroups;
-                pass.dispatch_workgroups(x, y, z);
-            }
+            kernels::encode(step, &mut encoder);
             let index = ctx.queue.submit([encoder.finish()]);
             ctx.device
-                .poll(wgpu::PollType::Wait { submission_index: Some(index), timeout: None })
+                .poll(wgpu::PollType::Wait {
+                    submission_index: Some(index),
+                    timeout: None,
+                })
                 .map_err(|e| Error::Gpu(format!("waiting for the device: {e}")))?;
-            out.push((d.label.clone(), t.elapsed().as_secs_f64() * 1e3));
+            out.push((step[0].label().to_string(), t.elapsed().as_secs_f64() * 1e3));
         }
         Ok(out)
     }
 
     fn encode(&self, encoder: &mut wgpu::CommandEncoder) {
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some("graph"),
-            timestamp_writes: None,
-        });
-        for d in &self.dispatches {
-            pass.set_pipeline(&d.pipeline);
-            pass.set_bind_group(0, &d.bind_group, &[]);
-            let [x, y, z] = d.workgroups;
-            pass.dispatch_workgroups(x, y, z);
-        }
+        kernels::encode(&self.steps, encoder);
     }
 
     /// Fill every tensor buffer of the plan with NaN, so that a kernel that fails to write an
@@ -414,13 +423,16 @@ impl Plan {
 
     /// Number of kernel launches per run.
     pub fn launches(&self) -> usize {
-        self.dispatches.len()
+        self.steps
+            .iter()
+            .filter(|s| matches!(s, Step::Launch(_)))
+            .count()
     }
 }
 
 impl Drop for Plan {
     fn drop(&mut self) {
-        self.dispatches.clear();
+        self.steps.clear();
         for b in self.owned.drain(..) {
             if let Ok(b) = Arc::try_unwrap(b) {
                 self.ctx.release(b);

@@ -42,6 +42,55 @@ pub struct Dispatch {
     pub workgroups: [u32; 3],
 }
 
+/// A buffer-to-buffer copy recorded between launches (channel concatenation of whole
+/// channel groups is a plain copy in the C4HW layout).
+pub struct Copy {
+    pub label: String,
+    pub src: wgpu::Buffer,
+    pub src_offset: u64,
+    pub dst: wgpu::Buffer,
+    pub dst_offset: u64,
+    pub size: u64,
+}
+
+/// One step of a plan.
+pub enum Step {
+    Launch(Dispatch),
+    Copy(Copy),
+}
+
+impl Step {
+    pub fn label(&self) -> &str {
+        match self {
+            Step::Launch(d) => &d.label,
+            Step::Copy(c) => &c.label,
+        }
+    }
+}
+
+/// Record `steps` into `encoder`, one compute pass per run of launches.
+pub fn encode(steps: &[Step], encoder: &mut wgpu::CommandEncoder) {
+    let mut i = 0;
+    while i < steps.len() {
+        if let Step::Copy(c) = &steps[i] {
+            encoder.copy_buffer_to_buffer(&c.src, c.src_offset, &c.dst, c.dst_offset, c.size);
+            i += 1;
+            continue;
+        }
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("graph"),
+            timestamp_writes: None,
+        });
+        while let Some(Step::Launch(d)) = steps.get(i) {
+            pass.set_pipeline(&d.pipeline);
+            pass.set_bind_group(0, &d.bind_group, &[]);
+            let [x, y, z] = d.workgroups;
+            pass.dispatch_workgroups(x, y, z);
+            i += 1;
+        }
+    }
+}
+
 /// Workgroups for a 1-D launch of `n` invocations with `wg` per group, folded into two
 /// dimensions when it would exceed the per-dimension limit. Returns (groups, row invocations).
 pub(crate) fn grid_1d(n: u32, wg: u32) -> ([u32; 3], u32) {
