@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::gpu::Context;
-use crate::kernels::{self, conv::GpuConv, conv::PackedConv, Dispatch, Step};
+use crate::kernels::conv::{uses_winograd, GpuConv, PackedConv};
+use crate::kernels::winograd::{self, GpuWinograd, PackedWinograd};
+use crate::kernels::{self, Dispatch, Step};
 use crate::model::{Activation, Graph, Op, Rhs, ValueId};
 
 /// A graph whose weights live on the device.
@@ -19,6 +21,7 @@ pub struct GpuModel {
 /// Device resources of one node.
 enum NodeRes {
     Conv(GpuConv),
+    Winograd(GpuWinograd),
     /// A per-channel operand or PReLU slopes.
     Vector(wgpu::Buffer),
     None,
@@ -26,11 +29,24 @@ enum NodeRes {
 
 impl GpuModel {
     pub fn new(ctx: Arc<Context>, graph: Graph) -> Result<Self> {
+        Self::build(ctx, graph, true)
+    }
+
+    /// Like [`GpuModel::new`] but with every convolution computed directly, never by
+    /// Winograd (to test and benchmark the direct kernel on 3x3 convolutions).
+    pub fn new_direct(ctx: Arc<Context>, graph: Graph) -> Result<Self> {
+        Self::build(ctx, graph, false)
+    }
+
+    fn build(ctx: Arc<Context>, graph: Graph, allow_winograd: bool) -> Result<Self> {
         let nodes = graph
             .nodes
             .iter()
             .map(|n| {
                 Ok(match &n.op {
+                    Op::Conv(c) if allow_winograd && uses_winograd(c) => {
+                        NodeRes::Winograd(GpuWinograd::new(&ctx, PackedWinograd::new(c))?)
+                    }
                     Op::Conv(c) => NodeRes::Conv(GpuConv::new(&ctx, PackedConv::new(c))?),
                     Op::Binary {
                         rhs: Rhs::PerChannel(v),
@@ -50,10 +66,11 @@ impl GpuModel {
         Ok(GpuModel { ctx, graph, nodes })
     }
 
-    /// Bytes of the largest single tensor and of all tensors alive at once, for `batch` inputs
+    /// Bytes of the largest single buffer and of all buffers alive at once, for `batch` inputs
     /// of `h` x `w`; used to pick tile sizes that fit the device.
     pub fn memory(&self, batch: usize, h: usize, w: usize) -> (u64, u64) {
         let sizes = self.value_sizes(batch, h, w);
+        let (sv, sm) = self.scratch(batch, h, w);
         let (mut peak, mut live) = (0u64, 0u64);
         let last = self.last_uses();
         live += sizes[self.graph.input];
@@ -66,7 +83,25 @@ impl GpuModel {
                 }
             }
         }
-        (sizes.iter().copied().max().unwrap_or(0), peak)
+        let largest = sizes.iter().copied().max().unwrap_or(0).max(sv).max(sm);
+        (largest, peak + sv + sm)
+    }
+
+    /// Scratch bytes for the Winograd transforms (input side, output side), shared by all
+    /// convolutions of a plan.
+    fn scratch(&self, batch: usize, h: usize, w: usize) -> (u64, u64) {
+        let g = &self.graph;
+        g.nodes
+            .iter()
+            .filter_map(|n| match &n.op {
+                Op::Conv(c) if uses_winograd(c) => {
+                    // (over-counted for models built with new_direct; harmless)
+                    let s = g.values[n.inputs[0]].scale as usize;
+                    Some(winograd::scratch_bytes(c.in_ch, c.out_ch, batch, h * s, w * s))
+                }
+                _ => None,
+            })
+            .fold((0, 0), |(a, b), (v, m)| (a.max(v), b.max(m)))
     }
 
     fn value_sizes(&self, batch: usize, h: usize, w: usize) -> Vec<u64> {
@@ -136,6 +171,8 @@ impl GpuModel {
         for &(v, _) in &externals {
             last[v] = usize::MAX;
         }
+        let (sv, sm) = self.scratch(batch, h, w);
+        let scratch = (sv > 0).then(|| (take(sv, &mut owned, &mut Vec::new()), take(sm, &mut owned, &mut Vec::new())));
         let mut steps: Vec<Step> = Vec::new();
         let b = batch as u32;
         for (j, node) in g.nodes.iter().enumerate() {
@@ -247,6 +284,11 @@ impl GpuModel {
                     iw,
                     *factor,
                 )?],
+                (Op::Conv(c), NodeRes::Winograd(gw)) => {
+                    let r = c.epilogue.residual().map(buf);
+                    let (v, m) = scratch.as_ref().expect("scratch for winograd convolutions");
+                    gw.dispatch(ctx, label, &x, r.as_deref(), &out, v, m, b, ih, iw)
+                }
                 (Op::Conv(_), _) => unreachable!("conv nodes have conv resources"),
             };
             steps.extend(launches.into_iter().map(Step::Launch));

@@ -9,6 +9,11 @@ use crate::error::{Error, Result};
 use crate::gpu::Context;
 use crate::model::{Activation, Conv};
 
+/// Whether a convolution runs as Winograd F(4x4, 3x3) (every 3x3 one) rather than directly.
+pub fn uses_winograd(c: &Conv) -> bool {
+    c.k == 3
+}
+
 /// Output groups per invocation and per dispatch (the shader's register tile).
 pub const OCB: usize = 4;
 /// Pixels per invocation (along a row).
@@ -28,11 +33,46 @@ pub struct PackedConv {
     /// Per block of [`OCB`] output groups: `[icg][k*k][OCB]` column-major 4x4 matrices
     /// (column j = input channel 4i+j, row r = output channel 4g+r).
     pub mats: Vec<[f32; 16]>,
+    pub epilogue: EpilogueParams,
+}
+
+/// What every convolution kernel does after accumulating: bias, activation, SPAN gate or
+/// residual add (see `finish` in the shaders).
+#[derive(Debug, Clone)]
+pub struct EpilogueParams {
     pub bias: Vec<f32>,
     pub slopes: Vec<f32>,
+    /// `model::Activation::code`
     pub act: u32,
     pub leaky: f32,
+    /// `model::Epilogue::code`
     pub epi: u32,
+}
+
+impl EpilogueParams {
+    pub fn new(c: &Conv) -> Self {
+        let (leaky, slopes) = match &c.act {
+            Activation::Leaky(s) => (*s, Vec::new()),
+            Activation::PRelu(s) => (0.0, s.clone()),
+            _ => (0.0, Vec::new()),
+        };
+        EpilogueParams {
+            bias: c.bias.clone(),
+            slopes,
+            act: c.act.code(),
+            leaky,
+            epi: c.epilogue.code(),
+        }
+    }
+
+    /// Bias groups then slope groups, `groups` (a whole number of blocks) each.
+    pub fn vecs(&self, groups: usize) -> Vec<f32> {
+        let n = groups * 4;
+        let mut v = vec![0f32; 2 * n];
+        v[..self.bias.len()].copy_from_slice(&self.bias);
+        v[n..n + self.slopes.len()].copy_from_slice(&self.slopes);
+        v
+    }
 }
 
 impl PackedConv {
@@ -50,22 +90,13 @@ impl PackedConv {
                 }
             }
         }
-        let (leaky, slopes) = match &c.act {
-            Activation::Leaky(s) => (*s, Vec::new()),
-            Activation::PRelu(s) => (0.0, s.clone()),
-            _ => (0.0, Vec::new()),
-        };
         PackedConv {
             k,
             icg,
             ocg,
             oc: c.out_ch,
             mats,
-            bias: c.bias.clone(),
-            slopes,
-            act: c.act.code(),
-            leaky,
-            epi: c.epilogue.code(),
+            epilogue: EpilogueParams::new(c),
         }
     }
 
@@ -79,14 +110,7 @@ impl PackedConv {
         self.icg * self.k * self.k * OCB
     }
 
-    /// Bias groups then slope groups, each padded to a whole number of blocks.
-    pub fn vecs(&self) -> Vec<f32> {
-        let n = self.blocks() * OCB * 4;
-        let mut v = vec![0f32; 2 * n];
-        v[..self.bias.len()].copy_from_slice(&self.bias);
-        v[n..n + self.slopes.len()].copy_from_slice(&self.slopes);
-        v
-    }
+
 }
 
 #[repr(C)]
@@ -145,7 +169,7 @@ impl GpuConv {
                 contents: &bytes,
                 usage: wgpu::BufferUsages::UNIFORM,
             });
-        let vecs = ctx.upload("conv bias", &packed.vecs());
+        let vecs = ctx.upload("conv bias", &packed.epilogue.vecs(packed.blocks() * OCB));
         Ok(GpuConv {
             packed,
             pipeline,
@@ -178,13 +202,13 @@ impl GpuConv {
                         width: w,
                         height: h,
                         og: (b * OCB) as u32,
-                        leaky: self.packed.leaky,
+                        leaky: self.packed.epilogue.leaky,
                         k: self.packed.k as u32,
                         icg: self.packed.icg as u32,
                         ocg: self.packed.ocg as u32,
                         oc: self.packed.oc as u32,
-                        act: self.packed.act,
-                        epi: self.packed.epi,
+                        act: self.packed.epilogue.act,
+                        epi: self.packed.epilogue.epi,
                         _pad: [0; 2],
                     },
                 );

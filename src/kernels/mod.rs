@@ -10,6 +10,10 @@ pub mod cpu;
 pub mod interp;
 pub mod pixel_shuffle;
 pub mod unary;
+pub mod winograd;
+pub mod winograd_gemm;
+pub mod winograd_input;
+pub mod winograd_output;
 
 const COMMON: &str = include_str!("../../shaders/shared/common.wgsl");
 
@@ -24,6 +28,9 @@ pub const SHADERS: &[(&str, &str)] = &[
         include_str!("../../shaders/pixel_shuffle.wgsl"),
     ),
     ("interp", include_str!("../../shaders/interp.wgsl")),
+    ("winograd_input", include_str!("../../shaders/winograd_input.wgsl")),
+    ("winograd_gemm", include_str!("../../shaders/winograd_gemm.wgsl")),
+    ("winograd_output", include_str!("../../shaders/winograd_output.wgsl")),
 ];
 
 /// The complete WGSL of a shader: shared helpers followed by the kernel.

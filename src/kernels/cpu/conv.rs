@@ -1,7 +1,7 @@
 //! CPU twin of `shaders/conv.wgsl`.
 
 use super::{activate, mask_lanes, sigmoid, Tensor};
-use crate::kernels::conv::{PackedConv, OCB};
+use crate::kernels::conv::{EpilogueParams, PackedConv, OCB};
 
 use crate::kernels::conv::PX;
 
@@ -61,7 +61,7 @@ pub fn conv(input: &Tensor, p: &PackedConv, residual: Option<&Tensor>) -> Tensor
                             }
                             let i = ((b * p.ocg + g) * h + y) * w + x;
                             let res = residual.map(|t| t.vec4(i));
-                            out.set_vec4(i, finish(p, a[px], g, res));
+                            out.set_vec4(i, finish(&p.epilogue, p.oc, a[px], g, res));
                         }
                     }
                 }
@@ -72,11 +72,12 @@ pub fn conv(input: &Tensor, p: &PackedConv, residual: Option<&Tensor>) -> Tensor
 }
 
 /// `m * v` for a column-major mat4x4 (column j multiplies lane j of `v`).
-fn mat_vec(m: &[f32; 16], v: &[f32; 4]) -> [f32; 4] {
+pub(crate) fn mat_vec(m: &[f32; 16], v: &[f32; 4]) -> [f32; 4] {
     std::array::from_fn(|i| m[i] * v[0] + m[4 + i] * v[1] + m[8 + i] * v[2] + m[12 + i] * v[3])
 }
 
-fn finish(p: &PackedConv, acc: [f32; 4], g: usize, residual: Option<[f32; 4]>) -> [f32; 4] {
+/// `finish` of the convolution shaders: bias, activation, gate or residual, lane mask.
+pub(crate) fn finish(p: &EpilogueParams, oc: usize, acc: [f32; 4], g: usize, residual: Option<[f32; 4]>) -> [f32; 4] {
     let y = std::array::from_fn(|l| {
         let c = g * 4 + l;
         let x = acc[l] + p.bias.get(c).copied().unwrap_or(0.0);
@@ -89,5 +90,5 @@ fn finish(p: &PackedConv, acc: [f32; 4], g: usize, residual: Option<[f32; 4]>) -
         }
         y
     });
-    mask_lanes(y, g, p.oc)
+    mask_lanes(y, g, oc)
 }

@@ -8,6 +8,7 @@ mod conv;
 mod interp;
 mod pixel_shuffle;
 mod unary;
+mod winograd;
 
 pub use binary::{binary, per_channel_group, Operand};
 pub use concat::concat;
@@ -15,6 +16,7 @@ pub use conv::conv;
 pub use interp::interp;
 pub use pixel_shuffle::pixel_shuffle;
 pub use unary::unary;
+pub use winograd::{winograd, winograd_gemm, winograd_input, winograd_output};
 
 use crate::model::{Graph, Op, Rhs};
 
@@ -146,6 +148,10 @@ pub fn run_graph_with(graph: &Graph, inputs: &[&Tensor]) -> Tensor {
         let get = |v: usize| values[v].as_ref().expect("value computed before use");
         let x = get(node.inputs[0]);
         let out = match &node.op {
+            Op::Conv(c) if crate::kernels::conv::uses_winograd(c) => {
+                let packed = crate::kernels::winograd::PackedWinograd::new(c);
+                winograd(x, &packed, c.epilogue.residual().map(get))
+            }
             Op::Conv(c) => {
                 let packed = crate::kernels::conv::PackedConv::new(c);
                 conv(x, &packed, c.epilogue.residual().map(get))

@@ -1,0 +1,126 @@
+//! CPU twins of the three Winograd shaders (`winograd_input.wgsl`, `winograd_gemm.wgsl`,
+//! `winograd_output.wgsl`), with the same data layouts and transform order.
+
+use super::conv::{finish, mat_vec};
+use super::Tensor;
+use crate::kernels::conv::OCB;
+use crate::kernels::winograd::{tiles, PackedWinograd, POS, TILE};
+
+type V4 = [f32; 4];
+
+fn add(a: V4, b: V4) -> V4 {
+    std::array::from_fn(|i| a[i] + b[i])
+}
+fn sub(a: V4, b: V4) -> V4 {
+    std::array::from_fn(|i| a[i] - b[i])
+}
+fn mul(s: f32, a: V4) -> V4 {
+    a.map(|v| s * v)
+}
+
+/// `bt` of the shader.
+fn bt(d: [V4; 6]) -> [V4; 6] {
+    [
+        add(sub(mul(4.0, d[0]), mul(5.0, d[2])), d[4]),
+        add(add(sub(mul(-4.0, d[1]), mul(4.0, d[2])), d[3]), d[4]),
+        add(sub(sub(mul(4.0, d[1]), mul(4.0, d[2])), d[3]), d[4]),
+        add(add(sub(mul(-2.0, d[1]), d[2]), mul(2.0, d[3])), d[4]),
+        add(sub(sub(mul(2.0, d[1]), d[2]), mul(2.0, d[3])), d[4]),
+        add(sub(mul(4.0, d[1]), mul(5.0, d[3])), d[5]),
+    ]
+}
+
+/// `at` of the shader.
+fn at(m: [V4; 6]) -> [V4; 4] {
+    [
+        add(add(add(add(m[0], m[1]), m[2]), m[3]), m[4]),
+        sub(add(sub(m[1], m[2]), mul(2.0, m[3])), mul(2.0, m[4])),
+        add(add(add(m[1], m[2]), mul(4.0, m[3])), mul(4.0, m[4])),
+        add(sub(add(sub(m[1], m[2]), mul(8.0, m[3])), mul(8.0, m[4])), m[5]),
+    ]
+}
+
+/// Step 1: V[((n * 36 + pos) * icg + ic) * tiles + t].
+pub fn winograd_input(x: &Tensor) -> Vec<V4> {
+    let (tx, t_all) = tiles(x.h, x.w);
+    let icg = x.groups();
+    let mut v = vec![[f32::NAN; 4]; x.n * POS * icg * t_all];
+    for n in 0..x.n {
+        for ic in 0..icg {
+            for t in 0..t_all {
+                let y0 = (t / tx * TILE) as isize - 1;
+                let x0 = (t % tx * TILE) as isize - 1;
+                let px = |yy: isize, xx: isize| -> V4 {
+                    if yy >= 0 && yy < x.h as isize && xx >= 0 && xx < x.w as isize {
+                        x.vec4(x.vec_index(n, ic, yy as usize, xx as usize))
+                    } else {
+                        [0.0; 4]
+                    }
+                };
+                let rows: [[V4; 6]; 6] = std::array::from_fn(|r| bt(std::array::from_fn(|c| px(y0 + r as isize, x0 + c as isize))));
+                for col in 0..6 {
+                    let c = bt(std::array::from_fn(|r| rows[r][col]));
+                    for (i, ci) in c.iter().enumerate() {
+                        v[((n * POS + i * 6 + col) * icg + ic) * t_all + t] = *ci;
+                    }
+                }
+            }
+        }
+    }
+    v
+}
+
+/// Step 2: M[((n * 36 + pos) * ocg + g) * tiles + t], accumulated over input groups in order.
+pub fn winograd_gemm(v: &[V4], p: &PackedWinograd, batch: usize, t_all: usize) -> Vec<V4> {
+    let ocgp = p.blocks() * OCB;
+    let mut m = vec![[f32::NAN; 4]; batch * POS * p.ocg * t_all];
+    for n in 0..batch {
+        for pos in 0..POS {
+            for g in 0..p.ocg {
+                for t in 0..t_all {
+                    let mut acc = [0f32; 4];
+                    for ic in 0..p.icg {
+                        let s = mat_vec(&p.u[(pos * ocgp + g) * p.icg + ic], &v[((n * POS + pos) * p.icg + ic) * t_all + t]);
+                        for l in 0..4 {
+                            acc[l] += s[l];
+                        }
+                    }
+                    m[((n * POS + pos) * p.ocg + g) * t_all + t] = acc;
+                }
+            }
+        }
+    }
+    m
+}
+
+/// Step 3: the output tiles, with the epilogue.
+pub fn winograd_output(m: &[V4], p: &PackedWinograd, batch: usize, h: usize, w: usize, residual: Option<&Tensor>) -> Tensor {
+    let (tx, t_all) = tiles(h, w);
+    let mut out = Tensor::poisoned(batch, p.oc, h, w);
+    for n in 0..batch {
+        for g in 0..p.ocg {
+            for t in 0..t_all {
+                let at_pos = |pos: usize| m[((n * POS + pos) * p.ocg + g) * t_all + t];
+                let rows: [[V4; 4]; 6] = std::array::from_fn(|r| at(std::array::from_fn(|c| at_pos(r * 6 + c))));
+                let cols: [[V4; 4]; 4] = std::array::from_fn(|c| at(std::array::from_fn(|r| rows[r][c])));
+                let (y0, x0) = (t / tx * TILE, t % tx * TILE);
+                for (r, y) in (y0..(y0 + TILE).min(h)).enumerate() {
+                    for (c, x) in (x0..(x0 + TILE).min(w)).enumerate() {
+                        let i = out.vec_index(n, g, y, x);
+                        let res = residual.map(|t| t.vec4(i));
+                        out.set_vec4(i, finish(&p.epilogue, p.oc, cols[c][r], g, res));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The whole Winograd convolution, as the GPU runs it.
+pub fn winograd(x: &Tensor, p: &PackedWinograd, residual: Option<&Tensor>) -> Tensor {
+    assert_eq!(x.groups(), p.icg, "input channels do not match the convolution");
+    let v = winograd_input(x);
+    let m = winograd_gemm(&v, p, x.n, tiles(x.h, x.w).1);
+    winograd_output(&m, p, x.n, x.h, x.w, residual)
+}
