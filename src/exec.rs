@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::gpu::Context;
-use crate::kernels::conv::{uses_winograd, GpuConv, PackedConv};
+use crate::kernels::conv::{algorithm, Algorithm, GpuConv, PackedConv};
+use crate::kernels::gemm::{GpuGemm, PackedGemm};
 use crate::kernels::winograd::{self, GpuWinograd, PackedWinograd};
 use crate::kernels::{self, Dispatch, Step};
 use crate::model::{Activation, Graph, Op, Rhs, ValueId};
@@ -21,6 +22,7 @@ pub struct GpuModel {
 /// Device resources of one node.
 enum NodeRes {
     Conv(GpuConv),
+    Gemm(GpuGemm),
     Winograd(GpuWinograd),
     /// A per-channel operand or PReLU slopes.
     Vector(wgpu::Buffer),
@@ -32,22 +34,24 @@ impl GpuModel {
         Self::build(ctx, graph, true)
     }
 
-    /// Like [`GpuModel::new`] but with every convolution computed directly, never by
-    /// Winograd (to test and benchmark the direct kernel on 3x3 convolutions).
+    /// Like [`GpuModel::new`] but with every convolution computed by the direct kernel
+    /// (`conv.wgsl`), never by Winograd or gemm: to test and benchmark it.
     pub fn new_direct(ctx: Arc<Context>, graph: Graph) -> Result<Self> {
         Self::build(ctx, graph, false)
     }
 
-    fn build(ctx: Arc<Context>, graph: Graph, allow_winograd: bool) -> Result<Self> {
+    fn build(ctx: Arc<Context>, graph: Graph, allow_fast: bool) -> Result<Self> {
         let nodes = graph
             .nodes
             .iter()
             .map(|n| {
                 Ok(match &n.op {
-                    Op::Conv(c) if allow_winograd && uses_winograd(c) => {
-                        NodeRes::Winograd(GpuWinograd::new(&ctx, PackedWinograd::new(c))?)
-                    }
-                    Op::Conv(c) => NodeRes::Conv(GpuConv::new(&ctx, PackedConv::new(c))?),
+                    Op::Conv(c) => match algorithm(c) {
+                        _ if !allow_fast => NodeRes::Conv(GpuConv::new(&ctx, PackedConv::new(c))?),
+                        Algorithm::Winograd => NodeRes::Winograd(GpuWinograd::new(&ctx, PackedWinograd::new(c))?),
+                        Algorithm::Gemm => NodeRes::Gemm(GpuGemm::new(&ctx, PackedGemm::pointwise(c))?),
+                        Algorithm::Direct => NodeRes::Conv(GpuConv::new(&ctx, PackedConv::new(c))?),
+                    },
                     Op::Binary {
                         rhs: Rhs::PerChannel(v),
                         ..
@@ -94,7 +98,7 @@ impl GpuModel {
         g.nodes
             .iter()
             .filter_map(|n| match &n.op {
-                Op::Conv(c) if uses_winograd(c) => {
+                Op::Conv(c) if algorithm(c) == Algorithm::Winograd => {
                     // (over-counted for models built with new_direct; harmless)
                     let s = g.values[n.inputs[0]].scale as usize;
                     Some(winograd::scratch_bytes(c.in_ch, c.out_ch, batch, h * s, w * s))
@@ -284,6 +288,10 @@ impl GpuModel {
                     iw,
                     *factor,
                 )?],
+                (Op::Conv(c), NodeRes::Gemm(gg)) => {
+                    let r = c.epilogue.residual().map(buf);
+                    gg.dispatch(ctx, label, &x, r.as_deref(), &out, b, ih * iw)
+                }
                 (Op::Conv(c), NodeRes::Winograd(gw)) => {
                     let r = c.epilogue.residual().map(buf);
                     let (v, m) = scratch.as_ref().expect("scratch for winograd convolutions");

@@ -9,9 +9,25 @@ use crate::error::{Error, Result};
 use crate::gpu::Context;
 use crate::model::{Activation, Conv};
 
-/// Whether a convolution runs as Winograd F(4x4, 3x3) (every 3x3 one) rather than directly.
-pub fn uses_winograd(c: &Conv) -> bool {
-    c.k == 3
+/// How a convolution is computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    /// 3x3 as Winograd F(4x4, 3x3): `winograd_input`, `gemm`, `winograd_output`.
+    Winograd,
+    /// 1x1 as a one-position `gemm`.
+    Gemm,
+    /// `conv.wgsl`, for what the others cannot hold (over 1024 input channels).
+    Direct,
+}
+
+/// The algorithm the engine (and the CPU reference) uses for `c`.
+pub fn algorithm(c: &Conv) -> Algorithm {
+    let fits = c.in_ch.div_ceil(4) * OCB <= SLICE_MATS;
+    match c.k {
+        3 if fits => Algorithm::Winograd,
+        1 if fits => Algorithm::Gemm,
+        _ => Algorithm::Direct,
+    }
 }
 
 /// Output groups per invocation and per dispatch (the shader's register tile).

@@ -10,8 +10,8 @@ pub mod cpu;
 pub mod interp;
 pub mod pixel_shuffle;
 pub mod unary;
+pub mod gemm;
 pub mod winograd;
-pub mod winograd_gemm;
 pub mod winograd_input;
 pub mod winograd_output;
 
@@ -29,7 +29,7 @@ pub const SHADERS: &[(&str, &str)] = &[
     ),
     ("interp", include_str!("../../shaders/interp.wgsl")),
     ("winograd_input", include_str!("../../shaders/winograd_input.wgsl")),
-    ("winograd_gemm", include_str!("../../shaders/winograd_gemm.wgsl")),
+    ("gemm", include_str!("../../shaders/gemm.wgsl")),
     ("winograd_output", include_str!("../../shaders/winograd_output.wgsl")),
 ];
 

@@ -44,8 +44,8 @@ pub fn dispatch(
             height: h,
             tiles_x,
             tiles,
-            ocg: p.ocg as u32,
-            oc: p.oc as u32,
+            ocg: p.ocg() as u32,
+            oc: p.oc() as u32,
             act: e.act,
             epi: e.epi,
             leaky: e.leaky,
@@ -57,6 +57,6 @@ pub fn dispatch(
         label: format!("{label} (winograd output)"),
         bind_group: bind_group(ctx, label, pipeline, &[m, vecs, residual, dst, &params]),
         pipeline: pipeline.clone(),
-        workgroups: [tiles.div_ceil(64), p.ocg as u32, batch],
+        workgroups: [tiles.div_ceil(64), p.ocg() as u32, batch],
     }
 }

@@ -5,6 +5,7 @@
 mod binary;
 mod concat;
 mod conv;
+mod gemm;
 mod interp;
 mod pixel_shuffle;
 mod unary;
@@ -16,7 +17,8 @@ pub use conv::conv;
 pub use interp::interp;
 pub use pixel_shuffle::pixel_shuffle;
 pub use unary::unary;
-pub use winograd::{winograd, winograd_gemm, winograd_input, winograd_output};
+pub use gemm::{gemm, pointwise};
+pub use winograd::{winograd, winograd_input, winograd_output};
 
 use crate::model::{Graph, Op, Rhs};
 
@@ -148,13 +150,14 @@ pub fn run_graph_with(graph: &Graph, inputs: &[&Tensor]) -> Tensor {
         let get = |v: usize| values[v].as_ref().expect("value computed before use");
         let x = get(node.inputs[0]);
         let out = match &node.op {
-            Op::Conv(c) if crate::kernels::conv::uses_winograd(c) => {
-                let packed = crate::kernels::winograd::PackedWinograd::new(c);
-                winograd(x, &packed, c.epilogue.residual().map(get))
-            }
             Op::Conv(c) => {
-                let packed = crate::kernels::conv::PackedConv::new(c);
-                conv(x, &packed, c.epilogue.residual().map(get))
+                use crate::kernels::{conv, gemm, winograd};
+                let r = c.epilogue.residual().map(get);
+                match conv::algorithm(c) {
+                    conv::Algorithm::Winograd => self::winograd(x, &winograd::PackedWinograd::new(c), r),
+                    conv::Algorithm::Gemm => pointwise(x, &gemm::PackedGemm::pointwise(c), r),
+                    conv::Algorithm::Direct => self::conv(x, &conv::PackedConv::new(c), r),
+                }
             }
             Op::Binary { kind, rhs } => {
                 let b = match rhs {

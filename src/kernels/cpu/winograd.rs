@@ -1,9 +1,10 @@
-//! CPU twins of the three Winograd shaders (`winograd_input.wgsl`, `winograd_gemm.wgsl`,
-//! `winograd_output.wgsl`), with the same data layouts and transform order.
+//! CPU twins of the Winograd transform shaders (`winograd_input.wgsl`,
+//! `winograd_output.wgsl`), with the same data layouts and transform order; the products in
+//! between are the `gemm` twin's.
 
-use super::conv::{finish, mat_vec};
+use super::conv::finish;
+use super::gemm::gemm;
 use super::Tensor;
-use crate::kernels::conv::OCB;
 use crate::kernels::winograd::{tiles, PackedWinograd, POS, TILE};
 
 type V4 = [f32; 4];
@@ -70,37 +71,15 @@ pub fn winograd_input(x: &Tensor) -> Vec<V4> {
     v
 }
 
-/// Step 2: M[((n * 36 + pos) * ocg + g) * tiles + t], accumulated over input groups in order.
-pub fn winograd_gemm(v: &[V4], p: &PackedWinograd, batch: usize, t_all: usize) -> Vec<V4> {
-    let ocgp = p.blocks() * OCB;
-    let mut m = vec![[f32::NAN; 4]; batch * POS * p.ocg * t_all];
-    for n in 0..batch {
-        for pos in 0..POS {
-            for g in 0..p.ocg {
-                for t in 0..t_all {
-                    let mut acc = [0f32; 4];
-                    for ic in 0..p.icg {
-                        let s = mat_vec(&p.u[(pos * ocgp + g) * p.icg + ic], &v[((n * POS + pos) * p.icg + ic) * t_all + t]);
-                        for l in 0..4 {
-                            acc[l] += s[l];
-                        }
-                    }
-                    m[((n * POS + pos) * p.ocg + g) * t_all + t] = acc;
-                }
-            }
-        }
-    }
-    m
-}
-
 /// Step 3: the output tiles, with the epilogue.
 pub fn winograd_output(m: &[V4], p: &PackedWinograd, batch: usize, h: usize, w: usize, residual: Option<&Tensor>) -> Tensor {
     let (tx, t_all) = tiles(h, w);
-    let mut out = Tensor::poisoned(batch, p.oc, h, w);
+    let (ocg, oc) = (p.ocg(), p.oc());
+    let mut out = Tensor::poisoned(batch, oc, h, w);
     for n in 0..batch {
-        for g in 0..p.ocg {
+        for g in 0..ocg {
             for t in 0..t_all {
-                let at_pos = |pos: usize| m[((n * POS + pos) * p.ocg + g) * t_all + t];
+                let at_pos = |pos: usize| m[((n * POS + pos) * ocg + g) * t_all + t];
                 let rows: [[V4; 4]; 6] = std::array::from_fn(|r| at(std::array::from_fn(|c| at_pos(r * 6 + c))));
                 let cols: [[V4; 4]; 4] = std::array::from_fn(|c| at(std::array::from_fn(|r| rows[r][c])));
                 let (y0, x0) = (t / tx * TILE, t % tx * TILE);
@@ -108,7 +87,7 @@ pub fn winograd_output(m: &[V4], p: &PackedWinograd, batch: usize, h: usize, w: 
                     for (c, x) in (x0..(x0 + TILE).min(w)).enumerate() {
                         let i = out.vec_index(n, g, y, x);
                         let res = residual.map(|t| t.vec4(i));
-                        out.set_vec4(i, finish(&p.epilogue, p.oc, cols[c][r], g, res));
+                        out.set_vec4(i, finish(&p.epilogue, oc, cols[c][r], g, res));
                     }
                 }
             }
@@ -119,8 +98,8 @@ pub fn winograd_output(m: &[V4], p: &PackedWinograd, batch: usize, h: usize, w: 
 
 /// The whole Winograd convolution, as the GPU runs it.
 pub fn winograd(x: &Tensor, p: &PackedWinograd, residual: Option<&Tensor>) -> Tensor {
-    assert_eq!(x.groups(), p.icg, "input channels do not match the convolution");
+    assert_eq!(x.groups(), p.icg(), "input channels do not match the convolution");
     let v = winograd_input(x);
-    let m = winograd_gemm(&v, p, x.n, tiles(x.h, x.w).1);
+    let m = gemm(&v, &p.gemm, x.n, tiles(x.h, x.w).1, None);
     winograd_output(&m, p, x.n, x.h, x.w, residual)
 }
