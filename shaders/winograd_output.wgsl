@@ -18,7 +18,7 @@ struct Params {
 }
 
 @group(0) @binding(0) var<storage, read> m: array<vec4<f32>>;
-// bias groups [0, OCGP), then PReLU slope groups [OCGP, 2 OCGP), as conv.wgsl
+// bias groups [0, ocg), then PReLU slope groups [ocg, 2 ocg), as conv.wgsl
 @group(0) @binding(1) var<storage, read> vecs: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> residual: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> dst: array<vec4<f32>>;
@@ -42,9 +42,8 @@ fn row(base: u32, i: u32) -> array<vec4<f32>, 4> {
 }
 
 fn finish(acc: vec4<f32>, g: u32, index: u32) -> vec4<f32> {
-    let ocgp = (params.ocg + 3u) / 4u * 4u;
     let x = acc + vecs[g];
-    var y = activate(x, params.act, params.leaky, vecs[ocgp + g]);
+    var y = activate(x, params.act, params.leaky, vecs[params.ocg + g]);
     if params.epi == 1u {
         y = (x + residual[index]) * (sigmoid4(x) - 0.5);
     } else if params.epi == 2u {

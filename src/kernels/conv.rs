@@ -81,7 +81,7 @@ impl EpilogueParams {
         }
     }
 
-    /// Bias groups then slope groups, `groups` (a whole number of blocks) each.
+    /// Bias groups then slope groups, `groups` (the real output groups) each.
     pub fn vecs(&self, groups: usize) -> Vec<f32> {
         let n = groups * 4;
         let mut v = vec![0f32; 2 * n];
@@ -185,7 +185,7 @@ impl GpuConv {
                 contents: &bytes,
                 usage: wgpu::BufferUsages::UNIFORM,
             });
-        let vecs = ctx.upload("conv bias", &packed.epilogue.vecs(packed.blocks() * OCB));
+        let vecs = ctx.upload("conv bias", &packed.epilogue.vecs(packed.ocg));
         Ok(GpuConv {
             packed,
             pipeline,

@@ -5,11 +5,16 @@ use std::sync::Arc;
 
 use wgpu::util::DeviceExt;
 
-use super::conv::{EpilogueParams, OCB, SLICE_MATS};
+use super::conv::{EpilogueParams, SLICE_MATS};
 use super::Dispatch;
 use crate::error::{Error, Result};
 use crate::gpu::Context;
 use crate::model::Conv;
+
+/// Columns (tiles or pixels) per invocation: the shader's register tile along t.
+pub const PX: usize = 8;
+/// Output groups per invocation and per dispatch: the register tile along channels.
+pub const OCB: usize = 4;
 
 /// Weights of a batched product and what to do with its sums.
 #[derive(Debug, Clone)]
@@ -146,7 +151,7 @@ impl GpuGemm {
             usage: wgpu::BufferUsages::UNIFORM,
         });
         let vecs = match &packed.epilogue {
-            Some(e) => ctx.upload("gemm bias", &e.vecs(packed.blocks() * OCB)),
+            Some(e) => ctx.upload("gemm bias", &e.vecs(packed.ocg)),
             None => ctx.upload("gemm bias", &[0f32; 4]),
         };
         Ok(GpuGemm {
@@ -211,7 +216,7 @@ impl GpuGemm {
                     label: format!("{label} (gemm)"),
                     bind_group,
                     pipeline: self.pipeline.clone(),
-                    workgroups: [tiles.div_ceil(8).div_ceil(64), (p.positions - pos0).min(p.chunk()) as u32, batch],
+                    workgroups: [tiles.div_ceil(PX as u32).div_ceil(64), (p.positions - pos0).min(p.chunk()) as u32, batch],
                 });
             }
         }

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use super::conv::{EpilogueParams, OCB};
+use super::conv::EpilogueParams;
 use super::gemm::{GpuGemm, PackedGemm};
 use super::Dispatch;
 use crate::error::Result;
@@ -102,7 +102,7 @@ pub struct GpuWinograd {
 
 impl GpuWinograd {
     pub fn new(ctx: &Context, packed: PackedWinograd) -> Result<Self> {
-        let vecs = ctx.upload("winograd bias", &packed.epilogue.vecs(packed.gemm.blocks() * OCB));
+        let vecs = ctx.upload("winograd bias", &packed.epilogue.vecs(packed.ocg()));
         Ok(GpuWinograd {
             gemm: GpuGemm::new(ctx, packed.gemm.clone())?,
             vecs,
