@@ -21,9 +21,9 @@ pub struct GpuModel {
 
 /// Device resources of one node.
 enum NodeRes {
-    Conv(GpuConv),
-    Gemm(GpuGemm),
-    Winograd(GpuWinograd),
+    Conv(Box<GpuConv>),
+    Gemm(Box<GpuGemm>),
+    Winograd(Box<GpuWinograd>),
     /// A per-channel operand or PReLU slopes.
     Vector(wgpu::Buffer),
     None,
@@ -47,10 +47,19 @@ impl GpuModel {
             .map(|n| {
                 Ok(match &n.op {
                     Op::Conv(c) => match algorithm(c) {
-                        _ if !allow_fast => NodeRes::Conv(GpuConv::new(&ctx, PackedConv::new(c))?),
-                        Algorithm::Winograd => NodeRes::Winograd(GpuWinograd::new(&ctx, PackedWinograd::new(c))?),
-                        Algorithm::Gemm => NodeRes::Gemm(GpuGemm::new(&ctx, PackedGemm::pointwise(c))?),
-                        Algorithm::Direct => NodeRes::Conv(GpuConv::new(&ctx, PackedConv::new(c))?),
+                        _ if !allow_fast => {
+                            NodeRes::Conv(Box::new(GpuConv::new(&ctx, PackedConv::new(c))?))
+                        }
+                        Algorithm::Winograd => NodeRes::Winograd(Box::new(GpuWinograd::new(
+                            &ctx,
+                            PackedWinograd::new(c),
+                        )?)),
+                        Algorithm::Gemm => {
+                            NodeRes::Gemm(Box::new(GpuGemm::new(&ctx, PackedGemm::pointwise(c))?))
+                        }
+                        Algorithm::Direct => {
+                            NodeRes::Conv(Box::new(GpuConv::new(&ctx, PackedConv::new(c))?))
+                        }
                     },
                     Op::Binary {
                         rhs: Rhs::PerChannel(v),
@@ -101,7 +110,13 @@ impl GpuModel {
                 Op::Conv(c) if algorithm(c) == Algorithm::Winograd => {
                     // (over-counted for models built with new_direct; harmless)
                     let s = g.values[n.inputs[0]].scale as usize;
-                    Some(winograd::scratch_bytes(c.in_ch, c.out_ch, batch, h * s, w * s))
+                    Some(winograd::scratch_bytes(
+                        c.in_ch,
+                        c.out_ch,
+                        batch,
+                        h * s,
+                        w * s,
+                    ))
                 }
                 _ => None,
             })
@@ -176,7 +191,12 @@ impl GpuModel {
             last[v] = usize::MAX;
         }
         let (sv, sm) = self.scratch(batch, h, w);
-        let scratch = (sv > 0).then(|| (take(sv, &mut owned, &mut Vec::new()), take(sm, &mut owned, &mut Vec::new())));
+        let scratch = (sv > 0).then(|| {
+            (
+                take(sv, &mut owned, &mut Vec::new()),
+                take(sm, &mut owned, &mut Vec::new()),
+            )
+        });
         let mut steps: Vec<Step> = Vec::new();
         let b = batch as u32;
         for (j, node) in g.nodes.iter().enumerate() {
@@ -435,10 +455,12 @@ impl Plan {
         Ok(())
     }
 
-    /// Host wall time of each launch run on its own (a coarse profile for adapters without
-    /// timestamp queries).
-    pub fn profile(&self) -> Result<Vec<(String, f64)>> {
+    /// Host wall time (ms) of each step run on its own, submitted and waited for one at a
+    /// time, on `input` (a coarse profile that needs no timestamp queries).
+    pub fn profile(&self, input: &[f32]) -> Result<Vec<(String, f64)>> {
         let ctx = &self.ctx;
+        ctx.queue
+            .write_buffer(&self.input, 0, bytemuck::cast_slice(input));
         let mut out = Vec::new();
         for step in self.steps.chunks(1) {
             let t = std::time::Instant::now();

@@ -39,6 +39,10 @@ enum Command {
         /// Adapter index or name part, as listed by `refqsr adapters`.
         #[arg(long)]
         adapter: Option<String>,
+        /// Mirror the image borders by this many pixels before the network's zero padding
+        /// (default 0: the networks were trained with zero padding and score better with it).
+        #[arg(long, value_name = "PIXELS")]
+        mirror: Option<usize>,
     },
     /// List the GPU adapters wgpu can see.
     Adapters,
@@ -54,6 +58,7 @@ fn main() -> ExitCode {
             model,
             tile,
             adapter,
+            mirror,
         } => upscale(
             &input,
             &output,
@@ -62,7 +67,8 @@ fn main() -> ExitCode {
                 scale,
                 tile,
                 adapter,
-                max_memory: None,
+                mirror,
+                ..Options::default()
             },
         ),
         Command::Adapters => adapters(),

@@ -1,46 +1,95 @@
-//! Cutting an image into equal tiles with a mirrored halo, and merging the results.
+//! Cutting an image into equal windows with a halo, and merging the results.
 //!
-//! Every tile has the same core size (the image size where the image is smaller), so one plan
-//! serves them all and tiles can be batched into a single dispatch. Instead of ragged
-//! remainder tiles, the last tile along an axis is shifted back to end at the image edge and
-//! overlaps its neighbour; the overlap is computed twice with identical inputs, so merging is
-//! a plain overwrite. Each tile is read with a halo of at least the network's receptive-field
-//! radius, taken from the image mirrored at its borders (reflect-101, repeated for halos wider
-//! than the image), so the output never depends on the tile size.
+//! The image is extended by `margin` pixels on each side by mirroring (reflect-101, repeated
+//! for margins wider than the image); beyond that the network's own zero padding applies.
+//! Windows into the extended image all have the same size, so one plan serves them all and
+//! they batch into single dispatches. Each window is responsible for a core: the pixels at
+//! least `halo` (the network's receptive-field radius) from any window edge that is not the
+//! extended image's edge. Cores cover the image; where they overlap (the last window along an
+//! axis is shifted back to end at the border rather than being ragged) the overlap is computed
+//! twice from identical inputs and merging is a plain overwrite. So the output never depends
+//! on the tile size: a window's core pixels see exactly what they would see in one window
+//! spanning the whole extended image.
 
 use image::Rgb32FImage;
 
-/// A tile's core: the pixels it is responsible for.
+/// One window along one axis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Tile {
-    pub x: usize,
-    pub y: usize,
+pub struct Span {
+    /// First pixel of the window (negative inside the mirrored margin).
+    pub start: isize,
+    /// The core, in image pixels.
+    pub core: (usize, usize),
 }
 
-/// The tiles covering an image.
+/// One window of the image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tile {
+    pub x: Span,
+    pub y: Span,
+}
+
+/// The windows covering an image.
 #[derive(Debug, Clone)]
 pub struct Grid {
     pub width: usize,
     pub height: usize,
-    /// Core size of every tile.
-    pub tile_w: usize,
-    pub tile_h: usize,
+    /// Window size (the network's input size).
+    pub window_w: usize,
+    pub window_h: usize,
     pub halo: usize,
+    pub margin: usize,
     pub tiles: Vec<Tile>,
 }
 
+/// Windows along one axis of `len` pixels: cores of about `tile` pixels, `halo` each side,
+/// image extended by `margin`. Returns the window size and the spans.
+fn spans(len: usize, tile: usize, halo: usize, margin: usize) -> (usize, Vec<Span>) {
+    let (len_i, m, h) = (len as isize, margin as isize, halo as isize);
+    let extended = len + 2 * margin;
+    if extended <= tile + 2 * halo {
+        return (
+            extended,
+            vec![Span {
+                start: -m,
+                core: (0, len),
+            }],
+        );
+    }
+    let size = tile + 2 * halo;
+    let s = size as isize;
+    let mut out = vec![Span {
+        start: -m,
+        core: (0, (s - h - m) as usize),
+    }];
+    loop {
+        let done = out.last().expect("first span").core.1 as isize;
+        if done >= len_i {
+            break;
+        }
+        let start = done - h;
+        if start + s >= len_i + m {
+            let start = len_i + m - s;
+            out.push(Span {
+                start,
+                core: ((start + h) as usize, len),
+            });
+            break;
+        }
+        out.push(Span {
+            start,
+            core: (done as usize, (start + s - h) as usize),
+        });
+    }
+    (size, out)
+}
+
 impl Grid {
-    /// Tiles of at most `tile` x `tile` covering a `width` x `height` image.
-    pub fn new(width: usize, height: usize, tile: usize, halo: usize) -> Grid {
+    /// Windows with cores of about `tile` x `tile` covering a `width` x `height` image.
+    pub fn new(width: usize, height: usize, tile: usize, halo: usize, margin: usize) -> Grid {
         assert!(width > 0 && height > 0 && tile > 0);
-        // As many tiles as `tile` needs, then shrunk to share the length evenly.
-        let even = |len: usize| len.div_ceil(len.div_ceil(tile));
-        let (tile_w, tile_h) = (even(width), even(height));
-        let starts = |len: usize, t: usize| -> Vec<usize> {
-            (0..len.div_ceil(t)).map(|i| (i * t).min(len - t)).collect()
-        };
-        let xs = starts(width, tile_w);
-        let ys = starts(height, tile_h);
+        let (window_w, xs) = spans(width, tile, halo, margin);
+        let (window_h, ys) = spans(height, tile, halo, margin);
         let tiles = ys
             .iter()
             .flat_map(|&y| xs.iter().map(move |&x| Tile { x, y }))
@@ -48,28 +97,28 @@ impl Grid {
         Grid {
             width,
             height,
-            tile_w,
-            tile_h,
+            window_w,
+            window_h,
             halo,
+            margin,
             tiles,
         }
     }
 
-    /// Size of a tile with its halo: the network's input size.
+    /// The network's input size: (height, width).
     pub fn input_size(&self) -> (usize, usize) {
-        (self.tile_h + 2 * self.halo, self.tile_w + 2 * self.halo)
+        (self.window_h, self.window_w)
     }
 
-    /// Write tile `t` with its halo into `dst` (one C4HW batch item of 3 channels).
+    /// Write window `t` into `dst` (one C4HW batch item of 3 channels).
     pub fn extract(&self, img: &Rgb32FImage, t: Tile, dst: &mut [f32]) {
         let (ih, iw) = self.input_size();
         assert_eq!(dst.len(), ih * iw * 4);
-        let h = self.halo as isize;
         let raw = img.as_raw();
         for y in 0..ih {
-            let sy = mirror(t.y as isize + y as isize - h, self.height);
+            let sy = mirror(t.y.start + y as isize, self.height);
             for x in 0..iw {
-                let sx = mirror(t.x as isize + x as isize - h, self.width);
+                let sx = mirror(t.x.start + x as isize, self.width);
                 let s = (sy * self.width + sx) * 3;
                 let d = (y * iw + x) * 4;
                 dst[d..d + 3].copy_from_slice(&raw[s..s + 3]);
@@ -78,27 +127,30 @@ impl Grid {
         }
     }
 
-    /// Copy the core of an upscaled tile (one C4HW batch item, `scale` times the input size)
+    /// Copy the core of an upscaled window (one C4HW batch item, `scale` times the window)
     /// into `out`.
     pub fn merge(&self, out: &mut Rgb32FImage, t: Tile, scale: usize, src: &[f32]) {
         let (ih, iw) = self.input_size();
-        let (sh, sw) = (ih * scale, iw * scale);
-        assert_eq!(src.len(), sh * sw * 4);
+        let sw = iw * scale;
+        assert_eq!(src.len(), ih * scale * sw * 4);
         let ow = out.width() as usize;
         let raw: &mut [f32] = out;
-        let off = self.halo * scale;
-        for y in 0..self.tile_h * scale {
-            let dy = t.y * scale + y;
-            for x in 0..self.tile_w * scale {
-                let s = ((y + off) * sw + x + off) * 4;
-                let d = (dy * ow + t.x * scale + x) * 3;
+        let (ox, oy) = (
+            (t.x.core.0 as isize - t.x.start) as usize * scale,
+            (t.y.core.0 as isize - t.y.start) as usize * scale,
+        );
+        for y in 0..(t.y.core.1 - t.y.core.0) * scale {
+            let dy = t.y.core.0 * scale + y;
+            for x in 0..(t.x.core.1 - t.x.core.0) * scale {
+                let s = ((y + oy) * sw + x + ox) * 4;
+                let d = (dy * ow + t.x.core.0 * scale + x) * 3;
                 raw[d..d + 3].copy_from_slice(&src[s..s + 3]);
             }
         }
     }
 }
 
-/// Reflect-101 index into `0..n` for any `i` (periodic, so any halo width works).
+/// Reflect-101 index into `0..n` for any `i` (periodic, so any margin works).
 pub fn mirror(i: isize, n: usize) -> usize {
     if n == 1 {
         return 0;
@@ -121,19 +173,35 @@ mod tests {
     }
 
     #[test]
-    fn grid_covers_every_pixel_with_equal_tiles() {
-        for (w, h, t) in [(10, 7, 3), (5, 5, 8), (1, 1, 4), (17, 2, 16), (64, 33, 32)] {
-            let g = Grid::new(w, h, t, 2);
-            let mut covered = vec![0u32; w * h];
-            for tile in &g.tiles {
-                assert!(tile.x + g.tile_w <= w && tile.y + g.tile_h <= h);
-                for y in tile.y..tile.y + g.tile_h {
-                    for x in tile.x..tile.x + g.tile_w {
-                        covered[y * w + x] += 1;
+    fn cores_cover_the_image_and_keep_the_halo() {
+        for len in [1, 2, 7, 33, 64, 100, 257] {
+            for tile in [1, 3, 8, 32, 500] {
+                for (halo, margin) in [(0, 0), (2, 0), (5, 2), (21, 21), (21, 4)] {
+                    let (size, spans) = spans(len, tile, halo, margin);
+                    let mut covered = vec![false; len];
+                    for s in &spans {
+                        assert!(s.start >= -(margin as isize));
+                        assert!(s.start + size as isize <= (len + margin) as isize);
+                        assert!(s.core.0 < s.core.1 && s.core.1 <= len);
+                        // a core pixel is `halo` inside the window unless that window edge
+                        // is the extended image's edge
+                        let first = s.core.0 as isize;
+                        let last = s.core.1 as isize - 1;
+                        assert!(first - s.start >= halo as isize || s.start == -(margin as isize));
+                        assert!(
+                            s.start + size as isize - 1 - last >= halo as isize
+                                || s.start + size as isize == (len + margin) as isize
+                        );
+                        covered[s.core.0..s.core.1]
+                            .iter_mut()
+                            .for_each(|c| *c = true);
                     }
+                    assert!(
+                        covered.iter().all(|&c| c),
+                        "len {len} tile {tile} halo {halo} margin {margin}"
+                    );
                 }
             }
-            assert!(covered.iter().all(|&c| c >= 1), "{w}x{h} tile {t}");
         }
     }
 }

@@ -191,7 +191,10 @@ fn conv_matches_cpu_twin() {
             let direct = cpu::conv(&x, &PackedConv::new(c), residual);
             let got = run_gpu_with(GpuModel::new_direct(ctx(), graph.clone()).unwrap(), &ins);
             let d = max_abs_diff(&got, &direct.data);
-            assert!(d <= CONV_TOL, "direct conv {ic}->{oc} k{k} {h}x{w}: max diff {d}");
+            assert!(
+                d <= CONV_TOL,
+                "direct conv {ic}->{oc} k{k} {h}x{w}: max diff {d}"
+            );
             let d = max_abs_diff(&want.data, &direct.data);
             assert!(
                 d <= WINOGRAD_TOL,

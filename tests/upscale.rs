@@ -48,7 +48,7 @@ fn psnr_y(a: &Rgb32FImage, b: &Rgb32FImage, shave: u32) -> f64 {
 fn cpu_upscale(up: &Upscaler, img: &Rgb32FImage) -> Rgb32FImage {
     let (w, h) = (img.width() as usize, img.height() as usize);
     let s = up.scale() as usize;
-    let grid = Grid::new(w, h, w.max(h), up.halo());
+    let grid = Grid::new(w, h, w.max(h), up.halo(), up.mirror());
     let (ih, iw) = grid.input_size();
     let mut out = Rgb32FImage::new((w * s) as u32, (h * s) as u32);
     for t in &grid.tiles {
@@ -107,33 +107,48 @@ fn other_models_run_and_match_the_cpu_reference() {
     }
 }
 
+fn upscaler_with(tile: Option<usize>, mirror: usize) -> Upscaler {
+    let graph = load_graph(None, None).unwrap();
+    let opts = Options {
+        tile,
+        mirror: Some(mirror),
+        ..Options::default()
+    };
+    Upscaler::with_graph(ctx(), graph, &opts).unwrap()
+}
+
 #[test]
 fn tiled_output_equals_untiled_for_any_tile_size() {
     let mut rng = Rng::fresh("tiling");
     let (x, y) = (rng.below(500) as u32, rng.below(300) as u32);
     let lr = crop("images/coffee.png", x, y, 37, 29);
-    let untiled = upscaler(None, None, Some(1000))
-        .upscale_rgb(&lr, &mut |_, _| {})
-        .unwrap();
-    // Tiles smaller than the halo, odd sizes, sizes leaving 1-pixel remainders (36 of 37,
-    // 28 of 29), and tiles larger than the image.
-    for tile in [5, 8, 13, 28, 36, 64] {
-        let up = upscaler(None, None, Some(tile));
-        let mut calls = 0;
-        let tiled = up.upscale_rgb(&lr, &mut |_, _| calls += 1).unwrap();
-        let d = max_abs_diff(tiled.as_raw(), untiled.as_raw());
-        assert!(d <= 1e-5, "tile {tile}: max diff {d}");
-        assert!(calls >= 2);
-    }
-    // One-pixel tiles on a tiny image.
     let tiny = crop("images/coffee.png", x, y, 3, 2);
-    let a = upscaler(None, None, Some(1))
-        .upscale_rgb(&tiny, &mut |_, _| {})
-        .unwrap();
-    let b = upscaler(None, None, None)
-        .upscale_rgb(&tiny, &mut |_, _| {})
-        .unwrap();
-    assert!(max_abs_diff(a.as_raw(), b.as_raw()) <= 1e-5);
+    for mirror in [0, 4, 21] {
+        let untiled = upscaler_with(Some(1000), mirror)
+            .upscale_rgb(&lr, &mut |_, _| {})
+            .unwrap();
+        // Tiles smaller than the halo, odd sizes, sizes leaving 1-pixel remainders (36 of 37,
+        // 28 of 29), and tiles larger than the image.
+        for tile in [5, 13, 28, 36, 64] {
+            let up = upscaler_with(Some(tile), mirror);
+            let mut calls = 0;
+            let tiled = up.upscale_rgb(&lr, &mut |_, _| calls += 1).unwrap();
+            let d = max_abs_diff(tiled.as_raw(), untiled.as_raw());
+            assert!(d <= 1e-5, "mirror {mirror}, tile {tile}: max diff {d}");
+            assert!(calls >= 2);
+        }
+        // One-pixel tiles on a tiny image.
+        let a = upscaler_with(Some(1), mirror)
+            .upscale_rgb(&tiny, &mut |_, _| {})
+            .unwrap();
+        let b = upscaler_with(None, mirror)
+            .upscale_rgb(&tiny, &mut |_, _| {})
+            .unwrap();
+        assert!(
+            max_abs_diff(a.as_raw(), b.as_raw()) <= 1e-5,
+            "mirror {mirror}, 1-pixel tiles"
+        );
+    }
 }
 
 #[test]

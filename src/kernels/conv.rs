@@ -125,8 +125,6 @@ impl PackedConv {
     pub fn block_len(&self) -> usize {
         self.icg * self.k * self.k * OCB
     }
-
-
 }
 
 #[repr(C)]

@@ -33,7 +33,12 @@ pub struct PackedGemm {
 
 impl PackedGemm {
     /// Zero weights for `positions` x `out_ch` x `in_ch`, to be filled with [`PackedGemm::set`].
-    pub fn zeros(positions: usize, in_ch: usize, out_ch: usize, epilogue: Option<EpilogueParams>) -> Self {
+    pub fn zeros(
+        positions: usize,
+        in_ch: usize,
+        out_ch: usize,
+        epilogue: Option<EpilogueParams>,
+    ) -> Self {
         let (icg, ocg) = (in_ch.div_ceil(4), out_ch.div_ceil(4));
         PackedGemm {
             positions,
@@ -145,11 +150,13 @@ impl GpuGemm {
             let src: &[u8] = bytemuck::cast_slice(s);
             bytes[at..at + src.len()].copy_from_slice(src);
         }
-        let weights = ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("gemm weights"),
-            contents: &bytes,
-            usage: wgpu::BufferUsages::UNIFORM,
-        });
+        let weights = ctx
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("gemm weights"),
+                contents: &bytes,
+                usage: wgpu::BufferUsages::UNIFORM,
+            });
         let vecs = match &packed.epilogue {
             Some(e) => ctx.upload("gemm bias", &e.vecs(packed.ocg)),
             None => ctx.upload("gemm bias", &[0f32; 4]),
@@ -165,7 +172,16 @@ impl GpuGemm {
 
     /// Record the products for `batch` items of `tiles` columns each, `v` -> `m`.
     #[allow(clippy::too_many_arguments)]
-    pub fn dispatch(&self, ctx: &Context, label: &str, v: &wgpu::Buffer, residual: Option<&wgpu::Buffer>, m: &wgpu::Buffer, batch: u32, tiles: u32) -> Vec<Dispatch> {
+    pub fn dispatch(
+        &self,
+        ctx: &Context,
+        label: &str,
+        v: &wgpu::Buffer,
+        residual: Option<&wgpu::Buffer>,
+        m: &wgpu::Buffer,
+        batch: u32,
+        tiles: u32,
+    ) -> Vec<Dispatch> {
         let p = &self.packed;
         let layout = self.pipeline.get_bind_group_layout(0);
         let residual = residual.unwrap_or(ctx.dummy());
@@ -200,12 +216,30 @@ impl GpuGemm {
                     size: wgpu::BufferSize::new((SLICE_MATS * 64) as u64),
                 };
                 let entries = [
-                    wgpu::BindGroupEntry { binding: 0, resource: v.as_entire_binding() },
-                    wgpu::BindGroupEntry { binding: 1, resource: wgpu::BindingResource::Buffer(slice) },
-                    wgpu::BindGroupEntry { binding: 2, resource: self.vecs.as_entire_binding() },
-                    wgpu::BindGroupEntry { binding: 3, resource: residual.as_entire_binding() },
-                    wgpu::BindGroupEntry { binding: 4, resource: m.as_entire_binding() },
-                    wgpu::BindGroupEntry { binding: 5, resource: params.as_entire_binding() },
+                    wgpu::BindGroupEntry {
+                        binding: 0,
+                        resource: v.as_entire_binding(),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 1,
+                        resource: wgpu::BindingResource::Buffer(slice),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 2,
+                        resource: self.vecs.as_entire_binding(),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 3,
+                        resource: residual.as_entire_binding(),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 4,
+                        resource: m.as_entire_binding(),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 5,
+                        resource: params.as_entire_binding(),
+                    },
                 ];
                 let bind_group = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
                     label: Some(label),
@@ -216,7 +250,11 @@ impl GpuGemm {
                     label: format!("{label} (gemm)"),
                     bind_group,
                     pipeline: self.pipeline.clone(),
-                    workgroups: [tiles.div_ceil(PX as u32).div_ceil(64), (p.positions - pos0).min(p.chunk()) as u32, batch],
+                    workgroups: [
+                        tiles.div_ceil(PX as u32).div_ceil(64),
+                        (p.positions - pos0).min(p.chunk()) as u32,
+                        batch,
+                    ],
                 });
             }
         }

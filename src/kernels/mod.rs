@@ -7,10 +7,10 @@ pub mod binary;
 pub mod concat;
 pub mod conv;
 pub mod cpu;
+pub mod gemm;
 pub mod interp;
 pub mod pixel_shuffle;
 pub mod unary;
-pub mod gemm;
 pub mod winograd;
 pub mod winograd_input;
 pub mod winograd_output;
@@ -28,9 +28,15 @@ pub const SHADERS: &[(&str, &str)] = &[
         include_str!("../../shaders/pixel_shuffle.wgsl"),
     ),
     ("interp", include_str!("../../shaders/interp.wgsl")),
-    ("winograd_input", include_str!("../../shaders/winograd_input.wgsl")),
+    (
+        "winograd_input",
+        include_str!("../../shaders/winograd_input.wgsl"),
+    ),
     ("gemm", include_str!("../../shaders/gemm.wgsl")),
-    ("winograd_output", include_str!("../../shaders/winograd_output.wgsl")),
+    (
+        "winograd_output",
+        include_str!("../../shaders/winograd_output.wgsl"),
+    ),
 ];
 
 /// The complete WGSL of a shader: shared helpers followed by the kernel.

@@ -51,9 +51,9 @@ impl PackedWinograd {
                         *v = (0..3).map(|ky| G[r][ky] * g[ky * 3 + kx] as f64).sum();
                     }
                 }
-                for r in 0..6 {
-                    for s in 0..6 {
-                        let v: f64 = (0..3).map(|kx| gg[r][kx] * G[s][kx]).sum();
+                for (r, gr) in gg.iter().enumerate() {
+                    for (s, gs) in G.iter().enumerate() {
+                        let v: f64 = (0..3).map(|kx| gr[kx] * gs[kx]).sum();
                         gemm.set(r * 6 + s, o, i, v as f32);
                     }
                 }
@@ -88,7 +88,10 @@ pub fn tiles(h: usize, w: usize) -> (usize, usize) {
 pub fn scratch_bytes(in_ch: usize, out_ch: usize, batch: usize, h: usize, w: usize) -> (u64, u64) {
     let t = tiles(h, w).1;
     let per = (batch * POS * t * 16) as u64;
-    (per * in_ch.div_ceil(4) as u64, per * out_ch.div_ceil(4) as u64)
+    (
+        per * in_ch.div_ceil(4) as u64,
+        per * out_ch.div_ceil(4) as u64,
+    )
 }
 
 /// A Winograd convolution resident on the device.
@@ -115,13 +118,51 @@ impl GpuWinograd {
     /// Record the three steps over `batch` images of `h` x `w`, using the scratch buffers
     /// `v` and `m` (at least [`scratch_bytes`]).
     #[allow(clippy::too_many_arguments)]
-    pub fn dispatch(&self, ctx: &Context, label: &str, src: &wgpu::Buffer, residual: Option<&wgpu::Buffer>, dst: &wgpu::Buffer, v: &wgpu::Buffer, m: &wgpu::Buffer, batch: u32, h: u32, w: u32) -> Vec<Dispatch> {
+    pub fn dispatch(
+        &self,
+        ctx: &Context,
+        label: &str,
+        src: &wgpu::Buffer,
+        residual: Option<&wgpu::Buffer>,
+        dst: &wgpu::Buffer,
+        v: &wgpu::Buffer,
+        m: &wgpu::Buffer,
+        batch: u32,
+        h: u32,
+        w: u32,
+    ) -> Vec<Dispatch> {
         let p = &self.packed;
         let (tx, t) = tiles(h as usize, w as usize);
         let (tx, t) = (tx as u32, t as u32);
-        let mut out = vec![super::winograd_input::dispatch(ctx, label, &self.input, src, v, batch, p.icg() as u32, h, w, tx, t)];
+        let mut out = vec![super::winograd_input::dispatch(
+            ctx,
+            label,
+            &self.input,
+            src,
+            v,
+            batch,
+            p.icg() as u32,
+            h,
+            w,
+            tx,
+            t,
+        )];
         out.extend(self.gemm.dispatch(ctx, label, v, None, m, batch, t));
-        out.push(super::winograd_output::dispatch(ctx, label, &self.output, m, &self.vecs, residual, dst, p, batch, h, w, tx, t));
+        out.push(super::winograd_output::dispatch(
+            ctx,
+            label,
+            &self.output,
+            m,
+            &self.vecs,
+            residual,
+            dst,
+            p,
+            batch,
+            h,
+            w,
+            tx,
+            t,
+        ));
         out
     }
 }

@@ -16,7 +16,19 @@ struct Params {
 
 /// Record the input transform of `batch` images of `icg` groups, `h` x `w`, into `v`.
 #[allow(clippy::too_many_arguments)]
-pub fn dispatch(ctx: &Context, label: &str, pipeline: &std::sync::Arc<wgpu::ComputePipeline>, src: &wgpu::Buffer, v: &wgpu::Buffer, batch: u32, icg: u32, h: u32, w: u32, tiles_x: u32, tiles: u32) -> Dispatch {
+pub fn dispatch(
+    ctx: &Context,
+    label: &str,
+    pipeline: &std::sync::Arc<wgpu::ComputePipeline>,
+    src: &wgpu::Buffer,
+    v: &wgpu::Buffer,
+    batch: u32,
+    icg: u32,
+    h: u32,
+    w: u32,
+    tiles_x: u32,
+    tiles: u32,
+) -> Dispatch {
     let params = ctx.uniform(
         "winograd input params",
         &Params {

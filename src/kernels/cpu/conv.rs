@@ -77,7 +77,13 @@ pub(crate) fn mat_vec(m: &[f32; 16], v: &[f32; 4]) -> [f32; 4] {
 }
 
 /// `finish` of the convolution shaders: bias, activation, gate or residual, lane mask.
-pub(crate) fn finish(p: &EpilogueParams, oc: usize, acc: [f32; 4], g: usize, residual: Option<[f32; 4]>) -> [f32; 4] {
+pub(crate) fn finish(
+    p: &EpilogueParams,
+    oc: usize,
+    acc: [f32; 4],
+    g: usize,
+    residual: Option<[f32; 4]>,
+) -> [f32; 4] {
     let y = std::array::from_fn(|l| {
         let c = g * 4 + l;
         let x = acc[l] + p.bias.get(c).copied().unwrap_or(0.0);

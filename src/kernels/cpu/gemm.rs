@@ -7,9 +7,19 @@ use crate::kernels::gemm::PackedGemm;
 /// M[((n * P + pos) * ocg + g) * tiles + t] = sum over input groups, in ascending order, of
 /// U[pos][g][ic] V[((n * P + pos) * icg + ic) * tiles + t]; with the epilogue applied when the
 /// product has one (then `residual` is read at the same index).
-pub fn gemm(v: &[[f32; 4]], p: &PackedGemm, batch: usize, tiles: usize, residual: Option<&[f32]>) -> Vec<[f32; 4]> {
+pub fn gemm(
+    v: &[[f32; 4]],
+    p: &PackedGemm,
+    batch: usize,
+    tiles: usize,
+    residual: Option<&[f32]>,
+) -> Vec<[f32; 4]> {
     let positions = p.positions;
-    assert_eq!(v.len(), batch * positions * p.icg * tiles, "input size does not match");
+    assert_eq!(
+        v.len(),
+        batch * positions * p.icg * tiles,
+        "input size does not match"
+    );
     let mut m = vec![[f32::NAN; 4]; batch * positions * p.ocg * tiles];
     for n in 0..batch {
         for pos in 0..positions {
@@ -17,7 +27,10 @@ pub fn gemm(v: &[[f32; 4]], p: &PackedGemm, batch: usize, tiles: usize, residual
                 for t in 0..tiles {
                     let mut acc = [0f32; 4];
                     for ic in 0..p.icg {
-                        let s = mat_vec(p.mat(pos, g, ic), &v[((n * positions + pos) * p.icg + ic) * tiles + t]);
+                        let s = mat_vec(
+                            p.mat(pos, g, ic),
+                            &v[((n * positions + pos) * p.icg + ic) * tiles + t],
+                        );
                         for l in 0..4 {
                             acc[l] += s[l];
                         }
@@ -26,7 +39,8 @@ pub fn gemm(v: &[[f32; 4]], p: &PackedGemm, batch: usize, tiles: usize, residual
                     m[i] = match &p.epilogue {
                         None => acc,
                         Some(e) => {
-                            let r = residual.map(|r| [r[4 * i], r[4 * i + 1], r[4 * i + 2], r[4 * i + 3]]);
+                            let r = residual
+                                .map(|r| [r[4 * i], r[4 * i + 1], r[4 * i + 2], r[4 * i + 3]]);
                             finish(e, p.oc, acc, g, r)
                         }
                     };
@@ -39,8 +53,16 @@ pub fn gemm(v: &[[f32; 4]], p: &PackedGemm, batch: usize, tiles: usize, residual
 
 /// A 1x1 convolution through [`gemm`] (one position, pixels as columns).
 pub fn pointwise(x: &Tensor, p: &PackedGemm, residual: Option<&Tensor>) -> Tensor {
-    assert_eq!((p.positions, x.groups()), (1, p.icg), "not a 1x1 product for this input");
-    let v: Vec<[f32; 4]> = x.data.chunks_exact(4).map(|c| [c[0], c[1], c[2], c[3]]).collect();
+    assert_eq!(
+        (p.positions, x.groups()),
+        (1, p.icg),
+        "not a 1x1 product for this input"
+    );
+    let v: Vec<[f32; 4]> = x
+        .data
+        .chunks_exact(4)
+        .map(|c| [c[0], c[1], c[2], c[3]])
+        .collect();
     let m = gemm(&v, p, x.n, x.h * x.w, residual.map(|r| &r.data[..]));
     Tensor {
         n: x.n,

@@ -14,10 +14,10 @@ mod winograd;
 pub use binary::{binary, per_channel_group, Operand};
 pub use concat::concat;
 pub use conv::conv;
+pub use gemm::{gemm, pointwise};
 pub use interp::interp;
 pub use pixel_shuffle::pixel_shuffle;
 pub use unary::unary;
-pub use gemm::{gemm, pointwise};
 pub use winograd::{winograd, winograd_input, winograd_output};
 
 use crate::model::{Graph, Op, Rhs};
@@ -154,7 +154,9 @@ pub fn run_graph_with(graph: &Graph, inputs: &[&Tensor]) -> Tensor {
                 use crate::kernels::{conv, gemm, winograd};
                 let r = c.epilogue.residual().map(get);
                 match conv::algorithm(c) {
-                    conv::Algorithm::Winograd => self::winograd(x, &winograd::PackedWinograd::new(c), r),
+                    conv::Algorithm::Winograd => {
+                        self::winograd(x, &winograd::PackedWinograd::new(c), r)
+                    }
                     conv::Algorithm::Gemm => pointwise(x, &gemm::PackedGemm::pointwise(c), r),
                     conv::Algorithm::Direct => self::conv(x, &conv::PackedConv::new(c), r),
                 }

@@ -37,7 +37,10 @@ fn at(m: [V4; 6]) -> [V4; 4] {
         add(add(add(add(m[0], m[1]), m[2]), m[3]), m[4]),
         sub(add(sub(m[1], m[2]), mul(2.0, m[3])), mul(2.0, m[4])),
         add(add(add(m[1], m[2]), mul(4.0, m[3])), mul(4.0, m[4])),
-        add(sub(add(sub(m[1], m[2]), mul(8.0, m[3])), mul(8.0, m[4])), m[5]),
+        add(
+            sub(add(sub(m[1], m[2]), mul(8.0, m[3])), mul(8.0, m[4])),
+            m[5],
+        ),
     ]
 }
 
@@ -58,7 +61,11 @@ pub fn winograd_input(x: &Tensor) -> Vec<V4> {
                         [0.0; 4]
                     }
                 };
-                let rows: [[V4; 6]; 6] = std::array::from_fn(|r| bt(std::array::from_fn(|c| px(y0 + r as isize, x0 + c as isize))));
+                let rows: [[V4; 6]; 6] = std::array::from_fn(|r| {
+                    bt(std::array::from_fn(|c| {
+                        px(y0 + r as isize, x0 + c as isize)
+                    }))
+                });
                 for col in 0..6 {
                     let c = bt(std::array::from_fn(|r| rows[r][col]));
                     for (i, ci) in c.iter().enumerate() {
@@ -72,7 +79,14 @@ pub fn winograd_input(x: &Tensor) -> Vec<V4> {
 }
 
 /// Step 3: the output tiles, with the epilogue.
-pub fn winograd_output(m: &[V4], p: &PackedWinograd, batch: usize, h: usize, w: usize, residual: Option<&Tensor>) -> Tensor {
+pub fn winograd_output(
+    m: &[V4],
+    p: &PackedWinograd,
+    batch: usize,
+    h: usize,
+    w: usize,
+    residual: Option<&Tensor>,
+) -> Tensor {
     let (tx, t_all) = tiles(h, w);
     let (ocg, oc) = (p.ocg(), p.oc());
     let mut out = Tensor::poisoned(batch, oc, h, w);
@@ -80,8 +94,10 @@ pub fn winograd_output(m: &[V4], p: &PackedWinograd, batch: usize, h: usize, w: 
         for g in 0..ocg {
             for t in 0..t_all {
                 let at_pos = |pos: usize| m[((n * POS + pos) * ocg + g) * t_all + t];
-                let rows: [[V4; 4]; 6] = std::array::from_fn(|r| at(std::array::from_fn(|c| at_pos(r * 6 + c))));
-                let cols: [[V4; 4]; 4] = std::array::from_fn(|c| at(std::array::from_fn(|r| rows[r][c])));
+                let rows: [[V4; 4]; 6] =
+                    std::array::from_fn(|r| at(std::array::from_fn(|c| at_pos(r * 6 + c))));
+                let cols: [[V4; 4]; 4] =
+                    std::array::from_fn(|c| at(std::array::from_fn(|r| rows[r][c])));
                 let (y0, x0) = (t / tx * TILE, t % tx * TILE);
                 for (r, y) in (y0..(y0 + TILE).min(h)).enumerate() {
                     for (c, x) in (x0..(x0 + TILE).min(w)).enumerate() {
@@ -98,7 +114,11 @@ pub fn winograd_output(m: &[V4], p: &PackedWinograd, batch: usize, h: usize, w: 
 
 /// The whole Winograd convolution, as the GPU runs it.
 pub fn winograd(x: &Tensor, p: &PackedWinograd, residual: Option<&Tensor>) -> Tensor {
-    assert_eq!(x.groups(), p.icg(), "input channels do not match the convolution");
+    assert_eq!(
+        x.groups(),
+        p.icg(),
+        "input channels do not match the convolution"
+    );
     let v = winograd_input(x);
     let m = gemm(&v, &p.gemm, x.n, tiles(x.h, x.w).1, None);
     winograd_output(&m, p, x.n, x.h, x.w, residual)
