@@ -1,5 +1,6 @@
-//! Criterion benches of the convolution kernel on the device tests use (lavapipe in CI):
-//! SPAN's 48->48 3x3 body conv with its fused epilogues, and the 192->48 1x1.
+//! Criterion benches of the convolution kernels on the device tests use (lavapipe in CI):
+//! SPAN's 48->48 3x3 body conv (Winograd: input transform + gemm + output transform, and the
+//! direct kernel) and its 192->48 1x1 (gemm, and direct).
 //! `REFQSR_BENCH_QUICK=1` shrinks the images so CI can run it in seconds.
 //! Each iteration submits the launch and waits for the device before the clock stops.
 
@@ -56,13 +57,23 @@ fn bench(c: &mut Criterion) {
     };
     let mut group = c.benchmark_group("conv_f32");
     group.sample_size(10);
-    for (name, ic, oc, k, act) in [
-        ("3x3_48_48_swish", 48, 48, 3, Activation::Swish),
-        ("1x1_192_48", 192, 48, 1, Activation::None),
-    ] {
-        let model = GpuModel::new(ctx.clone(), conv_graph(ic, oc, k, act)).unwrap();
+    let cases = [
+        ("3x3_48_48_swish_winograd", 48, 48, 3, true),
+        ("3x3_48_48_swish_direct", 48, 48, 3, false),
+        ("1x1_192_48_gemm", 192, 48, 1, true),
+        ("1x1_192_48_direct", 192, 48, 1, false),
+    ];
+    for (name, ic, oc, k, fast) in cases {
+        let graph = conv_graph(ic, oc, k, Activation::Swish);
+        let model = if fast {
+            GpuModel::new(ctx.clone(), graph)
+        } else {
+            GpuModel::new_direct(ctx.clone(), graph)
+        }
+        .unwrap();
         let plan = model.plan(1, side, side).unwrap();
         plan.execute().unwrap(); // pipeline warm-up
+                                 // Multiply-accumulates of the direct definition, so both algorithms share a scale.
         group.throughput(Throughput::Elements((side * side * ic * oc * k * k) as u64));
         group.bench_function(format!("{name}_{side}x{side}"), |b| {
             b.iter(|| plan.execute().unwrap())
