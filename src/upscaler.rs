@@ -284,6 +284,8 @@ impl Upscaler {
         img: &DynamicImage,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<DynamicImage> {
+        // The networks were trained on sRGB-encoded values in [0, 1], so that is what they get
+        // (DESIGN.md's "linear RGB" would shift every colour they see).
         let rgb = self.upscale_rgb(&img.to_rgb32f(), progress)?;
         Ok(crate::imageio::restore_format(img, rgb))
     }
