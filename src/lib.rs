@@ -20,3 +20,5 @@ pub mod upscaler;
 
 pub use upscaler::{Options, Upscaler};
 pub mod batch;
+pub mod metrics;
+pub mod quant;
