@@ -8,6 +8,7 @@
 //! ```
 
 pub mod error;
+pub mod eval;
 pub mod exec;
 pub mod gpu;
 pub mod kernels;

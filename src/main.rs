@@ -46,6 +46,27 @@ enum Command {
     },
     /// List the GPU adapters wgpu can see.
     Adapters,
+    /// The paper's metrics on a folder of HR images: PSNR-Y, SSIM-Y, BitOPs and FQR per mode.
+    Eval {
+        /// Folder of high-resolution images (searched recursively).
+        #[arg(long)]
+        hr: PathBuf,
+        /// Upscaling factor (picks the shipped model; must match -m).
+        #[arg(short, long)]
+        scale: Option<u32>,
+        /// Comma-separated modes: fp32, wXaY, refqsr:H-L (this build runs fp32).
+        #[arg(long, default_value = "fp32")]
+        modes: String,
+        /// ncnn model (.param with its .bin beside it). Default: shipped SPAN.
+        #[arg(short, long)]
+        model: Option<PathBuf>,
+        /// Also write the rows as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Adapter index or name part.
+        #[arg(long)]
+        adapter: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -72,6 +93,24 @@ fn main() -> ExitCode {
             },
         ),
         Command::Adapters => adapters(),
+        Command::Eval {
+            hr,
+            scale,
+            modes,
+            model,
+            json,
+            adapter,
+        } => eval(
+            &hr,
+            &modes,
+            json.as_deref(),
+            Options {
+                model,
+                scale,
+                adapter,
+                ..Options::default()
+            },
+        ),
     };
     match result {
         Ok(code) => code,
@@ -139,6 +178,58 @@ fn upscale(input: &Path, output: &Path, opts: Options) -> refqsr::Result<ExitCod
         output.display()
     );
     Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn eval(hr: &Path, modes: &str, json: Option<&Path>, opts: Options) -> refqsr::Result<ExitCode> {
+    let modes = refqsr::quant::Mode::parse_list(modes)?;
+    if !hr.is_dir() {
+        return Err(refqsr::Error::Invalid(format!(
+            "{}: not a folder of HR images",
+            hr.display()
+        )));
+    }
+    let up = Upscaler::new(&opts)?;
+    eprintln!(
+        "refqsr: {} x{} on {}",
+        up.graph().name,
+        up.scale(),
+        up.context().describe()
+    );
+    let b = bar(0, "{spinner} [{bar:30}] {pos}/{len} images {elapsed}");
+    let report = refqsr::eval::evaluate(&up, hr, &modes, &mut |done, total| {
+        b.set_length(total as u64);
+        b.set_position(done as u64);
+    })?;
+    b.finish_and_clear();
+    for (path, e) in &report.skipped {
+        eprintln!("refqsr: skipped {}: {e}", path.display());
+    }
+    print!("{}", refqsr::eval::markdown(&report.rows, up.scale()));
+    if let Some(path) = json {
+        let rows: Vec<serde_json::Value> = report
+            .rows
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "mode": r.mode.to_string(),
+                    "psnr_y": r.psnr_y,
+                    "ssim_y": r.ssim_y,
+                    "bitops_g": r.bitops_g,
+                    "bitops_body_g": r.bitops_body_g,
+                    "fqr": r.fqr,
+                    "images": r.images,
+                })
+            })
+            .collect();
+        let text = serde_json::to_string_pretty(&serde_json::json!({ "rows": rows }))
+            .expect("JSON of plain values");
+        std::fs::write(path, text).map_err(|e| refqsr::Error::io(path, e))?;
+    }
+    Ok(if report.skipped.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

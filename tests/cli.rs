@@ -209,3 +209,58 @@ fn no_adapter_says_how_to_get_one() {
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn eval_reports_the_paper_metrics() {
+    let d = tempdir("eval");
+    std::fs::create_dir_all(d.join("hr")).unwrap();
+    small_photo(&d.join("hr/a.png"), 96, 64);
+    let out = refqsr()
+        .args(["eval", "--hr", "hr", "--modes", "fp32", "--json", "e.json"])
+        .current_dir(&d)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("| fp32 |") && stdout.contains("PSNR-Y"),
+        "{stdout}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("e.json")).unwrap()).unwrap();
+    let row = &json["rows"][0];
+    assert_eq!(row["mode"], "fp32");
+    assert_eq!(row["images"], 1);
+    let psnr = row["psnr_y"].as_f64().unwrap();
+    let ssim = row["ssim_y"].as_f64().unwrap();
+    assert!(
+        (20.0..50.0).contains(&psnr) && (0.5..=1.0).contains(&ssim),
+        "{row}"
+    );
+    assert_eq!(row["fqr"], 32.0);
+    assert!(row["bitops_g"].as_f64().unwrap() > row["bitops_body_g"].as_f64().unwrap());
+
+    let out = refqsr()
+        .args(["eval", "--hr", "hr", "--modes", "fp32,fp16"])
+        .current_dir(&d)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("unknown mode `fp16`") && stderr.contains("wXaY"),
+        "{stderr}"
+    );
+    let out = refqsr()
+        .args(["eval", "--hr", "hr", "--modes", "w8a8"])
+        .current_dir(&d)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not implemented"));
+    std::fs::remove_dir_all(&d).unwrap();
+}

@@ -1,0 +1,158 @@
+//! The paper's evaluation on any folder of HR images: each image is cropped to a multiple of
+//! the scale, downscaled with antialiased bicubic (Catmull-Rom, as MATLAB's `imresize`),
+//! upscaled in each mode and scored with PSNR and SSIM on Y with `scale` pixels shaved, next
+//! to the mode's BitOPs and FQR on the same LR sizes.
+
+use std::path::{Path, PathBuf};
+
+use image::imageops::{self, FilterType};
+
+use crate::error::{Error, Result};
+use crate::metrics::{luma, psnr, ssim};
+use crate::quant::{cost, Mode};
+use crate::Upscaler;
+
+/// One line of the table: a mode averaged over the images.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub mode: Mode,
+    pub psnr_y: f64,
+    pub ssim_y: f64,
+    /// Whole network, 10^9 BitOPs per image (mean over the images).
+    pub bitops_g: f64,
+    /// Quantized body alone, 10^9 BitOPs per image.
+    pub bitops_body_g: f64,
+    pub fqr: f64,
+    pub images: usize,
+}
+
+/// One mode on one image (summed over images, then divided).
+#[derive(Debug, Clone, Copy, Default)]
+struct Score {
+    psnr: f64,
+    ssim: f64,
+    bitops: f64,
+    bitops_body: f64,
+    fqr: f64,
+}
+
+impl std::ops::AddAssign for Score {
+    fn add_assign(&mut self, o: Score) {
+        self.psnr += o.psnr;
+        self.ssim += o.ssim;
+        self.bitops += o.bitops;
+        self.bitops_body += o.bitops_body;
+        self.fqr += o.fqr;
+    }
+}
+
+/// What `evaluate` found.
+pub struct Report {
+    pub rows: Vec<Row>,
+    /// Files that could not be evaluated, with why.
+    pub skipped: Vec<(PathBuf, Error)>,
+}
+
+/// Evaluate `modes` on every image under `hr_dir` (recursively, sorted);
+/// `progress(done, total)` is called per image.
+pub fn evaluate(
+    up: &Upscaler,
+    hr_dir: &Path,
+    modes: &[Mode],
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Report> {
+    if let Some(m) = modes.iter().find(|m| !m.runnable()) {
+        return Err(Error::Invalid(format!("mode {m} is not implemented in this build yet: only fp32 runs (the integer kernels are issue 3)")));
+    }
+    let files: Vec<PathBuf> = crate::batch::collect(hr_dir, hr_dir)?
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
+    if files.is_empty() {
+        return Err(Error::Invalid(format!(
+            "{}: no png, jpg or webp images",
+            hr_dir.display()
+        )));
+    }
+    let s = up.scale();
+    let mut sums = vec![Score::default(); modes.len()];
+    let (mut images, mut skipped) = (0usize, Vec::new());
+    progress(0, files.len());
+    for (i, path) in files.iter().enumerate() {
+        match score(up, path, modes, s) {
+            Ok(scores) => {
+                images += 1;
+                for (acc, sc) in sums.iter_mut().zip(scores) {
+                    *acc += sc;
+                }
+            }
+            Err(e) => skipped.push((path.clone(), e)),
+        }
+        progress(i + 1, files.len());
+    }
+    if images == 0 {
+        return Err(Error::Invalid(format!(
+            "{}: none of the images could be evaluated",
+            hr_dir.display()
+        )));
+    }
+    let n = images as f64;
+    let rows = modes
+        .iter()
+        .zip(sums)
+        .map(|(&mode, sum)| Row {
+            mode,
+            psnr_y: sum.psnr / n,
+            ssim_y: sum.ssim / n,
+            bitops_g: sum.bitops / n,
+            bitops_body_g: sum.bitops_body / n,
+            fqr: sum.fqr / n,
+            images,
+        })
+        .collect();
+    Ok(Report { rows, skipped })
+}
+
+/// The score of each mode on one image.
+fn score(up: &Upscaler, path: &Path, modes: &[Mode], s: u32) -> Result<Vec<Score>> {
+    let hr = crate::imageio::read(path)?.to_rgb32f();
+    let (w, h) = (hr.width() / s * s, hr.height() / s * s);
+    if w < 2 * s || h < 2 * s {
+        return Err(Error::image(path, format!("too small to evaluate at x{s}")));
+    }
+    let hr = imageops::crop_imm(&hr, 0, 0, w, h).to_image();
+    let lr = imageops::resize(&hr, w / s, h / s, FilterType::CatmullRom);
+    let shave = s as usize;
+    let hr_y = luma(&hr).shave(shave);
+    modes
+        .iter()
+        .map(|&mode| {
+            let sr = up.upscale_rgb(&lr, &mut |_, _| {}).map_err(|e| match e {
+                Error::Invalid(m) => Error::image(path, m),
+                other => other,
+            })?;
+            let sr_y = luma(&sr).shave(shave);
+            let c = cost(up.graph(), mode, (w / s) as usize, (h / s) as usize)
+                .expect("cost of a runnable mode");
+            Ok(Score {
+                psnr: psnr(&sr_y, &hr_y),
+                ssim: ssim(&sr_y, &hr_y),
+                bitops: c.bitops_g,
+                bitops_body: c.bitops_body_g,
+                fqr: c.fqr,
+            })
+        })
+        .collect()
+}
+
+/// The table in the shape of the paper's Table 2.
+pub fn markdown(rows: &[Row], scale: u32) -> String {
+    let mut t = format!("| mode (x{scale}) | PSNR-Y (dB) | SSIM-Y | BitOPs (G) | body BitOPs (G) | FQR | images |\n|---|---|---|---|---|---|---|\n");
+    for r in rows {
+        t += &format!(
+            "| {} | {:.3} | {:.4} | {:.1} | {:.1} | {:.2} | {} |\n",
+            r.mode, r.psnr_y, r.ssim_y, r.bitops_g, r.bitops_body_g, r.fqr, r.images
+        );
+    }
+    t
+}
