@@ -28,22 +28,11 @@ struct Params {
 @group(0) @binding(0) var<storage, read> src: array<vec4<f32>>;
 // This block's weights: 64 KiB, the smallest uniform binding limit WebGPU guarantees.
 @group(0) @binding(1) var<uniform> weights: array<mat4x4<f32>, 1024>;
-// bias groups [0, ocg), then PReLU slope groups [ocg, 2 ocg)
+// bias and PReLU slope groups, see shared/epilogue.wgsl
 @group(0) @binding(2) var<storage, read> vecs: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> residual: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> dst: array<vec4<f32>>;
 @group(0) @binding(5) var<uniform> params: Params;
-
-fn finish(acc: vec4<f32>, g: u32, index: u32) -> vec4<f32> {
-    let x = acc + vecs[g];
-    var y = activate(x, params.act, params.leaky, vecs[params.ocg + g]);
-    if params.epi == 1u {
-        y = (x + residual[index]) * (sigmoid4(x) - 0.5);
-    } else if params.epi == 2u {
-        y = y + residual[index];
-    }
-    return mask_lanes(y, g, params.oc);
-}
 
 // One input pixel of row `row` (already clamped) at column x, zero outside the image.
 fn load(row: u32, row_ok: bool, x: i32, w: u32) -> vec4<f32> {
@@ -242,51 +231,51 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wi
     }
     let i0 = ((n * ocg + og) * h + y) * w + x0;
     if x0 + 0u < w {
-        dst[i0 + 0u + 0u * plane] = finish(a0_0, og + 0u, i0 + 0u + 0u * plane);
-        if og + 1u < ocg { dst[i0 + 0u + 1u * plane] = finish(a1_0, og + 1u, i0 + 0u + 1u * plane); }
-        if og + 2u < ocg { dst[i0 + 0u + 2u * plane] = finish(a2_0, og + 2u, i0 + 0u + 2u * plane); }
-        if og + 3u < ocg { dst[i0 + 0u + 3u * plane] = finish(a3_0, og + 3u, i0 + 0u + 3u * plane); }
+        dst[i0 + 0u + 0u * plane] = epilogue(a0_0, og + 0u, i0 + 0u + 0u * plane);
+        if og + 1u < ocg { dst[i0 + 0u + 1u * plane] = epilogue(a1_0, og + 1u, i0 + 0u + 1u * plane); }
+        if og + 2u < ocg { dst[i0 + 0u + 2u * plane] = epilogue(a2_0, og + 2u, i0 + 0u + 2u * plane); }
+        if og + 3u < ocg { dst[i0 + 0u + 3u * plane] = epilogue(a3_0, og + 3u, i0 + 0u + 3u * plane); }
     }
     if x0 + 1u < w {
-        dst[i0 + 1u + 0u * plane] = finish(a0_1, og + 0u, i0 + 1u + 0u * plane);
-        if og + 1u < ocg { dst[i0 + 1u + 1u * plane] = finish(a1_1, og + 1u, i0 + 1u + 1u * plane); }
-        if og + 2u < ocg { dst[i0 + 1u + 2u * plane] = finish(a2_1, og + 2u, i0 + 1u + 2u * plane); }
-        if og + 3u < ocg { dst[i0 + 1u + 3u * plane] = finish(a3_1, og + 3u, i0 + 1u + 3u * plane); }
+        dst[i0 + 1u + 0u * plane] = epilogue(a0_1, og + 0u, i0 + 1u + 0u * plane);
+        if og + 1u < ocg { dst[i0 + 1u + 1u * plane] = epilogue(a1_1, og + 1u, i0 + 1u + 1u * plane); }
+        if og + 2u < ocg { dst[i0 + 1u + 2u * plane] = epilogue(a2_1, og + 2u, i0 + 1u + 2u * plane); }
+        if og + 3u < ocg { dst[i0 + 1u + 3u * plane] = epilogue(a3_1, og + 3u, i0 + 1u + 3u * plane); }
     }
     if x0 + 2u < w {
-        dst[i0 + 2u + 0u * plane] = finish(a0_2, og + 0u, i0 + 2u + 0u * plane);
-        if og + 1u < ocg { dst[i0 + 2u + 1u * plane] = finish(a1_2, og + 1u, i0 + 2u + 1u * plane); }
-        if og + 2u < ocg { dst[i0 + 2u + 2u * plane] = finish(a2_2, og + 2u, i0 + 2u + 2u * plane); }
-        if og + 3u < ocg { dst[i0 + 2u + 3u * plane] = finish(a3_2, og + 3u, i0 + 2u + 3u * plane); }
+        dst[i0 + 2u + 0u * plane] = epilogue(a0_2, og + 0u, i0 + 2u + 0u * plane);
+        if og + 1u < ocg { dst[i0 + 2u + 1u * plane] = epilogue(a1_2, og + 1u, i0 + 2u + 1u * plane); }
+        if og + 2u < ocg { dst[i0 + 2u + 2u * plane] = epilogue(a2_2, og + 2u, i0 + 2u + 2u * plane); }
+        if og + 3u < ocg { dst[i0 + 2u + 3u * plane] = epilogue(a3_2, og + 3u, i0 + 2u + 3u * plane); }
     }
     if x0 + 3u < w {
-        dst[i0 + 3u + 0u * plane] = finish(a0_3, og + 0u, i0 + 3u + 0u * plane);
-        if og + 1u < ocg { dst[i0 + 3u + 1u * plane] = finish(a1_3, og + 1u, i0 + 3u + 1u * plane); }
-        if og + 2u < ocg { dst[i0 + 3u + 2u * plane] = finish(a2_3, og + 2u, i0 + 3u + 2u * plane); }
-        if og + 3u < ocg { dst[i0 + 3u + 3u * plane] = finish(a3_3, og + 3u, i0 + 3u + 3u * plane); }
+        dst[i0 + 3u + 0u * plane] = epilogue(a0_3, og + 0u, i0 + 3u + 0u * plane);
+        if og + 1u < ocg { dst[i0 + 3u + 1u * plane] = epilogue(a1_3, og + 1u, i0 + 3u + 1u * plane); }
+        if og + 2u < ocg { dst[i0 + 3u + 2u * plane] = epilogue(a2_3, og + 2u, i0 + 3u + 2u * plane); }
+        if og + 3u < ocg { dst[i0 + 3u + 3u * plane] = epilogue(a3_3, og + 3u, i0 + 3u + 3u * plane); }
     }
     if x0 + 4u < w {
-        dst[i0 + 4u + 0u * plane] = finish(a0_4, og + 0u, i0 + 4u + 0u * plane);
-        if og + 1u < ocg { dst[i0 + 4u + 1u * plane] = finish(a1_4, og + 1u, i0 + 4u + 1u * plane); }
-        if og + 2u < ocg { dst[i0 + 4u + 2u * plane] = finish(a2_4, og + 2u, i0 + 4u + 2u * plane); }
-        if og + 3u < ocg { dst[i0 + 4u + 3u * plane] = finish(a3_4, og + 3u, i0 + 4u + 3u * plane); }
+        dst[i0 + 4u + 0u * plane] = epilogue(a0_4, og + 0u, i0 + 4u + 0u * plane);
+        if og + 1u < ocg { dst[i0 + 4u + 1u * plane] = epilogue(a1_4, og + 1u, i0 + 4u + 1u * plane); }
+        if og + 2u < ocg { dst[i0 + 4u + 2u * plane] = epilogue(a2_4, og + 2u, i0 + 4u + 2u * plane); }
+        if og + 3u < ocg { dst[i0 + 4u + 3u * plane] = epilogue(a3_4, og + 3u, i0 + 4u + 3u * plane); }
     }
     if x0 + 5u < w {
-        dst[i0 + 5u + 0u * plane] = finish(a0_5, og + 0u, i0 + 5u + 0u * plane);
-        if og + 1u < ocg { dst[i0 + 5u + 1u * plane] = finish(a1_5, og + 1u, i0 + 5u + 1u * plane); }
-        if og + 2u < ocg { dst[i0 + 5u + 2u * plane] = finish(a2_5, og + 2u, i0 + 5u + 2u * plane); }
-        if og + 3u < ocg { dst[i0 + 5u + 3u * plane] = finish(a3_5, og + 3u, i0 + 5u + 3u * plane); }
+        dst[i0 + 5u + 0u * plane] = epilogue(a0_5, og + 0u, i0 + 5u + 0u * plane);
+        if og + 1u < ocg { dst[i0 + 5u + 1u * plane] = epilogue(a1_5, og + 1u, i0 + 5u + 1u * plane); }
+        if og + 2u < ocg { dst[i0 + 5u + 2u * plane] = epilogue(a2_5, og + 2u, i0 + 5u + 2u * plane); }
+        if og + 3u < ocg { dst[i0 + 5u + 3u * plane] = epilogue(a3_5, og + 3u, i0 + 5u + 3u * plane); }
     }
     if x0 + 6u < w {
-        dst[i0 + 6u + 0u * plane] = finish(a0_6, og + 0u, i0 + 6u + 0u * plane);
-        if og + 1u < ocg { dst[i0 + 6u + 1u * plane] = finish(a1_6, og + 1u, i0 + 6u + 1u * plane); }
-        if og + 2u < ocg { dst[i0 + 6u + 2u * plane] = finish(a2_6, og + 2u, i0 + 6u + 2u * plane); }
-        if og + 3u < ocg { dst[i0 + 6u + 3u * plane] = finish(a3_6, og + 3u, i0 + 6u + 3u * plane); }
+        dst[i0 + 6u + 0u * plane] = epilogue(a0_6, og + 0u, i0 + 6u + 0u * plane);
+        if og + 1u < ocg { dst[i0 + 6u + 1u * plane] = epilogue(a1_6, og + 1u, i0 + 6u + 1u * plane); }
+        if og + 2u < ocg { dst[i0 + 6u + 2u * plane] = epilogue(a2_6, og + 2u, i0 + 6u + 2u * plane); }
+        if og + 3u < ocg { dst[i0 + 6u + 3u * plane] = epilogue(a3_6, og + 3u, i0 + 6u + 3u * plane); }
     }
     if x0 + 7u < w {
-        dst[i0 + 7u + 0u * plane] = finish(a0_7, og + 0u, i0 + 7u + 0u * plane);
-        if og + 1u < ocg { dst[i0 + 7u + 1u * plane] = finish(a1_7, og + 1u, i0 + 7u + 1u * plane); }
-        if og + 2u < ocg { dst[i0 + 7u + 2u * plane] = finish(a2_7, og + 2u, i0 + 7u + 2u * plane); }
-        if og + 3u < ocg { dst[i0 + 7u + 3u * plane] = finish(a3_7, og + 3u, i0 + 7u + 3u * plane); }
+        dst[i0 + 7u + 0u * plane] = epilogue(a0_7, og + 0u, i0 + 7u + 0u * plane);
+        if og + 1u < ocg { dst[i0 + 7u + 1u * plane] = epilogue(a1_7, og + 1u, i0 + 7u + 1u * plane); }
+        if og + 2u < ocg { dst[i0 + 7u + 2u * plane] = epilogue(a2_7, og + 2u, i0 + 7u + 2u * plane); }
+        if og + 3u < ocg { dst[i0 + 7u + 3u * plane] = epilogue(a3_7, og + 3u, i0 + 7u + 3u * plane); }
     }
 }

@@ -29,7 +29,7 @@ struct Params {
 // U for this block and chunk: mat4x4 at ((pos - pos0) * icg + ic) * 4 + j for output group
 // og + j; column c = input channel 4 ic + c.
 @group(0) @binding(1) var<uniform> weights: array<mat4x4<f32>, 1024>;
-// bias groups [0, ocg), then PReLU slope groups [ocg, 2 ocg), as conv.wgsl
+// bias and PReLU slope groups, see shared/epilogue.wgsl
 @group(0) @binding(2) var<storage, read> vecs: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> residual: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> m: array<vec4<f32>>;
@@ -43,14 +43,7 @@ fn finish(acc: vec4<f32>, g: u32, index: u32) -> vec4<f32> {
     if params.finish == 0u {
         return acc;
     }
-    let x = acc + vecs[g];
-    var y = activate(x, params.act, params.leaky, vecs[params.ocg + g]);
-    if params.epi == 1u {
-        y = (x + residual[index]) * (sigmoid4(x) - 0.5);
-    } else if params.epi == 2u {
-        y = y + residual[index];
-    }
-    return mask_lanes(y, g, params.oc);
+    return epilogue(acc, g, index);
 }
 
 // No early return before the loop: see conv.wgsl.

@@ -18,7 +18,7 @@ struct Params {
 }
 
 @group(0) @binding(0) var<storage, read> m: array<vec4<f32>>;
-// bias groups [0, ocg), then PReLU slope groups [ocg, 2 ocg), as conv.wgsl
+// bias and PReLU slope groups, see shared/epilogue.wgsl
 @group(0) @binding(1) var<storage, read> vecs: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> residual: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> dst: array<vec4<f32>>;
@@ -41,17 +41,6 @@ fn row(base: u32, i: u32) -> array<vec4<f32>, 4> {
     return at(m[b], m[b + step], m[b + 2u * step], m[b + 3u * step], m[b + 4u * step], m[b + 5u * step]);
 }
 
-fn finish(acc: vec4<f32>, g: u32, index: u32) -> vec4<f32> {
-    let x = acc + vecs[g];
-    var y = activate(x, params.act, params.leaky, vecs[params.ocg + g]);
-    if params.epi == 1u {
-        y = (x + residual[index]) * (sigmoid4(x) - 0.5);
-    } else if params.epi == 2u {
-        y = y + residual[index];
-    }
-    return mask_lanes(y, g, params.oc);
-}
-
 fn put(n: u32, g: u32, y: u32, x0: u32, c: array<vec4<f32>, 4>) {
     if y >= params.height {
         return;
@@ -59,7 +48,7 @@ fn put(n: u32, g: u32, y: u32, x0: u32, c: array<vec4<f32>, 4>) {
     let base = ((n * params.ocg + g) * params.height + y) * params.width;
     for (var j = 0u; j < 4u; j++) {
         if x0 + j < params.width {
-            dst[base + x0 + j] = finish(c[j], g, base + x0 + j);
+            dst[base + x0 + j] = epilogue(c[j], g, base + x0 + j);
         }
     }
 }

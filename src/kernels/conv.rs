@@ -2,9 +2,7 @@
 
 use std::sync::Arc;
 
-use wgpu::util::DeviceExt;
-
-use super::Dispatch;
+use super::{bind_resources, Dispatch, UniformSlices};
 use crate::error::{Error, Result};
 use crate::gpu::Context;
 use crate::model::{Activation, Conv};
@@ -147,9 +145,8 @@ struct Params {
 pub struct GpuConv {
     pub packed: PackedConv,
     pipeline: Arc<wgpu::ComputePipeline>,
-    weights: wgpu::Buffer,
-    /// Byte distance between block slices (256-aligned for uniform binding offsets).
-    stride: u64,
+    /// One slice per block of output groups.
+    weights: UniformSlices,
     vecs: wgpu::Buffer,
 }
 
@@ -166,29 +163,13 @@ impl GpuConv {
             )));
         }
         let pipeline = ctx.pipeline("conv", &[])?;
-        let align = ctx.limits.min_uniform_buffer_offset_alignment as u64;
-        let stride = ((packed.block_len() * 64) as u64).next_multiple_of(align);
-        let slice_bytes = (SLICE_MATS * 64) as u64;
-        let size = stride * (packed.blocks() as u64 - 1) + slice_bytes;
-        let mut bytes = vec![0u8; size as usize];
-        for (b, block) in packed.mats.chunks(packed.block_len()).enumerate() {
-            let at = b * stride as usize;
-            let src: &[u8] = bytemuck::cast_slice(block);
-            bytes[at..at + src.len()].copy_from_slice(src);
-        }
-        let weights = ctx
-            .device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("conv weights"),
-                contents: &bytes,
-                usage: wgpu::BufferUsages::UNIFORM,
-            });
+        let blocks: Vec<&[[f32; 16]]> = packed.mats.chunks(packed.block_len()).collect();
+        let weights = UniformSlices::new(ctx, "conv weights", &blocks);
         let vecs = ctx.upload("conv bias", &packed.epilogue.vecs(packed.ocg));
         Ok(GpuConv {
             packed,
             pipeline,
             weights,
-            stride,
             vecs,
         })
     }
@@ -207,7 +188,6 @@ impl GpuConv {
         w: u32,
     ) -> Vec<Dispatch> {
         let residual = residual.unwrap_or(ctx.dummy());
-        let layout = self.pipeline.get_bind_group_layout(0);
         (0..self.packed.blocks())
             .map(|b| {
                 let params = ctx.uniform(
@@ -226,42 +206,19 @@ impl GpuConv {
                         _pad: [0; 2],
                     },
                 );
-                let weights = wgpu::BufferBinding {
-                    buffer: &self.weights,
-                    offset: b as u64 * self.stride,
-                    size: wgpu::BufferSize::new((SLICE_MATS * 64) as u64),
-                };
-                let entries = [
-                    wgpu::BindGroupEntry {
-                        binding: 0,
-                        resource: src.as_entire_binding(),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 1,
-                        resource: wgpu::BindingResource::Buffer(weights),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 2,
-                        resource: self.vecs.as_entire_binding(),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 3,
-                        resource: residual.as_entire_binding(),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 4,
-                        resource: dst.as_entire_binding(),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 5,
-                        resource: params.as_entire_binding(),
-                    },
-                ];
-                let bind_group = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                    label: Some(label),
-                    layout: &layout,
-                    entries: &entries,
-                });
+                let bind_group = bind_resources(
+                    ctx,
+                    label,
+                    &self.pipeline,
+                    vec![
+                        src.as_entire_binding(),
+                        self.weights.binding(b),
+                        self.vecs.as_entire_binding(),
+                        residual.as_entire_binding(),
+                        dst.as_entire_binding(),
+                        params.as_entire_binding(),
+                    ],
+                );
                 Dispatch {
                     label: label.to_string(),
                     pipeline: self.pipeline.clone(),

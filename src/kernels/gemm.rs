@@ -3,10 +3,8 @@
 
 use std::sync::Arc;
 
-use wgpu::util::DeviceExt;
-
 use super::conv::{EpilogueParams, SLICE_MATS};
-use super::Dispatch;
+use super::{bind_resources, Dispatch, UniformSlices};
 use crate::error::{Error, Result};
 use crate::gpu::Context;
 use crate::model::Conv;
@@ -123,9 +121,8 @@ struct Params {
 pub struct GpuGemm {
     pub packed: PackedGemm,
     pipeline: Arc<wgpu::ComputePipeline>,
-    weights: wgpu::Buffer,
-    /// Byte distance between slices (aligned for uniform binding offsets).
-    stride: u64,
+    /// One slice per (block of output groups, chunk of positions).
+    weights: UniformSlices,
     vecs: wgpu::Buffer,
 }
 
@@ -141,22 +138,8 @@ impl GpuGemm {
             .flat_map(|b| (0..packed.chunks()).map(move |c| (b, c)))
             .map(|(b, c)| packed.slice(b, c))
             .collect();
-        let align = ctx.limits.min_uniform_buffer_offset_alignment as u64;
-        let stride = ((packed.chunk() * packed.icg * OCB * 64) as u64).next_multiple_of(align);
-        let size = stride * (slices.len() as u64 - 1) + (SLICE_MATS * 64) as u64;
-        let mut bytes = vec![0u8; size as usize];
-        for (i, s) in slices.iter().enumerate() {
-            let at = i * stride as usize;
-            let src: &[u8] = bytemuck::cast_slice(s);
-            bytes[at..at + src.len()].copy_from_slice(src);
-        }
-        let weights = ctx
-            .device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("gemm weights"),
-                contents: &bytes,
-                usage: wgpu::BufferUsages::UNIFORM,
-            });
+        let refs: Vec<&[[f32; 16]]> = slices.iter().map(Vec::as_slice).collect();
+        let weights = UniformSlices::new(ctx, "gemm weights", &refs);
         let vecs = match &packed.epilogue {
             Some(e) => ctx.upload("gemm bias", &e.vecs(packed.ocg)),
             None => ctx.upload("gemm bias", &[0f32; 4]),
@@ -164,7 +147,6 @@ impl GpuGemm {
         Ok(GpuGemm {
             pipeline: ctx.pipeline("gemm", &[])?,
             weights,
-            stride,
             vecs,
             packed,
         })
@@ -183,7 +165,6 @@ impl GpuGemm {
         tiles: u32,
     ) -> Vec<Dispatch> {
         let p = &self.packed;
-        let layout = self.pipeline.get_bind_group_layout(0);
         let residual = residual.unwrap_or(ctx.dummy());
         let (finish, oc, act, epi, leaky) = match &p.epilogue {
             Some(e) => (1, p.oc as u32, e.act, e.epi, e.leaky),
@@ -210,42 +191,19 @@ impl GpuGemm {
                         _pad: 0,
                     },
                 );
-                let slice = wgpu::BufferBinding {
-                    buffer: &self.weights,
-                    offset: (b * p.chunks() + c) as u64 * self.stride,
-                    size: wgpu::BufferSize::new((SLICE_MATS * 64) as u64),
-                };
-                let entries = [
-                    wgpu::BindGroupEntry {
-                        binding: 0,
-                        resource: v.as_entire_binding(),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 1,
-                        resource: wgpu::BindingResource::Buffer(slice),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 2,
-                        resource: self.vecs.as_entire_binding(),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 3,
-                        resource: residual.as_entire_binding(),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 4,
-                        resource: m.as_entire_binding(),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 5,
-                        resource: params.as_entire_binding(),
-                    },
-                ];
-                let bind_group = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                    label: Some(label),
-                    layout: &layout,
-                    entries: &entries,
-                });
+                let bind_group = bind_resources(
+                    ctx,
+                    label,
+                    &self.pipeline,
+                    vec![
+                        v.as_entire_binding(),
+                        self.weights.binding(b * p.chunks() + c),
+                        self.vecs.as_entire_binding(),
+                        residual.as_entire_binding(),
+                        m.as_entire_binding(),
+                        params.as_entire_binding(),
+                    ],
+                );
                 out.push(Dispatch {
                     label: format!("{label} (gemm)"),
                     bind_group,

@@ -16,6 +16,10 @@ pub mod winograd_input;
 pub mod winograd_output;
 
 const COMMON: &str = include_str!("../../shaders/shared/common.wgsl");
+const EPILOGUE: &str = include_str!("../../shaders/shared/epilogue.wgsl");
+
+/// Shaders that end in the convolutions' epilogue (and declare what it reads).
+const WITH_EPILOGUE: &[&str] = &["conv", "gemm", "winograd_output"];
 
 /// Every shader by name, as written in `shaders/`.
 pub const SHADERS: &[(&str, &str)] = &[
@@ -41,10 +45,13 @@ pub const SHADERS: &[(&str, &str)] = &[
 
 /// The complete WGSL of a shader: shared helpers followed by the kernel.
 pub fn source(name: &str) -> Option<String> {
-    SHADERS
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, s)| format!("{COMMON}\n{s}"))
+    let (_, kernel) = SHADERS.iter().find(|(n, _)| *n == name)?;
+    let epilogue = if WITH_EPILOGUE.contains(&name) {
+        EPILOGUE
+    } else {
+        ""
+    };
+    Some(format!("{COMMON}\n{epilogue}\n{kernel}"))
 }
 
 /// One recorded kernel launch.
@@ -53,6 +60,52 @@ pub struct Dispatch {
     pub pipeline: std::sync::Arc<wgpu::ComputePipeline>,
     pub bind_group: wgpu::BindGroup,
     pub workgroups: [u32; 3],
+}
+
+/// Weight matrices split into slices of at most [`conv::SLICE_MATS`], each bound on its own as
+/// a 64 KiB uniform buffer (the binding size WebGPU guarantees): the kernels index a slice
+/// with workgroup-uniform offsets, which SIMD drivers turn into scalar loads.
+pub struct UniformSlices {
+    buffer: wgpu::Buffer,
+    /// Byte distance between slices (aligned for uniform binding offsets).
+    stride: u64,
+}
+
+impl UniformSlices {
+    /// Upload `slices` (each at most [`conv::SLICE_MATS`] matrices).
+    pub fn new(ctx: &crate::gpu::Context, label: &str, slices: &[&[[f32; 16]]]) -> Self {
+        use wgpu::util::DeviceExt;
+        let longest = slices.iter().map(|s| s.len()).max().unwrap_or(0);
+        assert!(longest <= conv::SLICE_MATS, "slice of {longest} matrices");
+        let align = ctx.limits.min_uniform_buffer_offset_alignment as u64;
+        let stride = ((longest * 64) as u64).next_multiple_of(align);
+        // the last slice is bound with the full 64 KiB too
+        let size =
+            stride * (slices.len() as u64).saturating_sub(1) + (conv::SLICE_MATS * 64) as u64;
+        let mut bytes = vec![0u8; size as usize];
+        for (i, s) in slices.iter().enumerate() {
+            let at = i * stride as usize;
+            let src: &[u8] = bytemuck::cast_slice(s);
+            bytes[at..at + src.len()].copy_from_slice(src);
+        }
+        let buffer = ctx
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: &bytes,
+                usage: wgpu::BufferUsages::UNIFORM,
+            });
+        UniformSlices { buffer, stride }
+    }
+
+    /// The binding of slice `i`.
+    pub fn binding(&self, i: usize) -> wgpu::BindingResource<'_> {
+        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: &self.buffer,
+            offset: i as u64 * self.stride,
+            size: wgpu::BufferSize::new((conv::SLICE_MATS * 64) as u64),
+        })
+    }
 }
 
 /// A buffer-to-buffer copy recorded between launches (channel concatenation of whole
@@ -121,13 +174,25 @@ pub(crate) fn bind_group(
     pipeline: &wgpu::ComputePipeline,
     buffers: &[&wgpu::Buffer],
 ) -> wgpu::BindGroup {
+    let resources: Vec<wgpu::BindingResource> =
+        buffers.iter().map(|b| b.as_entire_binding()).collect();
+    bind_resources(ctx, label, pipeline, resources)
+}
+
+/// A bind group for group 0 of `pipeline`, binding `i` = `resources[i]`.
+pub(crate) fn bind_resources(
+    ctx: &crate::gpu::Context,
+    label: &str,
+    pipeline: &wgpu::ComputePipeline,
+    resources: Vec<wgpu::BindingResource>,
+) -> wgpu::BindGroup {
     let layout = pipeline.get_bind_group_layout(0);
-    let entries: Vec<wgpu::BindGroupEntry> = buffers
-        .iter()
+    let entries: Vec<wgpu::BindGroupEntry> = resources
+        .into_iter()
         .enumerate()
-        .map(|(i, b)| wgpu::BindGroupEntry {
+        .map(|(i, resource)| wgpu::BindGroupEntry {
             binding: i as u32,
-            resource: b.as_entire_binding(),
+            resource,
         })
         .collect();
     ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
