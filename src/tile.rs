@@ -42,7 +42,7 @@ pub struct Grid {
     pub tiles: Vec<Tile>,
 }
 
-/// Windows along one axis of `len` pixels: cores of about `tile` pixels, `halo` each side,
+/// Windows along one axis of `len` pixels: cores of at most `tile` pixels, `halo` each side,
 /// image extended by `margin`. Returns the window size and the spans.
 fn spans(len: usize, tile: usize, halo: usize, margin: usize) -> (usize, Vec<Span>) {
     let (len_i, m, h) = (len as isize, margin as isize, halo as isize);
@@ -56,7 +56,11 @@ fn spans(len: usize, tile: usize, halo: usize, margin: usize) -> (usize, Vec<Spa
             }],
         );
     }
-    let size = tile + 2 * halo;
+    // As few windows as cores of at most `tile` allow, then the smallest window size that
+    // lets that many cover the image (edge cores are `size - halo - margin` wide, inner ones
+    // `size - 2 halo`), so windows are balanced rather than one full and one mostly overlap.
+    let n = (len + 2 * margin - 2 * halo).div_ceil(tile).max(2);
+    let size = (len + 2 * margin + 2 * halo * (n - 1)).div_ceil(n);
     let s = size as isize;
     let mut out = vec![Span {
         start: -m,
