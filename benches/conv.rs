@@ -7,6 +7,8 @@
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use refqsr::exec::GpuModel;
 use refqsr::gpu::Context;
+use refqsr::kernels::gemm_int8::{GpuGemmInt8, PackedGemmInt8};
+use refqsr::kernels::{encode, Step};
 use refqsr::model::{Activation, Conv, Epilogue, Graph, Node, Op, Value};
 
 fn conv_graph(in_ch: usize, out_ch: usize, k: usize, act: Activation) -> Graph {
@@ -79,6 +81,38 @@ fn bench(c: &mut Criterion) {
             b.iter(|| plan.execute().unwrap())
         });
     }
+    group.finish();
+
+    // The integer product of the same 1x1 shape (issue 3's building block): packed i8 x i8
+    // -> i32 with dot4I8Packed, against the f32 gemm above.
+    let mut group = c.benchmark_group("gemm_int8");
+    group.sample_size(10);
+    let (ic, oc) = (192usize, 48usize);
+    let codes: Vec<i8> = (0..ic * oc).map(|i| (i * 7919 % 255) as u8 as i8).collect();
+    let packed = PackedGemmInt8::new(1, ic, oc, &codes, &vec![0; oc]);
+    let gpu = GpuGemmInt8::new(&ctx, packed).unwrap();
+    let tiles = (side * side) as u32;
+    let a = ctx.acquire(tiles as u64 * (ic as u64 / 4) * 4);
+    let m = ctx.acquire(tiles as u64 * (oc as u64 / 4) * 16);
+    let steps: Vec<Step> = gpu
+        .dispatch(&ctx, "bench", &a, &m, 1, tiles)
+        .into_iter()
+        .map(Step::Launch)
+        .collect();
+    let run = || {
+        let mut encoder = ctx.device.create_command_encoder(&Default::default());
+        encode(&steps, &mut encoder);
+        let index = ctx.queue.submit([encoder.finish()]);
+        ctx.device
+            .poll(wgpu::PollType::Wait {
+                submission_index: Some(index),
+                timeout: None,
+            })
+            .unwrap();
+    };
+    run();
+    group.throughput(Throughput::Elements((side * side * ic * oc) as u64));
+    group.bench_function(format!("1x1_{ic}_{oc}_{side}x{side}"), |b| b.iter(run));
     group.finish();
 }
 

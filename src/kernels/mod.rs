@@ -8,6 +8,7 @@ pub mod concat;
 pub mod conv;
 pub mod cpu;
 pub mod gemm;
+pub mod gemm_int8;
 pub mod interp;
 pub mod pixel_shuffle;
 pub mod unary;
@@ -37,6 +38,7 @@ pub const SHADERS: &[(&str, &str)] = &[
         include_str!("../../shaders/winograd_input.wgsl"),
     ),
     ("gemm", include_str!("../../shaders/gemm.wgsl")),
+    ("gemm_int8", include_str!("../../shaders/gemm_int8.wgsl")),
     (
         "winograd_output",
         include_str!("../../shaders/winograd_output.wgsl"),
@@ -72,13 +74,17 @@ pub struct UniformSlices {
 }
 
 impl UniformSlices {
-    /// Upload `slices` (each at most [`conv::SLICE_MATS`] matrices).
-    pub fn new(ctx: &crate::gpu::Context, label: &str, slices: &[&[[f32; 16]]]) -> Self {
+    /// Upload `slices` (each at most [`conv::SLICE_MATS`] matrices, 64 KiB).
+    pub fn new<T: bytemuck::Pod>(ctx: &crate::gpu::Context, label: &str, slices: &[&[T]]) -> Self {
         use wgpu::util::DeviceExt;
-        let longest = slices.iter().map(|s| s.len()).max().unwrap_or(0);
-        assert!(longest <= conv::SLICE_MATS, "slice of {longest} matrices");
+        let longest = slices
+            .iter()
+            .map(|s| std::mem::size_of_val(*s))
+            .max()
+            .unwrap_or(0);
+        assert!(longest <= conv::SLICE_MATS * 64, "slice of {longest} bytes");
         let align = ctx.limits.min_uniform_buffer_offset_alignment as u64;
-        let stride = ((longest * 64) as u64).next_multiple_of(align);
+        let stride = (longest as u64).next_multiple_of(align);
         // the last slice is bound with the full 64 KiB too
         let size =
             stride * (slices.len() as u64).saturating_sub(1) + (conv::SLICE_MATS * 64) as u64;

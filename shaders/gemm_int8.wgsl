@@ -1,0 +1,176 @@
+// Integer batched product (issue 3's building block): for P independent positions,
+// M[pos][og][t] = corr[og] + sum_ic sum_c W[pos][og][ic][c] * A[pos][ic][t][c], every term an
+// 8-bit by 8-bit product summed in i32 by `dot4I8Packed` (native OpSDot where the device has
+// it). Activations travel packed, four channels of signed bytes per u32, in the C4HW layout
+// of the float kernels; `corr` carries the folded zero points (see src/quant). The result is
+// exact, so the CPU twin must match it bit for bit.
+//
+// Tiling as gemm.wgsl: 8 columns x 4 output groups per invocation, the block's weights a
+// 64 KiB uniform slice of vec4<u32> (one packed word per output channel and input group).
+
+struct Params {
+    tiles: u32,     // columns per image and position
+    icg: u32,       // input channel groups (packed words per column)
+    ocg: u32,       // real output channel groups
+    og: u32,        // first output group of this dispatch's block
+    pos0: u32,      // first position of this dispatch's chunk
+    positions: u32, // P
+}
+
+@group(0) @binding(0) var<storage, read> a: array<u32>;
+// ((pos - pos0) * icg + ic) * 4 + j: packed weights of output channels 4 (og + j) + 0..3
+@group(0) @binding(1) var<uniform> weights: array<vec4<u32>, 4096>;
+@group(0) @binding(2) var<storage, read> corr: array<vec4<i32>>;
+@group(0) @binding(3) var<storage, read_write> m: array<vec4<i32>>;
+@group(0) @binding(4) var<uniform> params: Params;
+
+fn load(i: u32, ok: bool) -> u32 {
+    return select(0u, a[i], ok);
+}
+
+fn dot4(w: vec4<u32>, x: u32) -> vec4<i32> {
+    return vec4<i32>(dot4I8Packed(w.x, x), dot4I8Packed(w.y, x), dot4I8Packed(w.z, x), dot4I8Packed(w.w, x));
+}
+
+// No early return before the loop: see conv.wgsl.
+@compute @workgroup_size(64, 1, 1)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let tiles = params.tiles;
+    let icg = params.icg;
+    let t0 = gid.x * 8u;
+    let valid = t0 < tiles;
+    let pos = params.pos0 + wid.y;
+    let n = wid.z;
+    let last = tiles - 1u;
+    var a0_0 = vec4<i32>(0);
+    var a0_1 = vec4<i32>(0);
+    var a0_2 = vec4<i32>(0);
+    var a0_3 = vec4<i32>(0);
+    var a0_4 = vec4<i32>(0);
+    var a0_5 = vec4<i32>(0);
+    var a0_6 = vec4<i32>(0);
+    var a0_7 = vec4<i32>(0);
+    var a1_0 = vec4<i32>(0);
+    var a1_1 = vec4<i32>(0);
+    var a1_2 = vec4<i32>(0);
+    var a1_3 = vec4<i32>(0);
+    var a1_4 = vec4<i32>(0);
+    var a1_5 = vec4<i32>(0);
+    var a1_6 = vec4<i32>(0);
+    var a1_7 = vec4<i32>(0);
+    var a2_0 = vec4<i32>(0);
+    var a2_1 = vec4<i32>(0);
+    var a2_2 = vec4<i32>(0);
+    var a2_3 = vec4<i32>(0);
+    var a2_4 = vec4<i32>(0);
+    var a2_5 = vec4<i32>(0);
+    var a2_6 = vec4<i32>(0);
+    var a2_7 = vec4<i32>(0);
+    var a3_0 = vec4<i32>(0);
+    var a3_1 = vec4<i32>(0);
+    var a3_2 = vec4<i32>(0);
+    var a3_3 = vec4<i32>(0);
+    var a3_4 = vec4<i32>(0);
+    var a3_5 = vec4<i32>(0);
+    var a3_6 = vec4<i32>(0);
+    var a3_7 = vec4<i32>(0);
+    for (var ic = 0u; ic < icg; ic++) {
+        let base = ((n * params.positions + pos) * icg + ic) * tiles;
+        let wb = (wid.y * icg + ic) * 4u;
+        let v0 = load(base + min(t0 + 0u, last), t0 + 0u < tiles);
+        let v1 = load(base + min(t0 + 1u, last), t0 + 1u < tiles);
+        let v2 = load(base + min(t0 + 2u, last), t0 + 2u < tiles);
+        let v3 = load(base + min(t0 + 3u, last), t0 + 3u < tiles);
+        let v4 = load(base + min(t0 + 4u, last), t0 + 4u < tiles);
+        let v5 = load(base + min(t0 + 5u, last), t0 + 5u < tiles);
+        let v6 = load(base + min(t0 + 6u, last), t0 + 6u < tiles);
+        let v7 = load(base + min(t0 + 7u, last), t0 + 7u < tiles);
+        let w0 = weights[wb + 0u];
+        let w1 = weights[wb + 1u];
+        let w2 = weights[wb + 2u];
+        let w3 = weights[wb + 3u];
+        a0_0 += dot4(w0, v0);
+        a0_1 += dot4(w0, v1);
+        a0_2 += dot4(w0, v2);
+        a0_3 += dot4(w0, v3);
+        a0_4 += dot4(w0, v4);
+        a0_5 += dot4(w0, v5);
+        a0_6 += dot4(w0, v6);
+        a0_7 += dot4(w0, v7);
+        a1_0 += dot4(w1, v0);
+        a1_1 += dot4(w1, v1);
+        a1_2 += dot4(w1, v2);
+        a1_3 += dot4(w1, v3);
+        a1_4 += dot4(w1, v4);
+        a1_5 += dot4(w1, v5);
+        a1_6 += dot4(w1, v6);
+        a1_7 += dot4(w1, v7);
+        a2_0 += dot4(w2, v0);
+        a2_1 += dot4(w2, v1);
+        a2_2 += dot4(w2, v2);
+        a2_3 += dot4(w2, v3);
+        a2_4 += dot4(w2, v4);
+        a2_5 += dot4(w2, v5);
+        a2_6 += dot4(w2, v6);
+        a2_7 += dot4(w2, v7);
+        a3_0 += dot4(w3, v0);
+        a3_1 += dot4(w3, v1);
+        a3_2 += dot4(w3, v2);
+        a3_3 += dot4(w3, v3);
+        a3_4 += dot4(w3, v4);
+        a3_5 += dot4(w3, v5);
+        a3_6 += dot4(w3, v6);
+        a3_7 += dot4(w3, v7);
+    }
+    if !valid {
+        return;
+    }
+    if params.og + 0u < params.ocg {
+        let g = params.og + 0u;
+        let out = ((n * params.positions + pos) * params.ocg + g) * tiles + t0;
+        if t0 + 0u < tiles { m[out + 0u] = a0_0 + corr[g]; }
+        if t0 + 1u < tiles { m[out + 1u] = a0_1 + corr[g]; }
+        if t0 + 2u < tiles { m[out + 2u] = a0_2 + corr[g]; }
+        if t0 + 3u < tiles { m[out + 3u] = a0_3 + corr[g]; }
+        if t0 + 4u < tiles { m[out + 4u] = a0_4 + corr[g]; }
+        if t0 + 5u < tiles { m[out + 5u] = a0_5 + corr[g]; }
+        if t0 + 6u < tiles { m[out + 6u] = a0_6 + corr[g]; }
+        if t0 + 7u < tiles { m[out + 7u] = a0_7 + corr[g]; }
+    }
+    if params.og + 1u < params.ocg {
+        let g = params.og + 1u;
+        let out = ((n * params.positions + pos) * params.ocg + g) * tiles + t0;
+        if t0 + 0u < tiles { m[out + 0u] = a1_0 + corr[g]; }
+        if t0 + 1u < tiles { m[out + 1u] = a1_1 + corr[g]; }
+        if t0 + 2u < tiles { m[out + 2u] = a1_2 + corr[g]; }
+        if t0 + 3u < tiles { m[out + 3u] = a1_3 + corr[g]; }
+        if t0 + 4u < tiles { m[out + 4u] = a1_4 + corr[g]; }
+        if t0 + 5u < tiles { m[out + 5u] = a1_5 + corr[g]; }
+        if t0 + 6u < tiles { m[out + 6u] = a1_6 + corr[g]; }
+        if t0 + 7u < tiles { m[out + 7u] = a1_7 + corr[g]; }
+    }
+    if params.og + 2u < params.ocg {
+        let g = params.og + 2u;
+        let out = ((n * params.positions + pos) * params.ocg + g) * tiles + t0;
+        if t0 + 0u < tiles { m[out + 0u] = a2_0 + corr[g]; }
+        if t0 + 1u < tiles { m[out + 1u] = a2_1 + corr[g]; }
+        if t0 + 2u < tiles { m[out + 2u] = a2_2 + corr[g]; }
+        if t0 + 3u < tiles { m[out + 3u] = a2_3 + corr[g]; }
+        if t0 + 4u < tiles { m[out + 4u] = a2_4 + corr[g]; }
+        if t0 + 5u < tiles { m[out + 5u] = a2_5 + corr[g]; }
+        if t0 + 6u < tiles { m[out + 6u] = a2_6 + corr[g]; }
+        if t0 + 7u < tiles { m[out + 7u] = a2_7 + corr[g]; }
+    }
+    if params.og + 3u < params.ocg {
+        let g = params.og + 3u;
+        let out = ((n * params.positions + pos) * params.ocg + g) * tiles + t0;
+        if t0 + 0u < tiles { m[out + 0u] = a3_0 + corr[g]; }
+        if t0 + 1u < tiles { m[out + 1u] = a3_1 + corr[g]; }
+        if t0 + 2u < tiles { m[out + 2u] = a3_2 + corr[g]; }
+        if t0 + 3u < tiles { m[out + 3u] = a3_3 + corr[g]; }
+        if t0 + 4u < tiles { m[out + 4u] = a3_4 + corr[g]; }
+        if t0 + 5u < tiles { m[out + 5u] = a3_5 + corr[g]; }
+        if t0 + 6u < tiles { m[out + 6u] = a3_6 + corr[g]; }
+        if t0 + 7u < tiles { m[out + 7u] = a3_7 + corr[g]; }
+    }
+}

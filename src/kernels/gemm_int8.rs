@@ -1,0 +1,182 @@
+//! Launcher of `shaders/gemm_int8.wgsl`: the exact integer product of packed 8-bit weights and
+//! activations with folded zero-point corrections (the building block of issue 3's integer
+//! modes; nothing in the engine runs it yet).
+
+use std::sync::Arc;
+
+use super::{bind_resources, Dispatch, UniformSlices};
+use crate::error::{Error, Result};
+use crate::gpu::Context;
+
+/// Output groups per invocation and dispatch (the shader's register tile).
+pub const OCB: usize = 4;
+/// Columns per invocation.
+pub const PX: usize = 8;
+/// Packed weight words per 64 KiB uniform slice (4096 vec4<u32>).
+const SLICE_WORDS: usize = 4096 * 4;
+
+/// Integer weights in the shader's layout and the per-output-channel corrections.
+#[derive(Debug, Clone)]
+pub struct PackedGemmInt8 {
+    pub positions: usize,
+    pub icg: usize,
+    pub ocg: usize,
+    /// `[pos][g padded to whole blocks][ic]` -> 4 words, one per output channel of group `g`,
+    /// each packing the weights of input channels `4 ic .. 4 ic + 4` as signed bytes.
+    pub w: Vec<[u32; 4]>,
+    /// Per output group: the folded zero-point term added to every sum.
+    pub corr: Vec<[i32; 4]>,
+}
+
+impl PackedGemmInt8 {
+    /// From weight codes `codes[pos][o][i]` (`positions x out_ch x in_ch`, in -128..=127) and
+    /// one correction per output channel.
+    pub fn new(positions: usize, in_ch: usize, out_ch: usize, codes: &[i8], corr: &[i32]) -> Self {
+        assert_eq!(codes.len(), positions * out_ch * in_ch);
+        assert_eq!(corr.len(), out_ch);
+        let (icg, ocg) = (in_ch.div_ceil(4), out_ch.div_ceil(4));
+        let ocgp = ocg.div_ceil(OCB) * OCB;
+        let mut w = vec![[0u32; 4]; positions * ocgp * icg];
+        for pos in 0..positions {
+            for o in 0..out_ch {
+                for i in 0..in_ch {
+                    let byte = codes[(pos * out_ch + o) * in_ch + i] as u8 as u32;
+                    w[(pos * ocgp + o / 4) * icg + i / 4][o % 4] |= byte << (8 * (i % 4));
+                }
+            }
+        }
+        let corr = (0..ocg)
+            .map(|g| std::array::from_fn(|l| corr.get(4 * g + l).copied().unwrap_or(0)))
+            .collect();
+        PackedGemmInt8 {
+            positions,
+            icg,
+            ocg,
+            w,
+            corr,
+        }
+    }
+
+    pub fn blocks(&self) -> usize {
+        self.ocg.div_ceil(OCB)
+    }
+
+    /// The 4 words of output group `g`, input group `ic` at `pos`.
+    pub fn words(&self, pos: usize, g: usize, ic: usize) -> &[u32; 4] {
+        &self.w[(pos * self.blocks() * OCB + g) * self.icg + ic]
+    }
+
+    /// Positions per uniform slice (0: the input channels alone do not fit).
+    pub fn chunk(&self) -> usize {
+        (SLICE_WORDS / (self.icg * OCB * 4)).min(self.positions)
+    }
+
+    fn chunks(&self) -> usize {
+        self.positions.div_ceil(self.chunk())
+    }
+
+    fn slice(&self, b: usize, c: usize) -> Vec<[u32; 4]> {
+        let p0 = c * self.chunk();
+        let p1 = (p0 + self.chunk()).min(self.positions);
+        (p0..p1)
+            .flat_map(|pos| (0..self.icg).flat_map(move |ic| (0..OCB).map(move |j| (pos, ic, j))))
+            .map(|(pos, ic, j)| *self.words(pos, b * OCB + j, ic))
+            .collect()
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    tiles: u32,
+    icg: u32,
+    ocg: u32,
+    og: u32,
+    pos0: u32,
+    positions: u32,
+    _pad: [u32; 2],
+}
+
+/// Integer weights resident on the device.
+pub struct GpuGemmInt8 {
+    pub packed: PackedGemmInt8,
+    pipeline: Arc<wgpu::ComputePipeline>,
+    weights: UniformSlices,
+    corr: wgpu::Buffer,
+}
+
+impl GpuGemmInt8 {
+    pub fn new(ctx: &Context, packed: PackedGemmInt8) -> Result<Self> {
+        if packed.chunk() == 0 {
+            return Err(Error::Invalid(format!(
+                "{} input channels do not fit the int8 gemm's weight slices",
+                packed.icg * 4
+            )));
+        }
+        let slices: Vec<Vec<[u32; 4]>> = (0..packed.blocks())
+            .flat_map(|b| (0..packed.chunks()).map(move |c| (b, c)))
+            .map(|(b, c)| packed.slice(b, c))
+            .collect();
+        let refs: Vec<&[[u32; 4]]> = slices.iter().map(Vec::as_slice).collect();
+        Ok(GpuGemmInt8 {
+            pipeline: ctx.pipeline("gemm_int8", &[])?,
+            weights: UniformSlices::new(ctx, "int8 weights", &refs),
+            corr: ctx.upload("int8 corrections", &packed.corr),
+            packed,
+        })
+    }
+
+    /// Record the products for `batch` items of `tiles` columns: packed `a` -> i32 `m`.
+    pub fn dispatch(
+        &self,
+        ctx: &Context,
+        label: &str,
+        a: &wgpu::Buffer,
+        m: &wgpu::Buffer,
+        batch: u32,
+        tiles: u32,
+    ) -> Vec<Dispatch> {
+        let p = &self.packed;
+        let mut out = Vec::new();
+        for b in 0..p.blocks() {
+            for c in 0..p.chunks() {
+                let pos0 = c * p.chunk();
+                let params = ctx.uniform(
+                    "int8 gemm params",
+                    &Params {
+                        tiles,
+                        icg: p.icg as u32,
+                        ocg: p.ocg as u32,
+                        og: (b * OCB) as u32,
+                        pos0: pos0 as u32,
+                        positions: p.positions as u32,
+                        _pad: [0; 2],
+                    },
+                );
+                let bind_group = bind_resources(
+                    ctx,
+                    label,
+                    &self.pipeline,
+                    vec![
+                        a.as_entire_binding(),
+                        self.weights.binding(b * p.chunks() + c),
+                        self.corr.as_entire_binding(),
+                        m.as_entire_binding(),
+                        params.as_entire_binding(),
+                    ],
+                );
+                out.push(Dispatch {
+                    label: format!("{label} (int8 gemm)"),
+                    bind_group,
+                    pipeline: self.pipeline.clone(),
+                    workgroups: [
+                        tiles.div_ceil(PX as u32).div_ceil(64),
+                        (p.positions - pos0).min(p.chunk()) as u32,
+                        batch,
+                    ],
+                });
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,143 @@
+//! The integer product (`gemm_int8.wgsl`) against its CPU twin, bit for bit, and the zero-point
+//! folding of src/quant checked end to end on the twin.
+
+mod common;
+
+use common::{ctx, Rng};
+use refqsr::kernels::cpu::gemm_int8;
+use refqsr::kernels::gemm_int8::{GpuGemmInt8, PackedGemmInt8};
+use refqsr::kernels::{encode, Step};
+use refqsr::quant::pack::pack_i8x4;
+use refqsr::quant::{weight_quantizers, Quantizer};
+
+/// Codes of `n` values drawn at random in -128..=127 (never all zero).
+fn codes(rng: &mut Rng, n: usize) -> Vec<i8> {
+    (0..n).map(|_| (rng.next_u64() % 256) as u8 as i8).collect()
+}
+
+/// Pack `[n][pos][c][t]` codes into the kernel's `[n][pos][ic][t]` words.
+fn pack_columns(v: &[i8], outer: usize, channels: usize, tiles: usize) -> Vec<u32> {
+    let icg = channels.div_ceil(4);
+    let mut out = vec![0u32; outer * icg * tiles];
+    for o in 0..outer {
+        for ic in 0..icg {
+            for t in 0..tiles {
+                let four: Vec<i8> = (0..4)
+                    .map(|l| {
+                        if 4 * ic + l < channels {
+                            v[(o * channels + 4 * ic + l) * tiles + t]
+                        } else {
+                            0
+                        }
+                    })
+                    .collect();
+                out[(o * icg + ic) * tiles + t] = pack_i8x4(&four)[0];
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn int8_gemm_matches_its_twin_bit_for_bit() {
+    let ctx = ctx();
+    let mut rng = Rng::fresh("int8 gemm");
+    // (positions, in, out, tiles, batch): channel counts off multiples of 4 and 16, column
+    // counts off multiples of 8, several uniform slices (192 in x 36 positions), extreme codes.
+    for (positions, in_ch, out_ch, tiles, batch) in [
+        (1, 48, 48, 37, 1),
+        (3, 5, 7, 9, 2),
+        (36, 192, 20, 11, 1),
+        (2, 1024, 8, 3, 1),
+        (1, 4, 3, 1, 1),
+    ] {
+        let w = codes(&mut rng, positions * out_ch * in_ch);
+        let corr: Vec<i32> = (0..out_ch)
+            .map(|_| (rng.next_u64() % 200_000) as i32 - 100_000)
+            .collect();
+        let packed = PackedGemmInt8::new(positions, in_ch, out_ch, &w, &corr);
+        let act = codes(&mut rng, batch * positions * in_ch * tiles);
+        let a = pack_columns(&act, batch * positions, in_ch, tiles);
+        let want = gemm_int8(&a, &packed, batch, tiles);
+
+        let gpu = GpuGemmInt8::new(&ctx, packed.clone()).unwrap();
+        let a_buf = ctx.upload("a", &a);
+        let bytes = (want.len() * 16) as u64;
+        let m = ctx.acquire(bytes);
+        ctx.queue
+            .write_buffer(&m, 0, bytemuck::cast_slice(&vec![i32::MIN; want.len() * 4]));
+        let steps: Vec<Step> = gpu
+            .dispatch(&ctx, "test", &a_buf, &m, batch as u32, tiles as u32)
+            .into_iter()
+            .map(Step::Launch)
+            .collect();
+        let mut encoder = ctx.device.create_command_encoder(&Default::default());
+        encode(&steps, &mut encoder);
+        ctx.queue.submit([encoder.finish()]);
+        let got: Vec<i32> = bytemuck::cast_slice(&ctx.read(&m, bytes).unwrap()).to_vec();
+        let want: Vec<i32> = want.into_iter().flatten().collect();
+        assert!(
+            want.iter().all(|&v| v != i32::MIN),
+            "twin left an element unwritten"
+        );
+        let bad = got.iter().zip(&want).filter(|(g, w)| g != w).count();
+        assert_eq!(
+            bad,
+            0,
+            "P{positions} {in_ch}->{out_ch} x{tiles} n{batch}: {bad} of {} differ",
+            want.len()
+        );
+        ctx.release(m);
+    }
+}
+
+#[test]
+fn folded_zero_points_reproduce_the_quantized_convolution() {
+    // A 1x1 convolution of Eq. 1-quantized activations by per-channel quantized weights, once
+    // in float on the dequantized values and once as the integer product of stored codes plus
+    // the folded correction, rescaled: the two must agree to float rounding.
+    let mut rng = Rng::fresh("zero-point folding");
+    let (in_ch, out_ch, tiles) = (24, 10, 13);
+    for bits in [8, 6, 4, 2] {
+        let wf = rng.vec(out_ch * in_ch, -1.0, 1.0);
+        let wq = weight_quantizers(&wf, out_ch, 8);
+        let wcodes: Vec<i8> = wf
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| wq[i / in_ch].code(v).clamp(-128, 127) as i8)
+            .collect();
+        let aq = Quantizer::new(-0.7, 2.3, bits);
+        let xf = rng.vec(in_ch * tiles, -1.0, 3.0);
+        // stored codes shifted to signed bytes: t = (code - lo) - 128, so code = t + z
+        let z = aq.lo() + 128;
+        let t: Vec<i8> = xf
+            .iter()
+            .map(|&v| (aq.stored(v) as i32 - 128) as i8)
+            .collect();
+        let corr: Vec<i32> = (0..out_ch)
+            .map(|o| {
+                z * (0..in_ch)
+                    .map(|i| wcodes[o * in_ch + i] as i32)
+                    .sum::<i32>()
+            })
+            .collect();
+        let packed = PackedGemmInt8::new(1, in_ch, out_ch, &wcodes, &corr);
+        let m = gemm_int8(&pack_columns(&t, 1, in_ch, tiles), &packed, 1, tiles);
+        for o in 0..out_ch {
+            for tt in 0..tiles {
+                let int =
+                    m[(o / 4) * tiles + tt][o % 4] as f64 * wq[o].step() as f64 * aq.step() as f64;
+                let float: f64 = (0..in_ch)
+                    .map(|i| {
+                        (wcodes[o * in_ch + i] as f64 * wq[o].step() as f64)
+                            * aq.quantize(xf[i * tiles + tt]) as f64
+                    })
+                    .sum();
+                assert!(
+                    (int - float).abs() <= 1e-4 * (1.0 + float.abs()),
+                    "{bits} bits, channel {o}, column {tt}: {int} vs {float}"
+                );
+            }
+        }
+    }
+}
