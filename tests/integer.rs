@@ -141,3 +141,167 @@ fn folded_zero_points_reproduce_the_quantized_convolution() {
         }
     }
 }
+
+fn run(ctx: &refqsr::gpu::Context, steps: Vec<Step>) {
+    let mut encoder = ctx.device.create_command_encoder(&Default::default());
+    encode(&steps, &mut encoder);
+    ctx.queue.submit([encoder.finish()]);
+}
+
+fn read_u32(ctx: &refqsr::gpu::Context, b: &wgpu::Buffer, words: usize) -> Vec<u32> {
+    bytemuck::cast_slice(&ctx.read(b, words as u64 * 4).unwrap()).to_vec()
+}
+
+#[test]
+fn quantize_matches_its_twin_bit_for_bit() {
+    let ctx = ctx();
+    let mut rng = Rng::fresh("quantize");
+    for bits in 2..=8 {
+        for (c, h, w) in [(48, 5, 7), (3, 4, 4), (13, 1, 9)] {
+            let q = Quantizer::new(rng.uniform(-2.0, -0.1), rng.uniform(0.1, 3.0), bits);
+            let mut x = rng.tensor(2, c, h, w);
+            // values past both bounds, and exactly on half steps (ties)
+            for (i, v) in x.data.iter_mut().enumerate() {
+                match i % 5 {
+                    0 => *v *= 4.0,
+                    1 => *v = (((i / 5) % 9) as f32 - 4.0 + 0.5) * q.step(),
+                    _ => {}
+                }
+            }
+            let want = refqsr::kernels::cpu::quantize(&x, &q);
+            let src = ctx.upload("x", &x.data);
+            let dst = ctx.acquire(want.len() as u64 * 4);
+            ctx.queue.write_buffer(
+                &dst,
+                0,
+                bytemuck::cast_slice(&vec![0xdead_beefu32; want.len()]),
+            );
+            let d = refqsr::kernels::quantize::dispatch(
+                &ctx,
+                "q",
+                &q,
+                &src,
+                &dst,
+                2,
+                c as u32,
+                (h * w) as u32,
+            )
+            .unwrap();
+            run(&ctx, vec![Step::Launch(d)]);
+            assert_eq!(
+                read_u32(&ctx, &dst, want.len()),
+                want,
+                "{bits} bits, {c}x{h}x{w}"
+            );
+            ctx.release(dst);
+        }
+    }
+}
+
+#[test]
+fn integer_3x3_convolution_is_exact() {
+    // quantize-free check of im2col + gemm_int8 against the definition: out[o][p] =
+    // sum over taps inside the image of w * (byte + zero point).
+    let ctx = ctx();
+    let mut rng = Rng::fresh("int8 conv");
+    let shapes: [(usize, usize, usize, usize, usize); 4] = [
+        (48, 48, 9, 11, 3),
+        (5, 7, 3, 2, 3),
+        (12, 20, 4, 5, 1),
+        (3, 48, 1, 1, 3),
+    ];
+    for (in_ch, out_ch, h, w, k) in shapes {
+        let icg = in_ch.div_ceil(4);
+        let zero = (rng.next_u64() % 200) as i32;
+        let pad_byte = (-zero).max(-128) as i8;
+        let zero = -(pad_byte as i32);
+        let bytes: Vec<i8> = (0..in_ch * h * w)
+            .map(|_| (rng.next_u64() % 256) as u8 as i8)
+            .collect();
+        let a = pack_columns(&bytes, 1, in_ch, h * w);
+        let wc = codes(&mut rng, out_ch * in_ch * k * k);
+        let corr: Vec<i32> = (0..out_ch)
+            .map(|o| {
+                zero * wc[o * in_ch * k * k..(o + 1) * in_ch * k * k]
+                    .iter()
+                    .map(|&v| v as i32)
+                    .sum::<i32>()
+            })
+            .collect();
+        let packed = PackedGemmInt8::conv(k, in_ch, out_ch, &wc, &corr);
+        let pad = pack_i8x4(&[pad_byte; 4])[0];
+
+        // the definition
+        let r = (k / 2) as isize;
+        let mut want = vec![0i32; out_ch * h * w];
+        for o in 0..out_ch {
+            for y in 0..h as isize {
+                for x in 0..w as isize {
+                    let mut s = 0i32;
+                    for i in 0..in_ch {
+                        for tap in 0..k * k {
+                            let (yy, xx) = (y + (tap / k) as isize - r, x + (tap % k) as isize - r);
+                            if yy >= 0 && yy < h as isize && xx >= 0 && xx < w as isize {
+                                let b = bytes[(i * h + yy as usize) * w + xx as usize] as i32;
+                                s += wc[(o * in_ch + i) * k * k + tap] as i32 * (b + zero);
+                            }
+                        }
+                    }
+                    want[(o * h + y as usize) * w + x as usize] = s;
+                }
+            }
+        }
+        let as_channels = |m: Vec<[i32; 4]>| -> Vec<i32> {
+            (0..out_ch * h * w)
+                .map(|i| m[(i / (h * w) / 4) * h * w + i % (h * w)][(i / (h * w)) % 4])
+                .collect()
+        };
+
+        // the CPU twins
+        let cols = refqsr::kernels::cpu::im2col_int8(&a, 1, icg, h, w, k, pad);
+        assert_eq!(
+            as_channels(gemm_int8(&cols, &packed, 1, h * w)),
+            want,
+            "twins, {in_ch}->{out_ch} {h}x{w} k{k}"
+        );
+
+        // the GPU
+        let src = ctx.upload("a", &a);
+        let col_buf = ctx.acquire(cols.len() as u64 * 4);
+        let m = ctx.acquire((out_ch.div_ceil(4) * h * w * 16) as u64);
+        ctx.queue.write_buffer(
+            &col_buf,
+            0,
+            bytemuck::cast_slice(&vec![0xdead_beefu32; cols.len()]),
+        );
+        let gpu = GpuGemmInt8::new(&ctx, packed).unwrap();
+        let mut steps = vec![Step::Launch(
+            refqsr::kernels::im2col_int8::dispatch(
+                &ctx, "c", &src, &col_buf, 1, icg as u32, h as u32, w as u32, k as u32, pad,
+            )
+            .unwrap(),
+        )];
+        steps.extend(
+            gpu.dispatch(&ctx, "c", &col_buf, &m, 1, (h * w) as u32)
+                .into_iter()
+                .map(Step::Launch),
+        );
+        run(&ctx, steps);
+        assert_eq!(
+            read_u32(&ctx, &col_buf, cols.len()),
+            cols,
+            "im2col {in_ch} {h}x{w} k{k}"
+        );
+        let got: Vec<[i32; 4]> = read_u32(&ctx, &m, out_ch.div_ceil(4) * h * w * 4)
+            .chunks(4)
+            .map(|c| std::array::from_fn(|l| c[l] as i32))
+            .collect();
+        assert_eq!(
+            as_channels(got),
+            want,
+            "GPU, {in_ch}->{out_ch} {h}x{w} k{k}"
+        );
+        ctx.release(col_buf);
+        ctx.release(m);
+    }
+}

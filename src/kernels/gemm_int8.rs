@@ -57,6 +57,22 @@ impl PackedGemmInt8 {
         }
     }
 
+    /// A K x K convolution (weight codes `[o][i][ky][kx]`) as the product over the
+    /// `im2col_int8` gather: input word `tap * icg + ic` holds channels `4 ic..4 ic + 4` at tap.
+    pub fn conv(k: usize, in_ch: usize, out_ch: usize, codes: &[i8], corr: &[i32]) -> Self {
+        let (taps, cp) = (k * k, in_ch.div_ceil(4) * 4);
+        assert_eq!(codes.len(), out_ch * in_ch * taps);
+        let mut flat = vec![0i8; out_ch * taps * cp];
+        for o in 0..out_ch {
+            for i in 0..in_ch {
+                for tap in 0..taps {
+                    flat[(o * taps + tap) * cp + i] = codes[(o * in_ch + i) * taps + tap];
+                }
+            }
+        }
+        Self::new(1, taps * cp, out_ch, &flat, corr)
+    }
+
     pub fn blocks(&self) -> usize {
         self.ocg.div_ceil(OCB)
     }

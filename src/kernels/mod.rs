@@ -9,8 +9,10 @@ pub mod conv;
 pub mod cpu;
 pub mod gemm;
 pub mod gemm_int8;
+pub mod im2col_int8;
 pub mod interp;
 pub mod pixel_shuffle;
+pub mod quantize;
 pub mod unary;
 pub mod winograd;
 pub mod winograd_input;
@@ -39,6 +41,11 @@ pub const SHADERS: &[(&str, &str)] = &[
     ),
     ("gemm", include_str!("../../shaders/gemm.wgsl")),
     ("gemm_int8", include_str!("../../shaders/gemm_int8.wgsl")),
+    ("quantize", include_str!("../../shaders/quantize.wgsl")),
+    (
+        "im2col_int8",
+        include_str!("../../shaders/im2col_int8.wgsl"),
+    ),
     (
         "winograd_output",
         include_str!("../../shaders/winograd_output.wgsl"),

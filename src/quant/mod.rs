@@ -39,15 +39,33 @@ impl Quantizer {
         (self.beta - self.alpha) / ((1u32 << self.bits) - 1) as f32
     }
 
-    /// The smallest code, `round(alpha / s)`; codes are `lo..lo + 2^b`.
-    pub fn lo(&self) -> i32 {
-        (self.alpha / self.step()).round() as i32
+    /// `1 / s`: kernels multiply by it (a correctly rounded operation in WGSL, where division
+    /// may be off by 2.5 ulp), so the CPU does the same to agree bit for bit.
+    pub fn inv_step(&self) -> f32 {
+        1.0 / self.step()
     }
 
-    /// `round(clip(x, alpha, beta) / s)`, kept inside the `2^b` codes from [`Quantizer::lo`].
+    /// The smallest code, `round(alpha / s)`; codes are `lo..lo + 2^b`.
+    pub fn lo(&self) -> i32 {
+        (self.alpha * self.inv_step()).round_ties_even() as i32
+    }
+
+    /// `round(clip(x, alpha, beta) / s)` (ties to even, as WGSL's `round`), kept inside the
+    /// `2^b` codes from [`Quantizer::lo`].
     pub fn code(&self, x: f32) -> i32 {
-        let q = (x.clamp(self.alpha, self.beta) / self.step()).round() as i32;
+        let q = (x.clamp(self.alpha, self.beta) * self.inv_step()).round_ties_even() as i32;
         q.clamp(self.lo(), self.lo() + (1 << self.bits) - 1)
+    }
+
+    /// The signed byte the integer kernels carry: `code - lo - 128` (for 8 bits; fewer bits
+    /// use the bottom of the same range), so that `code = byte + zero_point()`.
+    pub fn byte(&self, x: f32) -> i8 {
+        (self.code(x) - self.zero_point()) as i8
+    }
+
+    /// `lo + 128`: the code of byte 0. A real 0 (padding) is byte `-zero_point()`.
+    pub fn zero_point(&self) -> i32 {
+        self.lo() + 128
     }
 
     /// The stored (unsigned) form of `code(x)`: `code - lo`, in `0..2^b`.

@@ -7,8 +7,10 @@ mod concat;
 mod conv;
 mod gemm;
 mod gemm_int8;
+mod im2col_int8;
 mod interp;
 mod pixel_shuffle;
+mod quantize;
 mod unary;
 mod winograd;
 
@@ -17,8 +19,10 @@ pub use concat::concat;
 pub use conv::conv;
 pub use gemm::{gemm, pointwise};
 pub use gemm_int8::gemm_int8;
+pub use im2col_int8::im2col_int8;
 pub use interp::interp;
 pub use pixel_shuffle::pixel_shuffle;
+pub use quantize::quantize;
 pub use unary::unary;
 pub use winograd::{winograd, winograd_input, winograd_output};
 
