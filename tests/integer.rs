@@ -305,3 +305,73 @@ fn integer_3x3_convolution_is_exact() {
         ctx.release(m);
     }
 }
+
+#[test]
+fn integer_convolution_layer_matches_its_twins_and_the_float_layer() {
+    use refqsr::kernels::cpu::{dequant, im2col_int8, quantize};
+    use refqsr::kernels::int_conv::{GpuIntConv, PackedIntConv};
+    use refqsr::model::{Activation, Graph, Op};
+    let ctx = ctx();
+    let mut rng = Rng::fresh("int conv layer");
+    // A real SPAN body convolution (48 -> 48, 3x3, swish) on random activations in [-1, 1].
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/models");
+    let g = Graph::load_ncnn(&dir.join("spanx4_ch48.param"), &dir.join("spanx4_ch48.bin")).unwrap();
+    let conv = g
+        .nodes
+        .iter()
+        .find_map(|n| match &n.op {
+            Op::Conv(c) if c.k == 3 && c.in_ch == 48 && c.act == Activation::Swish => {
+                Some(c.clone())
+            }
+            _ => None,
+        })
+        .unwrap();
+    let (h, w) = (7, 13);
+    let x = rng.tensor(1, 48, h, w);
+    let float =
+        refqsr::kernels::cpu::conv(&x, &refqsr::kernels::conv::PackedConv::new(&conv), None);
+    let range = float.data.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let mut errors = Vec::new();
+    for bits in [8, 6, 4] {
+        let act = Quantizer::new(-1.0, 1.0, bits);
+        let p = PackedIntConv::new(&conv, bits, act);
+        // the twins, step by step
+        let words = quantize(&x, &p.act);
+        let cols = im2col_int8(&words, 1, 12, h, w, 3, p.pad_word());
+        let sums = gemm_int8(&cols, &p.gemm, 1, h * w);
+        let want = dequant(&sums, &p.scales, &p.epilogue, 1, 48, h, w, None);
+        // the GPU
+        let gpu = GpuIntConv::new(&ctx, p.clone()).unwrap();
+        let (nw, nc) = p.scratch_words(1, h * w);
+        let src = ctx.upload("x", &x.data);
+        let (packed_in, col_buf) = (ctx.acquire(nw as u64 * 4), ctx.acquire(nc as u64 * 4));
+        let sum_buf = ctx.acquire((12 * h * w * 16) as u64);
+        let dst = ctx.acquire((12 * h * w * 16) as u64);
+        ctx.queue.write_buffer(
+            &dst,
+            0,
+            bytemuck::cast_slice(&vec![f32::NAN; 12 * h * w * 4]),
+        );
+        let steps = gpu
+            .dispatch(
+                &ctx, "layer", &src, None, &dst, &packed_in, &col_buf, &sum_buf, 1, h as u32,
+                w as u32,
+            )
+            .unwrap();
+        run(&ctx, steps.into_iter().map(Step::Launch).collect());
+        let got = ctx.read(&dst, (12 * h * w * 16) as u64).unwrap();
+        let d = common::max_abs_diff(&got, &want.data);
+        assert!(d <= 2e-6 * range, "{bits} bits: GPU vs twins {d}");
+        // and the quantized layer approximates the float one, better with more bits
+        let err = common::max_abs_diff(&want.data, &float.data) / range;
+        errors.push(err);
+        for r in [&packed_in, &col_buf, &sum_buf, &dst] {
+            ctx.release(r.clone());
+        }
+    }
+    eprintln!("max relative error of the integer layer, w8a8 / w6a6 / w4a4: {errors:?}");
+    assert!(
+        errors[0] < 0.04 && errors[0] < errors[1] && errors[1] < errors[2],
+        "{errors:?}"
+    );
+}

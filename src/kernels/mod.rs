@@ -7,9 +7,11 @@ pub mod binary;
 pub mod concat;
 pub mod conv;
 pub mod cpu;
+pub mod dequant;
 pub mod gemm;
 pub mod gemm_int8;
 pub mod im2col_int8;
+pub mod int_conv;
 pub mod interp;
 pub mod pixel_shuffle;
 pub mod quantize;
@@ -22,7 +24,7 @@ const COMMON: &str = include_str!("../../shaders/shared/common.wgsl");
 const EPILOGUE: &str = include_str!("../../shaders/shared/epilogue.wgsl");
 
 /// Shaders that end in the convolutions' epilogue (and declare what it reads).
-const WITH_EPILOGUE: &[&str] = &["conv", "gemm", "winograd_output"];
+const WITH_EPILOGUE: &[&str] = &["conv", "gemm", "winograd_output", "dequant"];
 
 /// Every shader by name, as written in `shaders/`.
 pub const SHADERS: &[(&str, &str)] = &[
@@ -42,6 +44,7 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("gemm", include_str!("../../shaders/gemm.wgsl")),
     ("gemm_int8", include_str!("../../shaders/gemm_int8.wgsl")),
     ("quantize", include_str!("../../shaders/quantize.wgsl")),
+    ("dequant", include_str!("../../shaders/dequant.wgsl")),
     (
         "im2col_int8",
         include_str!("../../shaders/im2col_int8.wgsl"),

@@ -5,6 +5,7 @@
 mod binary;
 mod concat;
 mod conv;
+mod dequant;
 mod gemm;
 mod gemm_int8;
 mod im2col_int8;
@@ -17,6 +18,7 @@ mod winograd;
 pub use binary::{binary, per_channel_group, Operand};
 pub use concat::concat;
 pub use conv::conv;
+pub use dequant::dequant;
 pub use gemm::{gemm, pointwise};
 pub use gemm_int8::gemm_int8;
 pub use im2col_int8::im2col_int8;
