@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use super::conv::{EpilogueParams, SLICE_MATS};
-use super::{bind_resources, Dispatch, UniformSlices};
+use super::conv::EpilogueParams;
+use super::{bind_resources, Dispatch, Slicing, UniformSlices};
 use crate::error::{Error, Result};
 use crate::gpu::Context;
 use crate::model::Conv;
@@ -75,28 +75,14 @@ impl PackedGemm {
         self.ocg.div_ceil(OCB)
     }
 
+    /// How the weights are cut into uniform slices.
+    fn slicing(&self) -> Slicing {
+        Slicing::new::<[f32; 16]>(self.positions, self.icg, self.ocg)
+    }
+
     /// Positions per 64 KiB uniform slice (0: the input channels alone do not fit).
     pub fn chunk(&self) -> usize {
-        (SLICE_MATS / (self.icg * OCB)).min(self.positions)
-    }
-
-    fn chunks(&self) -> usize {
-        self.positions.div_ceil(self.chunk())
-    }
-
-    /// The slice of block `b` and position chunk `c`: `[pos][ic][j]`.
-    fn slice(&self, b: usize, c: usize) -> Vec<[f32; 16]> {
-        let p0 = c * self.chunk();
-        let p1 = (p0 + self.chunk()).min(self.positions);
-        let mut out = Vec::with_capacity((p1 - p0) * self.icg * OCB);
-        for pos in p0..p1 {
-            for ic in 0..self.icg {
-                for j in 0..OCB {
-                    out.push(*self.mat(pos, b * OCB + j, ic));
-                }
-            }
-        }
-        out
+        self.slicing().chunk
     }
 }
 
@@ -134,10 +120,7 @@ impl GpuGemm {
                 packed.icg * 4
             )));
         }
-        let slices: Vec<Vec<[f32; 16]>> = (0..packed.blocks())
-            .flat_map(|b| (0..packed.chunks()).map(move |c| (b, c)))
-            .map(|(b, c)| packed.slice(b, c))
-            .collect();
+        let slices = packed.slicing().slices(&packed.u);
         let refs: Vec<&[[f32; 16]]> = slices.iter().map(Vec::as_slice).collect();
         let weights = UniformSlices::new(ctx, "gemm weights", &refs);
         let vecs = match &packed.epilogue {
@@ -172,7 +155,7 @@ impl GpuGemm {
         };
         let mut out = Vec::new();
         for b in 0..p.blocks() {
-            for c in 0..p.chunks() {
+            for c in 0..p.slicing().chunks() {
                 let pos0 = c * p.chunk();
                 let params = ctx.uniform(
                     "gemm params",
@@ -197,7 +180,7 @@ impl GpuGemm {
                     &self.pipeline,
                     vec![
                         v.as_entire_binding(),
-                        self.weights.binding(b * p.chunks() + c),
+                        self.weights.binding(b * p.slicing().chunks() + c),
                         self.vecs.as_entire_binding(),
                         residual.as_entire_binding(),
                         m.as_entire_binding(),

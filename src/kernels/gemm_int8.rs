@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::{bind_resources, Dispatch, UniformSlices};
+use super::{bind_resources, Dispatch, Slicing, UniformSlices};
 use crate::error::{Error, Result};
 use crate::gpu::Context;
 
@@ -12,8 +12,6 @@ use crate::gpu::Context;
 pub const OCB: usize = 4;
 /// Columns per invocation.
 pub const PX: usize = 8;
-/// Packed weight words per 64 KiB uniform slice (4096 vec4<u32>).
-const SLICE_WORDS: usize = 4096 * 4;
 
 /// Integer weights in the shader's layout and the per-output-channel corrections.
 #[derive(Debug, Clone)]
@@ -82,22 +80,14 @@ impl PackedGemmInt8 {
         &self.w[(pos * self.blocks() * OCB + g) * self.icg + ic]
     }
 
+    /// How the weights are cut into uniform slices.
+    fn slicing(&self) -> Slicing {
+        Slicing::new::<[u32; 4]>(self.positions, self.icg, self.ocg)
+    }
+
     /// Positions per uniform slice (0: the input channels alone do not fit).
     pub fn chunk(&self) -> usize {
-        (SLICE_WORDS / (self.icg * OCB * 4)).min(self.positions)
-    }
-
-    fn chunks(&self) -> usize {
-        self.positions.div_ceil(self.chunk())
-    }
-
-    fn slice(&self, b: usize, c: usize) -> Vec<[u32; 4]> {
-        let p0 = c * self.chunk();
-        let p1 = (p0 + self.chunk()).min(self.positions);
-        (p0..p1)
-            .flat_map(|pos| (0..self.icg).flat_map(move |ic| (0..OCB).map(move |j| (pos, ic, j))))
-            .map(|(pos, ic, j)| *self.words(pos, b * OCB + j, ic))
-            .collect()
+        self.slicing().chunk
     }
 }
 
@@ -129,10 +119,7 @@ impl GpuGemmInt8 {
                 packed.icg * 4
             )));
         }
-        let slices: Vec<Vec<[u32; 4]>> = (0..packed.blocks())
-            .flat_map(|b| (0..packed.chunks()).map(move |c| (b, c)))
-            .map(|(b, c)| packed.slice(b, c))
-            .collect();
+        let slices = packed.slicing().slices(&packed.w);
         let refs: Vec<&[[u32; 4]]> = slices.iter().map(Vec::as_slice).collect();
         Ok(GpuGemmInt8 {
             pipeline: ctx.pipeline("gemm_int8", &[])?,
@@ -155,7 +142,7 @@ impl GpuGemmInt8 {
         let p = &self.packed;
         let mut out = Vec::new();
         for b in 0..p.blocks() {
-            for c in 0..p.chunks() {
+            for c in 0..p.slicing().chunks() {
                 let pos0 = c * p.chunk();
                 let params = ctx.uniform(
                     "int8 gemm params",
@@ -175,7 +162,7 @@ impl GpuGemmInt8 {
                     &self.pipeline,
                     vec![
                         a.as_entire_binding(),
-                        self.weights.binding(b * p.chunks() + c),
+                        self.weights.binding(b * p.slicing().chunks() + c),
                         self.corr.as_entire_binding(),
                         m.as_entire_binding(),
                         params.as_entire_binding(),

@@ -124,6 +124,54 @@ impl UniformSlices {
     }
 }
 
+/// How the gemm kernels cut per-position weights into uniform slices: one slice per (block of
+/// [`gemm::OCB`] output groups, chunk of positions), laid out `[pos][ic][j]`, at most 64 KiB.
+pub(crate) struct Slicing {
+    pub positions: usize,
+    pub icg: usize,
+    pub blocks: usize,
+    /// Positions per slice (0: the input groups of one position alone do not fit).
+    pub chunk: usize,
+}
+
+impl Slicing {
+    /// The slicing of items of type `T` (64 KiB / size_of T per slice).
+    pub fn new<T>(positions: usize, icg: usize, ocg: usize) -> Self {
+        let per_slice = (conv::SLICE_MATS * 64) / std::mem::size_of::<T>();
+        Slicing {
+            positions,
+            icg,
+            blocks: ocg.div_ceil(gemm::OCB),
+            chunk: (per_slice / (icg * gemm::OCB)).min(positions),
+        }
+    }
+
+    pub fn chunks(&self) -> usize {
+        self.positions.div_ceil(self.chunk)
+    }
+
+    /// Every slice, block-major, of `items` laid out `[pos][group padded to blocks][ic]`.
+    pub fn slices<T: std::marker::Copy>(&self, items: &[T]) -> Vec<Vec<T>> {
+        let ocb = gemm::OCB;
+        let mut out = Vec::new();
+        for b in 0..self.blocks {
+            for c in 0..self.chunks() {
+                let (p0, p1) = (c * self.chunk, ((c + 1) * self.chunk).min(self.positions));
+                let slice = (p0..p1)
+                    .flat_map(|pos| {
+                        (0..self.icg).flat_map(move |ic| (0..ocb).map(move |j| (pos, ic, j)))
+                    })
+                    .map(|(pos, ic, j)| {
+                        items[(pos * self.blocks * ocb + b * ocb + j) * self.icg + ic]
+                    })
+                    .collect();
+                out.push(slice);
+            }
+        }
+        out
+    }
+}
+
 /// A buffer-to-buffer copy recorded between launches (channel concatenation of whole
 /// channel groups is a plain copy in the C4HW layout).
 pub struct Copy {
