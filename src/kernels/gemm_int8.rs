@@ -141,44 +141,41 @@ impl GpuGemmInt8 {
     ) -> Vec<Dispatch> {
         let p = &self.packed;
         let mut out = Vec::new();
-        for b in 0..p.blocks() {
-            for c in 0..p.slicing().chunks() {
-                let pos0 = c * p.chunk();
-                let params = ctx.uniform(
-                    "int8 gemm params",
-                    &Params {
-                        tiles,
-                        icg: p.icg as u32,
-                        ocg: p.ocg as u32,
-                        og: (b * OCB) as u32,
-                        pos0: pos0 as u32,
-                        positions: p.positions as u32,
-                        _pad: [0; 2],
-                    },
-                );
-                let bind_group = bind_resources(
-                    ctx,
-                    label,
-                    &self.pipeline,
-                    vec![
-                        a.as_entire_binding(),
-                        self.weights.binding(b * p.slicing().chunks() + c),
-                        self.corr.as_entire_binding(),
-                        m.as_entire_binding(),
-                        params.as_entire_binding(),
-                    ],
-                );
-                out.push(Dispatch {
-                    label: format!("{label} (int8 gemm)"),
-                    bind_group,
-                    pipeline: self.pipeline.clone(),
-                    workgroups: [
-                        tiles.div_ceil(PX as u32).div_ceil(64),
-                        (p.positions - pos0).min(p.chunk()) as u32,
-                        batch,
-                    ],
-                });
-            }
+        for slot in p.slicing().slots() {
+            let params = ctx.uniform(
+                "int8 gemm params",
+                &Params {
+                    tiles,
+                    icg: p.icg as u32,
+                    ocg: p.ocg as u32,
+                    og: (slot.block * OCB) as u32,
+                    pos0: slot.pos0 as u32,
+                    positions: p.positions as u32,
+                    _pad: [0; 2],
+                },
+            );
+            let bind_group = bind_resources(
+                ctx,
+                label,
+                &self.pipeline,
+                vec![
+                    a.as_entire_binding(),
+                    self.weights.binding(slot.index),
+                    self.corr.as_entire_binding(),
+                    m.as_entire_binding(),
+                    params.as_entire_binding(),
+                ],
+            );
+            out.push(Dispatch {
+                label: format!("{label} (int8 gemm)"),
+                bind_group,
+                pipeline: self.pipeline.clone(),
+                workgroups: [
+                    tiles.div_ceil(PX as u32).div_ceil(64),
+                    slot.positions as u32,
+                    batch,
+                ],
+            });
         }
         out
     }

@@ -150,26 +150,43 @@ impl Slicing {
         self.positions.div_ceil(self.chunk)
     }
 
-    /// Every slice, block-major, of `items` laid out `[pos][group padded to blocks][ic]`.
+    /// The slices in upload order: one launch each.
+    pub fn slots(&self) -> impl Iterator<Item = Slot> + '_ {
+        (0..self.blocks).flat_map(move |b| {
+            (0..self.chunks()).map(move |c| Slot {
+                index: b * self.chunks() + c,
+                block: b,
+                pos0: c * self.chunk,
+                positions: (self.positions - c * self.chunk).min(self.chunk),
+            })
+        })
+    }
+
+    /// Every slice of `items` laid out `[pos][group padded to blocks][ic]`, in [`Slicing::slots`] order.
     pub fn slices<T: std::marker::Copy>(&self, items: &[T]) -> Vec<Vec<T>> {
         let ocb = gemm::OCB;
-        let mut out = Vec::new();
-        for b in 0..self.blocks {
-            for c in 0..self.chunks() {
-                let (p0, p1) = (c * self.chunk, ((c + 1) * self.chunk).min(self.positions));
-                let slice = (p0..p1)
+        self.slots()
+            .map(|s| {
+                (s.pos0..s.pos0 + s.positions)
                     .flat_map(|pos| {
                         (0..self.icg).flat_map(move |ic| (0..ocb).map(move |j| (pos, ic, j)))
                     })
                     .map(|(pos, ic, j)| {
-                        items[(pos * self.blocks * ocb + b * ocb + j) * self.icg + ic]
+                        items[(pos * self.blocks * ocb + s.block * ocb + j) * self.icg + ic]
                     })
-                    .collect();
-                out.push(slice);
-            }
-        }
-        out
+                    .collect()
+            })
+            .collect()
     }
+}
+
+/// One uniform slice of a [`Slicing`]: which output block and positions one launch covers.
+pub(crate) struct Slot {
+    /// Position of the slice in the uploaded buffer.
+    pub index: usize,
+    pub block: usize,
+    pub pos0: usize,
+    pub positions: usize,
 }
 
 /// A buffer-to-buffer copy recorded between launches (channel concatenation of whole
