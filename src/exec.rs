@@ -90,7 +90,7 @@ impl GpuModel {
         for (j, n) in self.graph.nodes.iter().enumerate() {
             live += sizes[n.output];
             peak = peak.max(live);
-            for v in reads(n) {
+            for v in n.reads() {
                 if last[v] == j {
                     live -= sizes[v];
                 }
@@ -138,7 +138,7 @@ impl GpuModel {
     fn last_uses(&self) -> Vec<usize> {
         let mut last = vec![0usize; self.graph.values.len()];
         for (j, n) in self.graph.nodes.iter().enumerate() {
-            for v in reads(n) {
+            for v in n.reads() {
                 last[v] = j;
             }
         }
@@ -180,7 +180,7 @@ impl GpuModel {
         let produced: std::collections::HashSet<ValueId> =
             g.nodes.iter().map(|n| n.output).collect();
         let mut externals = Vec::new();
-        for v in g.nodes.iter().flat_map(reads) {
+        for v in g.nodes.iter().flat_map(|n| n.reads()) {
             if v != g.input && !produced.contains(&v) && buffers[v].is_none() {
                 buffers[v] = Some(take(sizes[v], &mut owned, &mut free));
                 externals.push((v, sizes[v]));
@@ -321,7 +321,7 @@ impl GpuModel {
             };
             steps.extend(launches.into_iter().map(Step::Launch));
             buffers[node.output] = Some(out);
-            for v in reads(node) {
+            for v in node.reads() {
                 if last[v] == j {
                     if let Some(bf) = buffers[v].clone() {
                         // a value read twice by this node is released once
@@ -356,15 +356,6 @@ impl GpuModel {
             peak_bytes: self.memory(batch, h, w).1,
         })
     }
-}
-
-/// Values a node reads (inputs and epilogue residual).
-fn reads(n: &crate::model::Node) -> Vec<ValueId> {
-    let mut r = n.inputs.clone();
-    if let Op::Conv(c) = &n.op {
-        r.extend(c.epilogue.residual());
-    }
-    r
 }
 
 /// Everything needed to run one input shape, recorded once.
@@ -491,14 +482,6 @@ impl Plan {
                 .queue
                 .write_buffer(b, 0, bytemuck::cast_slice(&nan));
         }
-    }
-
-    /// Number of kernel launches per run.
-    pub fn launches(&self) -> usize {
-        self.steps
-            .iter()
-            .filter(|s| matches!(s, Step::Launch(_)))
-            .count()
     }
 }
 

@@ -39,9 +39,4 @@ impl BufferPool {
     pub fn release(&mut self, buffer: wgpu::Buffer) {
         self.free.entry(buffer.size()).or_default().push(buffer);
     }
-
-    /// Drop every pooled buffer (frees device memory).
-    pub fn clear(&mut self) {
-        self.free.clear();
-    }
 }

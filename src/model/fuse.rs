@@ -124,11 +124,7 @@ fn users(
     let mut m: std::collections::HashMap<ValueId, Vec<usize>> = std::collections::HashMap::new();
     for (j, n) in nodes.iter().enumerate() {
         let Some(n) = n else { continue };
-        let mut reads = n.inputs.clone();
-        if let Op::Conv(c) = &n.op {
-            reads.extend(c.epilogue.residual());
-        }
-        for v in reads {
+        for v in n.reads() {
             m.entry(v).or_default().push(j);
         }
     }

@@ -45,6 +45,17 @@ pub struct Node {
     pub output: ValueId,
 }
 
+impl Node {
+    /// Every value the node reads: its inputs and its epilogue's residual.
+    pub fn reads(&self) -> Vec<ValueId> {
+        let mut r = self.inputs.clone();
+        if let Op::Conv(c) = &self.op {
+            r.extend(c.epilogue.residual());
+        }
+        r
+    }
+}
+
 /// The operations the engine runs.
 #[derive(Debug, Clone)]
 pub enum Op {
@@ -197,11 +208,7 @@ impl Graph {
         let mut r = vec![0usize; self.values.len()];
         for node in &self.nodes {
             let in_scale = self.values[node.inputs[0]].scale as usize;
-            let mut reach = 0usize;
-            for &i in node.inputs.iter().chain(node_residual(node).iter()) {
-                // Bring the input's radius (in input pixels) to this node's input pixels.
-                reach = reach.max(r[i]);
-            }
+            let reach = node.reads().iter().map(|&i| r[i]).max().unwrap_or(0);
             let own = match &node.op {
                 Op::Conv(c) => c.k / 2,
                 _ => 0,
@@ -210,26 +217,5 @@ impl Graph {
             r[node.output] = reach + own.div_ceil(in_scale);
         }
         r[self.output]
-    }
-
-    /// Multiply-accumulates per input pixel, summed over convolutions (for throughput figures).
-    pub fn macs_per_input_pixel(&self) -> u64 {
-        self.nodes
-            .iter()
-            .filter_map(|n| match &n.op {
-                Op::Conv(c) => {
-                    let s = self.values[n.inputs[0]].scale as u64;
-                    Some((c.in_ch * c.out_ch * c.k * c.k) as u64 * s * s)
-                }
-                _ => None,
-            })
-            .sum()
-    }
-}
-
-fn node_residual(node: &Node) -> Vec<ValueId> {
-    match &node.op {
-        Op::Conv(c) => c.epilogue.residual().into_iter().collect(),
-        _ => Vec::new(),
     }
 }
