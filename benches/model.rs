@@ -1,8 +1,10 @@
 //! Time the whole upscale of a centre crop of an image (upload to download, tiling and host
 //! conversions included), the figure benches/RESULTS.md compares with ncnn:
 //! `cargo bench --bench model -- [IMG] [WxH] [RUNS] [--model=P.param] [--raw-out=FILE]
-//! [--json=FILE] [--profile]`. `--raw-out` writes the output as little-endian f32 HWC RGB
-//! (the layout of `benches/ncnn_peer.py --raw-out`), `--profile` adds per-step timings.
+//! [--json=FILE] [--profile] [--modes=fp32,w8a8,...]`. `--raw-out` writes the output as
+//! little-endian f32 HWC RGB (the layout of `benches/ncnn_peer.py --raw-out`), `--profile`
+//! adds per-step timings. With several modes the runs alternate between them, so their ratios
+//! come from one run under the same conditions.
 
 use std::time::Instant;
 
@@ -30,11 +32,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let (x, y) = ((img.width() - w) / 2, (img.height() - h) / 2);
     let crop = image::imageops::crop_imm(&img, x, y, w, h).to_image();
-    let opts = Options {
-        model: flag("model").map(Into::into),
-        ..Options::default()
-    };
-    let up = Upscaler::new(&opts)?;
+    let modes = refqsr::quant::Mode::parse_list(&flag("modes").unwrap_or("fp32".into()))?;
+    let ups = modes
+        .iter()
+        .map(|&mode| {
+            Upscaler::new(&Options {
+                model: flag("model").map(Into::into),
+                mode,
+                ..Options::default()
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let up = &ups[0];
     let grid = up.grid(w as usize, h as usize)?;
     eprintln!(
         "{} x{} on {}",
@@ -48,44 +57,77 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         grid.input_size(),
         up.halo()
     );
-    let out = up.upscale_rgb(&crop, &mut |_, _| {})?; // warm-up: pipelines, plans
-    if let Some(raw) = flag("raw-out") {
-        std::fs::write(&raw, bytemuck::cast_slice::<f32, u8>(out.as_raw()))?;
-    }
-    if args.iter().any(|a| a == "--profile") {
-        for (label, ms) in up.profile_rgb(&crop)? {
-            eprintln!("{ms:8.2} ms  {label}");
+    for u in &ups {
+        if let Some(why) = u.fallback() {
+            eprintln!("warning: {why}");
+        }
+        let out = u.upscale_rgb(&crop, &mut |_, _| {})?; // warm-up: pipelines, plans
+        if let Some(raw) = flag("raw-out") {
+            std::fs::write(&raw, bytemuck::cast_slice::<f32, u8>(out.as_raw()))?;
+        }
+        if args.iter().any(|a| a == "--profile") {
+            eprintln!("{}:", u.mode());
+            for (label, ms) in u.profile_rgb(&crop)? {
+                eprintln!("{ms:8.2} ms  {label}");
+            }
         }
     }
-    let mut times = Vec::new();
+    let mut times = vec![Vec::new(); ups.len()];
     for _ in 0..runs {
-        let t = Instant::now();
-        up.upscale_rgb(&crop, &mut |_, _| {})?;
-        times.push(t.elapsed().as_secs_f64() * 1e3);
+        for (u, t) in ups.iter().zip(&mut times) {
+            let start = Instant::now();
+            u.upscale_rgb(&crop, &mut |_, _| {})?;
+            t.push(start.elapsed().as_secs_f64() * 1e3);
+        }
     }
-    let mut sorted = times.clone();
-    sorted.sort_by(f64::total_cmp);
-    let (median, min, max) = (sorted[runs / 2], sorted[0], sorted[runs - 1]);
-    println!("median {median:.1} ms  min {min:.1}  max {max:.1}  ({runs} runs)");
+    let stats: Vec<(f64, f64, f64)> = times
+        .iter()
+        .map(|t| {
+            let mut s = t.clone();
+            s.sort_by(f64::total_cmp);
+            (s[runs / 2], s[0], s[runs - 1])
+        })
+        .collect();
+    for (u, &(median, min, max)) in ups.iter().zip(&stats) {
+        println!(
+            "{:>6}: median {median:.1} ms  min {min:.1}  max {max:.1}  ({runs} runs)  {:.2}x {}",
+            u.mode().to_string(),
+            stats[0].0 / median,
+            ups[0].mode()
+        );
+    }
     if let Some(json) = flag("json") {
         let info = &up.context().info;
-        let record = serde_json::json!({
-            "tool": "refqsr",
-            "version": env!("CARGO_PKG_VERSION"),
-            "adapter": info.name,
-            "backend": format!("{:?}", info.backend),
-            "driver": format!("{} {}", info.driver, info.driver_info),
-            "model": up.graph().name,
-            "width": w,
-            "height": h,
-            "scale": up.scale(),
-            "runs": runs,
-            "times_ms": times,
-            "median_ms": median,
-            "min_ms": min,
-            "max_ms": max,
-        });
-        std::fs::write(json, serde_json::to_string_pretty(&record)?)?;
+        let records: Vec<serde_json::Value> = ups
+            .iter()
+            .zip(&times)
+            .zip(&stats)
+            .map(|((u, t), &(median, min, max))| {
+                serde_json::json!({
+                    "tool": "refqsr",
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "adapter": info.name,
+                    "backend": format!("{:?}", info.backend),
+                    "driver": format!("{} {}", info.driver, info.driver_info),
+                    "model": u.graph().name,
+                    "mode": u.mode().to_string(),
+                    "width": w,
+                    "height": h,
+                    "scale": u.scale(),
+                    "runs": runs,
+                    "times_ms": t,
+                    "median_ms": median,
+                    "min_ms": min,
+                    "max_ms": max,
+                })
+            })
+            .collect();
+        let value = if records.len() == 1 {
+            records.into_iter().next().unwrap()
+        } else {
+            serde_json::Value::Array(records)
+        };
+        std::fs::write(json, serde_json::to_string_pretty(&value)?)?;
     }
     Ok(())
 }

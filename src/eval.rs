@@ -8,14 +8,18 @@ use std::path::{Path, PathBuf};
 use image::imageops::{self, FilterType};
 
 use crate::error::{Error, Result};
+use crate::gpu::Context;
 use crate::metrics::{luma, psnr, ssim};
-use crate::quant::{cost, Mode};
-use crate::Upscaler;
+use crate::quant::{cost, Bounds, Mode};
+use crate::upscaler::load_graph;
+use crate::{Options, Upscaler};
 
 /// One line of the table: a mode averaged over the images.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {
     pub mode: Mode,
+    /// How the quantization bounds were chosen (`None` for fp32).
+    pub bounds: Option<Bounds>,
     pub psnr_y: f64,
     pub ssim_y: f64,
     /// Whole network, 10^9 BitOPs per image (mean over the images).
@@ -51,19 +55,54 @@ pub struct Report {
     pub rows: Vec<Row>,
     /// Files that could not be evaluated, with why.
     pub skipped: Vec<(PathBuf, Error)>,
+    /// Integer modes that fell back to fp32 on this adapter, with why.
+    pub warnings: Vec<String>,
+    pub model: String,
+    pub scale: u32,
+    /// The adapter and driver.
+    pub adapter: String,
 }
 
-/// Evaluate `modes` on every image under `hr_dir` (recursively, sorted);
+/// Evaluate every mode (integer modes once per entry of `bounds`) on every image under
+/// `hr_dir` (recursively, sorted), with the model and adapter of `opts`;
 /// `progress(done, total)` is called per image.
 pub fn evaluate(
-    up: &Upscaler,
+    opts: &Options,
     hr_dir: &Path,
     modes: &[Mode],
+    bounds: &[Bounds],
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Report> {
     if let Some(m) = modes.iter().find(|m| !m.runnable()) {
-        return Err(Error::Invalid(format!("mode {m} is not implemented in this build yet: only fp32 runs (the integer kernels are issue 3)")));
+        return Err(Error::Invalid(format!(
+            "mode {m} is not implemented in this build yet (RefQSR's scheduler is issue 4)"
+        )));
     }
+    let graph = load_graph(opts.model.as_deref(), opts.scale)?;
+    let ctx = Context::new(opts.adapter.as_deref())?;
+    let mut variants: Vec<(Mode, Option<Bounds>)> = Vec::new();
+    for &m in modes {
+        if m.is_integer() {
+            variants.extend(bounds.iter().map(|&b| (m, Some(b))));
+        } else {
+            variants.push((m, None));
+        }
+    }
+    let ups = variants
+        .iter()
+        .map(|&(mode, b)| {
+            let o = Options {
+                mode,
+                bounds: b.unwrap_or_default(),
+                ..opts.clone()
+            };
+            Upscaler::with_graph(ctx.clone(), graph.clone(), &o)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let warnings = ups
+        .iter()
+        .filter_map(|u| u.fallback().map(String::from))
+        .collect();
     let files: Vec<PathBuf> = crate::batch::collect(hr_dir, hr_dir)?
         .into_iter()
         .map(|(p, _)| p)
@@ -74,12 +113,12 @@ pub fn evaluate(
             hr_dir.display()
         )));
     }
-    let s = up.scale();
-    let mut sums = vec![Score::default(); modes.len()];
+    let s = graph.scale();
+    let mut sums = vec![Score::default(); ups.len()];
     let (mut images, mut skipped) = (0usize, Vec::new());
     progress(0, files.len());
     for (i, path) in files.iter().enumerate() {
-        match score(up, path, modes, s) {
+        match score(&ups, path, s) {
             Ok(scores) => {
                 images += 1;
                 for (acc, sc) in sums.iter_mut().zip(scores) {
@@ -97,11 +136,12 @@ pub fn evaluate(
         )));
     }
     let n = images as f64;
-    let rows = modes
+    let rows = variants
         .iter()
         .zip(sums)
-        .map(|(&mode, sum)| Row {
+        .map(|(&(mode, bounds), sum)| Row {
             mode,
+            bounds,
             psnr_y: sum.psnr / n,
             ssim_y: sum.ssim / n,
             bitops_g: sum.bitops / n,
@@ -110,11 +150,18 @@ pub fn evaluate(
             images,
         })
         .collect();
-    Ok(Report { rows, skipped })
+    Ok(Report {
+        rows,
+        skipped,
+        warnings,
+        model: graph.name.clone(),
+        scale: s,
+        adapter: ctx.describe(),
+    })
 }
 
-/// The score of each mode on one image.
-fn score(up: &Upscaler, path: &Path, modes: &[Mode], s: u32) -> Result<Vec<Score>> {
+/// The score of each upscaler on one image.
+fn score(ups: &[Upscaler], path: &Path, s: u32) -> Result<Vec<Score>> {
     let hr = crate::imageio::read(path)?.to_rgb32f();
     let (w, h) = (hr.width() / s * s, hr.height() / s * s);
     if w < 2 * s || h < 2 * s {
@@ -124,15 +171,14 @@ fn score(up: &Upscaler, path: &Path, modes: &[Mode], s: u32) -> Result<Vec<Score
     let lr = imageops::resize(&hr, w / s, h / s, FilterType::CatmullRom);
     let shave = s as usize;
     let hr_y = luma(&hr).shave(shave);
-    modes
-        .iter()
-        .map(|&mode| {
+    ups.iter()
+        .map(|up| {
             let sr = up.upscale_rgb(&lr, &mut |_, _| {}).map_err(|e| match e {
                 Error::Invalid(m) => Error::image(path, m),
                 other => other,
             })?;
             let sr_y = luma(&sr).shave(shave);
-            let c = cost(up.graph(), mode, (w / s) as usize, (h / s) as usize)
+            let c = cost(up.graph(), up.mode(), (w / s) as usize, (h / s) as usize)
                 .expect("cost of a runnable mode");
             Ok(Score {
                 psnr: psnr(&sr_y, &hr_y),
@@ -147,11 +193,18 @@ fn score(up: &Upscaler, path: &Path, modes: &[Mode], s: u32) -> Result<Vec<Score
 
 /// The table in the shape of the paper's Table 2.
 pub fn markdown(rows: &[Row], scale: u32) -> String {
-    let mut t = format!("| mode (x{scale}) | PSNR-Y (dB) | SSIM-Y | BitOPs (G) | body BitOPs (G) | FQR | images |\n|---|---|---|---|---|---|---|\n");
+    let mut t = format!("| mode (x{scale}) | bounds | PSNR-Y (dB) | SSIM-Y | BitOPs (G) | body BitOPs (G) | FQR | images |\n|---|---|---|---|---|---|---|---|\n");
     for r in rows {
         t += &format!(
-            "| {} | {:.3} | {:.4} | {:.1} | {:.1} | {:.2} | {} |\n",
-            r.mode, r.psnr_y, r.ssim_y, r.bitops_g, r.bitops_body_g, r.fqr, r.images
+            "| {} | {} | {:.3} | {:.4} | {:.1} | {:.1} | {:.2} | {} |\n",
+            r.mode,
+            r.bounds.map_or("-".into(), |b| b.to_string()),
+            r.psnr_y,
+            r.ssim_y,
+            r.bitops_g,
+            r.bitops_body_g,
+            r.fqr,
+            r.images
         );
     }
     t

@@ -2,12 +2,14 @@
 //! [`Plan`] (buffers with liveness-based reuse, bind groups, the recorded launches) that runs
 //! any number of batches of that shape.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::gpu::Context;
 use crate::kernels::conv::{algorithm, Algorithm, GpuConv, PackedConv};
 use crate::kernels::gemm::{GpuGemm, PackedGemm};
+use crate::kernels::int_conv::{GpuIntConv, PackedIntConv};
 use crate::kernels::winograd::{self, GpuWinograd, PackedWinograd};
 use crate::kernels::{self, Dispatch, Step};
 use crate::model::{Activation, Graph, Op, Rhs, ValueId};
@@ -24,6 +26,8 @@ enum NodeRes {
     Conv(Box<GpuConv>),
     Gemm(Box<GpuGemm>),
     Winograd(Box<GpuWinograd>),
+    /// A convolution computed in integers (quantized modes).
+    Int(Box<GpuIntConv>),
     /// A per-channel operand or PReLU slopes.
     Vector(wgpu::Buffer),
     None,
@@ -31,21 +35,40 @@ enum NodeRes {
 
 impl GpuModel {
     pub fn new(ctx: Arc<Context>, graph: Graph) -> Result<Self> {
-        Self::build(ctx, graph, true)
+        Self::build(ctx, graph, true, BTreeMap::new())
+    }
+
+    /// A model whose convolutions listed in `int` (by node index, see
+    /// [`crate::quant::int_layers`]) run in integers; the others, and every other op, in f32.
+    pub fn quantized(
+        ctx: Arc<Context>,
+        graph: Graph,
+        int: BTreeMap<usize, PackedIntConv>,
+    ) -> Result<Self> {
+        Self::build(ctx, graph, true, int)
     }
 
     /// Like [`GpuModel::new`] but with every convolution computed by the direct kernel
     /// (`conv.wgsl`), never by Winograd or gemm: to test and benchmark it.
     pub fn new_direct(ctx: Arc<Context>, graph: Graph) -> Result<Self> {
-        Self::build(ctx, graph, false)
+        Self::build(ctx, graph, false, BTreeMap::new())
     }
 
-    fn build(ctx: Arc<Context>, graph: Graph, allow_fast: bool) -> Result<Self> {
+    fn build(
+        ctx: Arc<Context>,
+        graph: Graph,
+        allow_fast: bool,
+        mut int: BTreeMap<usize, PackedIntConv>,
+    ) -> Result<Self> {
         let nodes = graph
             .nodes
             .iter()
-            .map(|n| {
+            .enumerate()
+            .map(|(j, n)| {
                 Ok(match &n.op {
+                    Op::Conv(_) if int.contains_key(&j) => {
+                        NodeRes::Int(Box::new(GpuIntConv::new(&ctx, int.remove(&j).unwrap())?))
+                    }
                     Op::Conv(c) => match algorithm(c) {
                         _ if !allow_fast => {
                             NodeRes::Conv(Box::new(GpuConv::new(&ctx, PackedConv::new(c))?))
@@ -84,6 +107,7 @@ impl GpuModel {
     pub fn memory(&self, batch: usize, h: usize, w: usize) -> (u64, u64) {
         let sizes = self.value_sizes(batch, h, w);
         let (sv, sm) = self.scratch(batch, h, w);
+        let int = self.int_scratch(batch, h, w);
         let (mut peak, mut live) = (0u64, 0u64);
         let last = self.last_uses();
         live += sizes[self.graph.input];
@@ -97,7 +121,29 @@ impl GpuModel {
             }
         }
         let largest = sizes.iter().copied().max().unwrap_or(0).max(sv).max(sm);
-        (largest, peak + sv + sm)
+        let largest = int.iter().copied().fold(largest, u64::max);
+        (largest, peak + sv + sm + int.iter().sum::<u64>())
+    }
+
+    /// Scratch bytes for the integer convolutions (packed input, gathered columns, i32 sums),
+    /// shared by all of a plan's integer convolutions; zeros when there are none.
+    fn int_scratch(&self, batch: usize, h: usize, w: usize) -> [u64; 3] {
+        let g = &self.graph;
+        g.nodes
+            .iter()
+            .zip(&self.nodes)
+            .filter_map(|(n, r)| match r {
+                NodeRes::Int(ic) => {
+                    let s = g.values[n.inputs[0]].scale as usize;
+                    let plane = h * s * w * s;
+                    let (pw, cw) = ic.packed.scratch_words(batch, plane);
+                    let sums = batch * ic.packed.out_ch.div_ceil(4) * plane * 16;
+                    // (an unused column buffer still needs a valid binding)
+                    Some([pw as u64 * 4, (cw as u64 * 4).max(16), sums as u64])
+                }
+                _ => None,
+            })
+            .fold([0; 3], |a, b| std::array::from_fn(|i| a[i].max(b[i])))
     }
 
     /// Scratch bytes for the Winograd transforms (input side, output side), shared by all
@@ -106,8 +152,11 @@ impl GpuModel {
         let g = &self.graph;
         g.nodes
             .iter()
-            .filter_map(|n| match &n.op {
-                Op::Conv(c) if algorithm(c) == Algorithm::Winograd => {
+            .zip(&self.nodes)
+            .filter_map(|(n, r)| match &n.op {
+                Op::Conv(c)
+                    if algorithm(c) == Algorithm::Winograd && !matches!(r, NodeRes::Int(_)) =>
+                {
                     // (over-counted for models built with new_direct; harmless)
                     let s = g.values[n.inputs[0]].scale as usize;
                     Some(winograd::scratch_bytes(
@@ -148,6 +197,13 @@ impl GpuModel {
 
     /// Build the plan for `batch` inputs of `h` x `w`.
     pub fn plan(&self, batch: usize, h: usize, w: usize) -> Result<Plan> {
+        self.plan_keeping(batch, h, w, &[])
+    }
+
+    /// [`GpuModel::plan`] where the values in `keep` are never overwritten, so that
+    /// [`Plan::read_value`] can read them after a run (calibration reads the convolutions'
+    /// inputs this way).
+    pub fn plan_keeping(&self, batch: usize, h: usize, w: usize, keep: &[ValueId]) -> Result<Plan> {
         let ctx = &self.ctx;
         let g = &self.graph;
         let sizes = self.value_sizes(batch, h, w);
@@ -190,6 +246,9 @@ impl GpuModel {
         for &(v, _) in &externals {
             last[v] = usize::MAX;
         }
+        for &v in keep {
+            last[v] = usize::MAX;
+        }
         let (sv, sm) = self.scratch(batch, h, w);
         let scratch = (sv > 0).then(|| {
             (
@@ -197,6 +256,9 @@ impl GpuModel {
                 take(sm, &mut owned, &mut Vec::new()),
             )
         });
+        let int_sizes = self.int_scratch(batch, h, w);
+        let int_scratch = (int_sizes[0] > 0)
+            .then(|| int_sizes.map(|size| take(size, &mut owned, &mut Vec::new())));
         let mut steps: Vec<Step> = Vec::new();
         let b = batch as u32;
         for (j, node) in g.nodes.iter().enumerate() {
@@ -317,6 +379,25 @@ impl GpuModel {
                     let (v, m) = scratch.as_ref().expect("scratch for winograd convolutions");
                     gw.dispatch(ctx, label, &x, r.as_deref(), &out, v, m, b, ih, iw)
                 }
+                (Op::Conv(c), NodeRes::Int(ic)) => {
+                    let r = c.epilogue.residual().map(buf);
+                    let [packed, cols, sums] = int_scratch
+                        .as_ref()
+                        .expect("scratch for integer convolutions");
+                    ic.dispatch(
+                        ctx,
+                        label,
+                        &x,
+                        r.as_deref(),
+                        &out,
+                        packed,
+                        cols,
+                        sums,
+                        b,
+                        ih,
+                        iw,
+                    )?
+                }
                 (Op::Conv(_), _) => unreachable!("conv nodes have conv resources"),
             };
             steps.extend(launches.into_iter().map(Step::Launch));
@@ -345,6 +426,16 @@ impl GpuModel {
             scale: s,
             input: buffers[g.input].clone().expect("input buffer"),
             input_bytes: sizes[g.input],
+            kept: keep
+                .iter()
+                .map(|&v| {
+                    (
+                        v,
+                        buffers[v].clone().expect("kept value computed"),
+                        sizes[v],
+                    )
+                })
+                .collect(),
             externals: externals
                 .into_iter()
                 .map(|(v, size)| (v, buffers[v].clone().expect("external buffer"), size))
@@ -371,6 +462,8 @@ pub struct Plan {
     input_bytes: u64,
     /// Values no node produces: (value, buffer, bytes).
     externals: Vec<(ValueId, Arc<wgpu::Buffer>, u64)>,
+    /// Values kept readable after a run: (value, buffer, bytes).
+    kept: Vec<(ValueId, Arc<wgpu::Buffer>, u64)>,
     output: Arc<wgpu::Buffer>,
     output_bytes: u64,
     steps: Vec<Step>,
@@ -424,6 +517,17 @@ impl Plan {
         encoder.copy_buffer_to_buffer(&self.output, 0, &staging, 0, self.output_bytes);
         ctx.queue.submit([encoder.finish()]);
         ctx.map_read(&staging)
+    }
+
+    /// The C4HW contents of value `v` after the last run (`v` must have been kept, see
+    /// [`GpuModel::plan_keeping`]).
+    pub fn read_value(&self, v: ValueId) -> Result<Vec<f32>> {
+        let (_, buf, size) = self
+            .kept
+            .iter()
+            .find(|k| k.0 == v)
+            .expect("value kept by the plan");
+        self.ctx.read(buf, *size)
     }
 
     /// Run the recorded launches on whatever the buffers hold and wait for the device: the

@@ -106,6 +106,22 @@ pub fn write(img: &DynamicImage, path: &Path, format: ImageFormat) -> Result<()>
         }
         _ => img,
     };
+    atomic_write(path, |w| match format {
+        ImageFormat::Jpeg => img
+            .write_with_encoder(image::codecs::jpeg::JpegEncoder::new_with_quality(w, 95))
+            .map_err(|e| Error::image(path, format!("cannot encode: {e}"))),
+        _ => img
+            .write_to(w, format)
+            .map_err(|e| Error::image(path, format!("cannot encode: {e}"))),
+    })
+}
+
+/// Write `path` through a temporary file in the same folder, renamed into place only once
+/// `fill` has succeeded and the data is on disk: a failure never leaves a partial file.
+pub fn atomic_write(
+    path: &Path,
+    fill: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> Result<()>,
+) -> Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -121,16 +137,7 @@ pub fn write(img: &DynamicImage, path: &Path, format: ImageFormat) -> Result<()>
     let result = (|| -> Result<()> {
         let file = std::fs::File::create(&tmp).map_err(|e| Error::io(path, e))?;
         let mut w = std::io::BufWriter::new(file);
-        match format {
-            ImageFormat::Jpeg => img
-                .write_with_encoder(image::codecs::jpeg::JpegEncoder::new_with_quality(
-                    &mut w, 95,
-                ))
-                .map_err(|e| Error::image(path, format!("cannot encode: {e}")))?,
-            _ => img
-                .write_to(&mut w, format)
-                .map_err(|e| Error::image(path, format!("cannot encode: {e}")))?,
-        }
+        fill(&mut w)?;
         let file = w
             .into_inner()
             .map_err(|e| Error::io(path, e.into_error()))?;

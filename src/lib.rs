@@ -7,6 +7,7 @@
 //! # Ok::<(), refqsr::Error>(())
 //! ```
 
+pub mod calibrate;
 pub mod error;
 pub mod eval;
 pub mod exec;

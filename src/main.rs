@@ -18,6 +18,20 @@ struct Cli {
     command: Command,
 }
 
+/// Precision options shared by the commands that upscale.
+#[derive(clap::Args)]
+struct QuantArgs {
+    /// Precision: fp32, or wXaY (X-bit weights, Y-bit activations in the body, 2..=8).
+    #[arg(long, default_value = "fp32")]
+    mode: refqsr::quant::Mode,
+    /// Calibration file (default: the shipped one, or MODEL.calib.json beside -m).
+    #[arg(long)]
+    calibration: Option<PathBuf>,
+    /// Use min/max quantization bounds instead of the searched ones.
+    #[arg(long)]
+    minmax: bool,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Upscale an image, or every image in a folder (recursively).
@@ -43,6 +57,26 @@ enum Command {
         /// (default 0: the networks were trained with zero padding and score better with it).
         #[arg(long, value_name = "PIXELS")]
         mirror: Option<usize>,
+        #[command(flatten)]
+        quant: QuantArgs,
+    },
+    /// Find the quantization bounds of a model on a folder of images; writes MODEL.calib.json.
+    Calibrate {
+        /// ncnn model (.param with its .bin beside it). Default: shipped SPAN.
+        #[arg(short, long)]
+        model: Option<PathBuf>,
+        /// Upscaling factor (picks the shipped model; must match -m).
+        #[arg(short, long)]
+        scale: Option<u32>,
+        /// Folder of calibration images (searched recursively).
+        #[arg(long)]
+        images: PathBuf,
+        /// Output file (default: MODEL.calib.json beside the model).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Adapter index or name part.
+        #[arg(long)]
+        adapter: Option<String>,
     },
     /// List the GPU adapters wgpu can see.
     Adapters,
@@ -54,9 +88,15 @@ enum Command {
         /// Upscaling factor (picks the shipped model; must match -m).
         #[arg(short, long)]
         scale: Option<u32>,
-        /// Comma-separated modes: fp32, wXaY, refqsr:H-L (this build runs fp32).
-        #[arg(long, default_value = "fp32")]
+        /// Comma-separated modes: fp32, wXaY (refqsr:H-L is not implemented yet).
+        #[arg(long, default_value = "fp32,w8a8,w4a4")]
         modes: String,
+        /// Comma-separated quantization bounds to compare: searched, minmax.
+        #[arg(long, default_value = "searched")]
+        bounds: String,
+        /// Calibration file (default: the shipped one, or MODEL.calib.json beside -m).
+        #[arg(long)]
+        calibration: Option<PathBuf>,
         /// ncnn model (.param with its .bin beside it). Default: shipped SPAN.
         #[arg(short, long)]
         model: Option<PathBuf>,
@@ -80,6 +120,7 @@ fn main() -> ExitCode {
             tile,
             adapter,
             mirror,
+            quant,
         } => upscale(
             &input,
             &output,
@@ -89,6 +130,29 @@ fn main() -> ExitCode {
                 tile,
                 adapter,
                 mirror,
+                mode: quant.mode,
+                calibration: quant.calibration,
+                bounds: if quant.minmax {
+                    refqsr::quant::Bounds::MinMax
+                } else {
+                    refqsr::quant::Bounds::Searched
+                },
+                ..Options::default()
+            },
+        ),
+        Command::Calibrate {
+            model,
+            scale,
+            images,
+            output,
+            adapter,
+        } => calibrate(
+            &images,
+            output,
+            Options {
+                model,
+                scale,
+                adapter,
                 ..Options::default()
             },
         ),
@@ -97,17 +161,21 @@ fn main() -> ExitCode {
             hr,
             scale,
             modes,
+            bounds,
+            calibration,
             model,
             json,
             adapter,
         } => eval(
             &hr,
             &modes,
+            &bounds,
             json.as_deref(),
             Options {
                 model,
                 scale,
                 adapter,
+                calibration,
                 ..Options::default()
             },
         ),
@@ -139,10 +207,14 @@ fn upscale(input: &Path, output: &Path, opts: Options) -> refqsr::Result<ExitCod
         ));
     }
     let up = Upscaler::new(&opts)?;
+    if let Some(why) = up.fallback() {
+        eprintln!("refqsr: warning: {why}");
+    }
     eprintln!(
-        "refqsr: {} x{} on {}",
+        "refqsr: {} x{} {} on {}",
         up.graph().name,
         up.scale(),
+        up.mode(),
         up.context().describe()
     );
     if input.is_file() {
@@ -184,31 +256,41 @@ fn upscale(input: &Path, output: &Path, opts: Options) -> refqsr::Result<ExitCod
     })
 }
 
-fn eval(hr: &Path, modes: &str, json: Option<&Path>, opts: Options) -> refqsr::Result<ExitCode> {
+fn eval(
+    hr: &Path,
+    modes: &str,
+    bounds: &str,
+    json: Option<&Path>,
+    opts: Options,
+) -> refqsr::Result<ExitCode> {
     let modes = refqsr::quant::Mode::parse_list(modes)?;
+    let bounds = bounds
+        .split(',')
+        .map(|b| b.trim().parse())
+        .collect::<refqsr::Result<Vec<refqsr::quant::Bounds>>>()?;
     if !hr.is_dir() {
         return Err(refqsr::Error::Invalid(format!(
             "{}: not a folder of HR images",
             hr.display()
         )));
     }
-    let up = Upscaler::new(&opts)?;
-    eprintln!(
-        "refqsr: {} x{} on {}",
-        up.graph().name,
-        up.scale(),
-        up.context().describe()
-    );
     let b = bar(0, "{spinner} [{bar:30}] {pos}/{len} images {elapsed}");
-    let report = refqsr::eval::evaluate(&up, hr, &modes, &mut |done, total| {
+    let report = refqsr::eval::evaluate(&opts, hr, &modes, &bounds, &mut |done, total| {
         b.set_length(total as u64);
         b.set_position(done as u64);
     })?;
     b.finish_and_clear();
+    eprintln!(
+        "refqsr: {} x{} on {}",
+        report.model, report.scale, report.adapter
+    );
+    for w in &report.warnings {
+        eprintln!("refqsr: warning: {w}");
+    }
     for (path, e) in &report.skipped {
         eprintln!("refqsr: skipped {}: {e}", path.display());
     }
-    print!("{}", refqsr::eval::markdown(&report.rows, up.scale()));
+    print!("{}", refqsr::eval::markdown(&report.rows, report.scale));
     if let Some(path) = json {
         let rows: Vec<serde_json::Value> = report
             .rows
@@ -216,6 +298,7 @@ fn eval(hr: &Path, modes: &str, json: Option<&Path>, opts: Options) -> refqsr::R
             .map(|r| {
                 serde_json::json!({
                     "mode": r.mode.to_string(),
+                    "bounds": r.bounds.map(|b| b.to_string()),
                     "psnr_y": r.psnr_y,
                     "ssim_y": r.ssim_y,
                     "bitops_g": r.bitops_g,
@@ -230,6 +313,46 @@ fn eval(hr: &Path, modes: &str, json: Option<&Path>, opts: Options) -> refqsr::R
         std::fs::write(path, text).map_err(|e| refqsr::Error::io(path, e))?;
     }
     Ok(if report.skipped.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn calibrate(images: &Path, output: Option<PathBuf>, opts: Options) -> refqsr::Result<ExitCode> {
+    if !images.is_dir() {
+        return Err(refqsr::Error::Invalid(format!(
+            "{}: not a folder of calibration images",
+            images.display()
+        )));
+    }
+    let graph = refqsr::upscaler::load_graph(opts.model.as_deref(), opts.scale)?;
+    let output = match (output, &opts.model) {
+        (Some(o), _) => o,
+        (None, Some(m)) => refqsr::upscaler::calibration_path(m),
+        (None, None) => PathBuf::from(format!("{}.calib.json", graph.name)),
+    };
+    let ctx = refqsr::gpu::Context::new(opts.adapter.as_deref())?;
+    eprintln!("refqsr: calibrating {} on {}", graph.name, ctx.describe());
+    let b = bar(0, "{spinner} [{bar:30}] {pos}/{len} patch runs {elapsed}");
+    let name = graph.name.clone();
+    let out = refqsr::calibrate::calibrate(ctx, &graph, &name, images, &mut |done, total| {
+        b.set_length(total as u64);
+        b.set_position(done as u64);
+    })?;
+    b.finish_and_clear();
+    for (path, e) in &out.skipped {
+        eprintln!("refqsr: skipped {}: {e}", path.display());
+    }
+    out.calibration.save(&output)?;
+    eprintln!(
+        "refqsr: {} layers calibrated on {} patches of {} images; wrote {}",
+        out.calibration.layers.len(),
+        out.calibration.patches,
+        out.calibration.images.len(),
+        output.display()
+    );
+    Ok(if out.skipped.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
@@ -257,6 +380,7 @@ fn adapters() -> refqsr::Result<ExitCode> {
             a.max_storage_binding >> 20,
             a.max_buffer >> 20
         );
+        println!("   packed int8 dot product: {}", a.int_dot);
     }
     Ok(ExitCode::SUCCESS)
 }

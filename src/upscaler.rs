@@ -10,21 +10,28 @@ use crate::error::{Error, Result};
 use crate::exec::{GpuModel, Plan};
 use crate::gpu::Context;
 use crate::model::Graph;
+use crate::quant::{Bounds, Calibration, Mode};
 use crate::tile::Grid;
 
-/// Models compiled into the binary, so the default upscale needs no files at run time.
-const BUILTIN: &[(&str, u32, &[u8], &[u8])] = &[
+/// A model compiled into the binary: (name, scale, param, bin, calibration).
+type Builtin = (&'static str, u32, &'static [u8], &'static [u8], &'static str);
+
+/// Models compiled into the binary with their calibrations, so the default upscale needs no
+/// files at run time.
+const BUILTIN: &[Builtin] = &[
     (
         "spanx4_ch48",
         4,
         include_bytes!("../assets/models/spanx4_ch48.param"),
         include_bytes!("../assets/models/spanx4_ch48.bin"),
+        include_str!("../assets/models/spanx4_ch48.calib.json"),
     ),
     (
         "spanx2_ch48",
         2,
         include_bytes!("../assets/models/spanx2_ch48.param"),
         include_bytes!("../assets/models/spanx2_ch48.bin"),
+        include_str!("../assets/models/spanx2_ch48.calib.json"),
     ),
 ];
 
@@ -47,6 +54,13 @@ pub struct Options {
     /// Pixels of mirrored image border beyond which the network zero-pads, as it was trained
     /// to; `None` = [`DEFAULT_MIRROR`].
     pub mirror: Option<usize>,
+    /// Precision of the network's body (default fp32).
+    pub mode: Mode,
+    /// Calibration file for the integer modes; `None` = the shipped one for a shipped model,
+    /// else `MODEL.calib.json` beside the model.
+    pub calibration: Option<PathBuf>,
+    /// Searched (default) or min/max quantization bounds.
+    pub bounds: Bounds,
 }
 
 /// Default mirrored border (see `tile.rs`): none. DESIGN.md asks for mirrored borders, but
@@ -59,6 +73,8 @@ pub const DEFAULT_MIRROR: usize = 0;
 /// Upscales images on one GPU with one model.
 pub struct Upscaler {
     model: GpuModel,
+    mode: Mode,
+    fallback: Option<String>,
     halo: usize,
     tile: Option<usize>,
     max_memory: u64,
@@ -71,7 +87,7 @@ pub fn load_graph(path: Option<&Path>, scale: Option<u32>) -> Result<Graph> {
     let graph = match path {
         None => {
             let s = scale.unwrap_or(4);
-            let (name, _, param, bin) = BUILTIN.iter().find(|m| m.1 == s).ok_or_else(|| {
+            let (name, _, param, bin, _) = BUILTIN.iter().find(|m| m.1 == s).ok_or_else(|| {
                 Error::Invalid(format!(
                     "no shipped model upscales by {s} (shipped: x4, x2); pass a model with -m"
                 ))
@@ -111,6 +127,41 @@ pub fn load_graph(path: Option<&Path>, scale: Option<u32>) -> Result<Graph> {
     Ok(graph)
 }
 
+/// The calibration an integer mode of `graph` uses (see [`Options::calibration`]).
+pub fn load_calibration(opts: &Options, graph: &Graph) -> Result<Calibration> {
+    if let Some(p) = &opts.calibration {
+        return Calibration::load(p, graph);
+    }
+    match &opts.model {
+        None => {
+            let (name, .., text) = BUILTIN
+                .iter()
+                .find(|m| m.0 == graph.name)
+                .expect("a shipped graph has a shipped calibration");
+            Calibration::parse(text, Path::new(&format!("{name}.calib.json")), graph)
+        }
+        Some(p) => {
+            let path = calibration_path(p);
+            if !path.exists() {
+                return Err(Error::Invalid(format!(
+                    "mode {} needs a calibration of model `{}`, and {} does not exist: run `refqsr calibrate -m {} --images DIR` or pass --calibration FILE",
+                    opts.mode,
+                    graph.name,
+                    path.display(),
+                    p.display()
+                )));
+            }
+            Calibration::load(&path, graph)
+        }
+    }
+}
+
+/// Where the calibration of the model at `p` lives by default: `x.calib.json` beside `x.param`.
+pub fn calibration_path(p: &Path) -> PathBuf {
+    let param = model_files(p).0;
+    param.with_extension("calib.json")
+}
+
 /// `x.param` / `x.bin` / `x` -> (`x.param`, `x.bin`).
 fn model_files(p: &Path) -> (PathBuf, PathBuf) {
     match p.extension().and_then(|e| e.to_str()) {
@@ -140,14 +191,54 @@ impl Upscaler {
             return Err(Error::Invalid("tile size must be at least 1".into()));
         }
         let halo = graph.receptive_radius();
+        let mut mode = opts.mode;
+        if !mode.runnable() {
+            return Err(Error::Invalid(format!(
+                "mode {mode} is not implemented in this build yet (RefQSR's scheduler is issue 4)"
+            )));
+        }
+        let mut fallback = None;
+        let model = if mode.is_integer() {
+            let graph = crate::quant::prepare(graph);
+            let calib = load_calibration(opts, &graph)?;
+            match crate::kernels::int_conv::self_check(&ctx) {
+                Ok(()) => {
+                    let layers = crate::quant::int_layers(&graph, mode, &calib, opts.bounds);
+                    GpuModel::quantized(ctx, graph, layers)?
+                }
+                Err(why) => {
+                    fallback = Some(format!(
+                        "{why}; the integer path is unreliable on {}, so {mode} runs as fp32",
+                        ctx.info.name
+                    ));
+                    mode = Mode::Fp32;
+                    GpuModel::new(ctx, graph)?
+                }
+            }
+        } else {
+            GpuModel::new(ctx, graph)?
+        };
         Ok(Upscaler {
-            model: GpuModel::new(ctx, graph)?,
+            model,
+            mode,
+            fallback,
             halo,
             tile: opts.tile,
             max_memory: opts.max_memory.unwrap_or(1 << 30),
             mirror: opts.mirror.unwrap_or(DEFAULT_MIRROR),
             plans: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The mode this upscaler runs (fp32 where an integer mode fell back, see
+    /// [`Upscaler::fallback`]).
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Why the asked-for integer mode fell back to fp32, if it did.
+    pub fn fallback(&self) -> Option<&str> {
+        self.fallback.as_deref()
     }
 
     pub fn context(&self) -> &Arc<Context> {

@@ -85,6 +85,50 @@ pub struct AdapterReport {
     pub subgroups: bool,
     pub max_storage_binding: u64,
     pub max_buffer: u64,
+    /// Whether `dot4I8Packed` compiles to the driver's own instruction (see [`int_dot_native`]).
+    pub int_dot: IntDot,
+}
+
+/// How the shaders' packed 8-bit dot products reach the hardware.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IntDot {
+    /// The driver has `VK_KHR_shader_integer_dot_product` (or Vulkan 1.3), so naga emits
+    /// SPIR-V `OpSDot` and the driver maps it to its dot-product instruction.
+    Native,
+    /// naga writes the dot product as four extracts, multiplies and adds.
+    Emulated,
+    /// Not a Vulkan adapter: the backend decides (Metal and DX12 have no equivalent query).
+    Unknown,
+}
+
+impl std::fmt::Display for IntDot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            IntDot::Native => "native (SPIR-V OpSDot)",
+            IntDot::Emulated => "emulated (naga polyfill)",
+            IntDot::Unknown => "backend-defined",
+        })
+    }
+}
+
+/// Whether `adapter` runs `dot4I8Packed` natively: the condition under which wgpu-hal enables
+/// the SPIR-V dot-product capabilities that make naga emit `OpSDot`.
+pub fn int_dot_native(adapter: &wgpu::Adapter) -> IntDot {
+    #[cfg(not(any(target_vendor = "apple", target_arch = "wasm32")))]
+    {
+        // SAFETY: the raw adapter is only read, while `adapter` keeps it alive.
+        if let Some(hal) = unsafe { adapter.as_hal::<wgpu::hal::api::Vulkan>() } {
+            let caps = hal.physical_device_capabilities();
+            let v13 = caps.properties().api_version >= (1 << 22) | (3 << 12);
+            return if v13 || caps.supports_extension(c"VK_KHR_shader_integer_dot_product") {
+                IntDot::Native
+            } else {
+                IntDot::Emulated
+            };
+        }
+    }
+    let _ = adapter;
+    IntDot::Unknown
 }
 
 /// Describe every adapter wgpu can see, best first.
@@ -104,6 +148,7 @@ pub fn describe_adapters() -> Vec<AdapterReport> {
                 subgroups: f.contains(wgpu::Features::SUBGROUP),
                 max_storage_binding: l.max_storage_buffer_binding_size,
                 max_buffer: l.max_buffer_size,
+                int_dot: int_dot_native(a),
             }
         })
         .collect()

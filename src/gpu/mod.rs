@@ -3,7 +3,7 @@
 mod adapter;
 mod pool;
 
-pub use adapter::{describe_adapters, AdapterReport};
+pub use adapter::{describe_adapters, AdapterReport, IntDot};
 pub use pool::BufferPool;
 
 use std::collections::HashMap;
@@ -18,6 +18,11 @@ pub struct Context {
     pub info: wgpu::AdapterInfo,
     pub features: wgpu::Features,
     pub limits: wgpu::Limits,
+    /// How `dot4I8Packed` runs on this adapter.
+    pub int_dot: IntDot,
+    /// The integer path's self-check on this device: run once, before the first integer
+    /// model (see [`crate::kernels::int_conv::self_check`]).
+    pub(crate) int_check: std::sync::OnceLock<std::result::Result<(), String>>,
     pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
     modules: Mutex<HashMap<&'static str, Arc<wgpu::ShaderModule>>>,
     pool: Mutex<BufferPool>,
@@ -48,6 +53,7 @@ impl Context {
 
     fn from_adapter(adapter: wgpu::Adapter) -> Result<Arc<Context>> {
         let info = adapter.get_info();
+        let int_dot = adapter::int_dot_native(&adapter);
         let available = adapter.features();
         let wanted =
             wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS;
@@ -81,6 +87,8 @@ impl Context {
             info,
             features,
             limits,
+            int_dot,
+            int_check: std::sync::OnceLock::new(),
             pipelines: Mutex::new(HashMap::new()),
             modules: Mutex::new(HashMap::new()),
             pool: Mutex::new(BufferPool::default()),

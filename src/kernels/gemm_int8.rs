@@ -1,6 +1,6 @@
 //! Launcher of `shaders/gemm_int8.wgsl`: the exact integer product of packed 8-bit weights and
 //! activations with folded zero-point corrections (the building block of issue 3's integer
-//! modes; nothing in the engine runs it yet).
+//! modes: the 1x1 convolutions, and the 3x3 ones where `conv_int8` does not apply).
 
 use std::sync::Arc;
 
@@ -81,7 +81,7 @@ impl PackedGemmInt8 {
     }
 
     /// How the weights are cut into uniform slices.
-    fn slicing(&self) -> Slicing {
+    pub(crate) fn slicing(&self) -> Slicing {
         Slicing::new::<[u32; 4]>(self.positions, self.icg, self.ocg)
     }
 
@@ -107,8 +107,9 @@ struct Params {
 pub struct GpuGemmInt8 {
     pub packed: PackedGemmInt8,
     pipeline: Arc<wgpu::ComputePipeline>,
-    weights: UniformSlices,
-    corr: wgpu::Buffer,
+    /// Also read by `conv_int8`, which shares the layout.
+    pub(crate) weights: UniformSlices,
+    pub(crate) corr: wgpu::Buffer,
 }
 
 impl GpuGemmInt8 {

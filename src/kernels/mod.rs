@@ -6,6 +6,7 @@
 pub mod binary;
 pub mod concat;
 pub mod conv;
+pub mod conv_int8;
 pub mod cpu;
 pub mod dequant;
 pub mod gemm;
@@ -43,6 +44,7 @@ pub const SHADERS: &[(&str, &str)] = &[
     ),
     ("gemm", include_str!("../../shaders/gemm.wgsl")),
     ("gemm_int8", include_str!("../../shaders/gemm_int8.wgsl")),
+    ("conv_int8", include_str!("../../shaders/conv_int8.wgsl")),
     ("quantize", include_str!("../../shaders/quantize.wgsl")),
     ("dequant", include_str!("../../shaders/dequant.wgsl")),
     (

@@ -5,15 +5,60 @@
 //! (2^b - 1)`. Its grid is the multiples of `s`, so zero (the convolutions' padding) is exact,
 //! and the codes `round(clip(X) / s)` span exactly `2^b` consecutive integers `[lo, lo + 2^b)`.
 //! Stored codes are offset to `[0, 2^b)`; the offset (a zero point) folds into one correction
-//! term per output channel. The integer kernels that consume these are not written yet: every
-//! model runs in `fp32` today.
+//! term per output channel.
 
 pub mod accounting;
+pub mod calib;
 pub mod mode;
 pub mod pack;
 
+use std::collections::BTreeMap;
+
 pub use accounting::{cost, Cost};
+pub use calib::{body_convs, Bounds, Calibration};
 pub use mode::Mode;
+
+use crate::kernels::int_conv::PackedIntConv;
+use crate::model::{Graph, Op};
+
+/// The graph the integer modes (and their calibration) run: `graph` with each pointwise
+/// convolution over a concatenation split per input, so every concatenated tensor gets its
+/// own quantizer (see [`crate::model::fuse::split_concat_convs`]).
+pub fn prepare(graph: Graph) -> Graph {
+    crate::model::fuse::split_concat_convs(graph)
+}
+
+/// The integer form of every body convolution of `graph` in `mode`, keyed by node index
+/// (empty for fp32): weights per output channel at the mode's weight bits, inputs with the
+/// calibrated bounds at its activation bits.
+pub fn int_layers(
+    graph: &Graph,
+    mode: Mode,
+    calib: &Calibration,
+    how: Bounds,
+) -> BTreeMap<usize, PackedIntConv> {
+    let Mode::Uniform { w, a } = mode else {
+        return BTreeMap::new();
+    };
+    body_convs(graph)
+        .into_iter()
+        .enumerate()
+        .map(|(i, j)| {
+            let Op::Conv(c) = &graph.nodes[j].op else {
+                unreachable!("body_convs lists convolutions")
+            };
+            let wq = match how {
+                Bounds::Searched => calib::searched_weight_quantizers(&c.weights, c.out_ch, w),
+                Bounds::MinMax => weight_quantizers(&c.weights, c.out_ch, w),
+            };
+            let c = calib::correct_bias(c, &wq, &calib.layers[i].mean);
+            (
+                j,
+                PackedIntConv::with_quantizers(&c, &wq, calib.quantizer(i, a, how)),
+            )
+        })
+        .collect()
+}
 
 /// Eq. 1 with bounds `[alpha, beta]` at `bits` (2..=8).
 #[derive(Debug, Clone, Copy, PartialEq)]

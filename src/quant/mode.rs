@@ -6,9 +6,10 @@ use std::str::FromStr;
 use crate::error::Error;
 
 /// How a network's body is computed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Mode {
     /// Everything in f32.
+    #[default]
     Fp32,
     /// Body weights at `w` bits, body activations at `a` bits (2..=8).
     Uniform { w: u32, a: u32 },
@@ -56,9 +57,14 @@ impl fmt::Display for Mode {
 }
 
 impl Mode {
-    /// Whether this build can run the mode (only fp32 so far: the integer kernels are issue 3).
+    /// Whether this build can run the mode (RefQSR's scheduler is issue 4).
     pub fn runnable(&self) -> bool {
-        matches!(self, Mode::Fp32)
+        matches!(self, Mode::Fp32 | Mode::Uniform { .. })
+    }
+
+    /// Whether the body runs in integers (and so needs a calibration).
+    pub fn is_integer(&self) -> bool {
+        !matches!(self, Mode::Fp32)
     }
 
     /// Parse a comma-separated list.

@@ -5,6 +5,7 @@
 mod binary;
 mod concat;
 mod conv;
+mod conv_int8;
 mod dequant;
 mod gemm;
 mod gemm_int8;
@@ -18,6 +19,7 @@ mod winograd;
 pub use binary::{binary, per_channel_group, Operand};
 pub use concat::concat;
 pub use conv::conv;
+pub use conv_int8::conv_int8;
 pub use dequant::dequant;
 pub use gemm::{gemm, pointwise};
 pub use gemm_int8::gemm_int8;

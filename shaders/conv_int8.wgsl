@@ -1,0 +1,187 @@
+// Integer 3x3 convolution without an im2col pass (issue 3): the exact i32 sums
+// M[n][og][p] = corr[og] + sum_ic sum_taps W[tap][og][ic] . A[n][ic][p + tap], where A holds four
+// channels of signed bytes per u32 (C4HW) and out-of-image taps read `pad`, the packed bytes of
+// the real value 0. `dot4I8Packed` does the products (OpSDot where the driver has it).
+//
+// Each invocation computes 8 pixels of a row x 4 output groups (16 channels), looping over
+// input groups and taps: the loads of an im2col gather, read from the packed input itself, so
+// there is neither a gather pass nor its 9x column buffer. The weights are the
+// gemm_int8 slices of the same convolution (input word tap * icg + ic), so one upload serves
+// both kernels; the unrolled body repeats by design (see gemm_int8.wgsl).
+
+struct Params {
+    width: u32,
+    height: u32,
+    icg: u32,       // input channel groups
+    ocg: u32,       // real output channel groups
+    og: u32,        // first output group of this dispatch's block
+    pad: u32,       // packed padding word
+    row_tiles: u32, // ceil(width / 8)
+    _p: u32,
+}
+
+@group(0) @binding(0) var<storage, read> a: array<u32>;
+// ((tap * icg + ic) * 4 + j): packed weights of output channels 4 (og + j) + 0..3
+@group(0) @binding(1) var<uniform> weights: array<vec4<u32>, 4096>;
+@group(0) @binding(2) var<storage, read> corr: array<vec4<i32>>;
+@group(0) @binding(3) var<storage, read_write> m: array<vec4<i32>>;
+@group(0) @binding(4) var<uniform> params: Params;
+
+fn load(i: u32, ok: bool) -> u32 {
+    return select(params.pad, a[i], ok);
+}
+
+fn dot4(w: vec4<u32>, x: u32) -> vec4<i32> {
+    return vec4<i32>(dot4I8Packed(w.x, x), dot4I8Packed(w.y, x), dot4I8Packed(w.z, x), dot4I8Packed(w.w, x));
+}
+
+// No early return before the loop: see conv.wgsl.
+@compute @workgroup_size(64, 1, 1)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let icg = params.icg;
+    let wi = i32(params.width);
+    let hi = i32(params.height);
+    let plane = params.width * params.height;
+    let y = gid.x / params.row_tiles;
+    let xu = (gid.x % params.row_tiles) * 8u;
+    let x0 = i32(xu);
+    let valid = y < params.height;
+    let n = gid.z;
+    var a0_0 = vec4<i32>(0);
+    var a0_1 = vec4<i32>(0);
+    var a0_2 = vec4<i32>(0);
+    var a0_3 = vec4<i32>(0);
+    var a0_4 = vec4<i32>(0);
+    var a0_5 = vec4<i32>(0);
+    var a0_6 = vec4<i32>(0);
+    var a0_7 = vec4<i32>(0);
+    var a1_0 = vec4<i32>(0);
+    var a1_1 = vec4<i32>(0);
+    var a1_2 = vec4<i32>(0);
+    var a1_3 = vec4<i32>(0);
+    var a1_4 = vec4<i32>(0);
+    var a1_5 = vec4<i32>(0);
+    var a1_6 = vec4<i32>(0);
+    var a1_7 = vec4<i32>(0);
+    var a2_0 = vec4<i32>(0);
+    var a2_1 = vec4<i32>(0);
+    var a2_2 = vec4<i32>(0);
+    var a2_3 = vec4<i32>(0);
+    var a2_4 = vec4<i32>(0);
+    var a2_5 = vec4<i32>(0);
+    var a2_6 = vec4<i32>(0);
+    var a2_7 = vec4<i32>(0);
+    var a3_0 = vec4<i32>(0);
+    var a3_1 = vec4<i32>(0);
+    var a3_2 = vec4<i32>(0);
+    var a3_3 = vec4<i32>(0);
+    var a3_4 = vec4<i32>(0);
+    var a3_5 = vec4<i32>(0);
+    var a3_6 = vec4<i32>(0);
+    var a3_7 = vec4<i32>(0);
+    for (var ic = 0u; ic < icg; ic++) {
+        for (var t = 0u; t < 9u; t++) {
+        let yy = i32(y) + i32(t / 3u) - 1;
+        let xs = x0 + i32(t % 3u) - 1;
+        let rok = yy >= 0 && yy < hi;
+        let row = ((n * icg + ic) * params.height + u32(clamp(yy, 0, hi - 1))) * params.width;
+        let v0 = load(row + u32(clamp(xs + 0, 0, wi - 1)), rok && xs + 0 >= 0 && xs + 0 < wi);
+        let v1 = load(row + u32(clamp(xs + 1, 0, wi - 1)), rok && xs + 1 >= 0 && xs + 1 < wi);
+        let v2 = load(row + u32(clamp(xs + 2, 0, wi - 1)), rok && xs + 2 >= 0 && xs + 2 < wi);
+        let v3 = load(row + u32(clamp(xs + 3, 0, wi - 1)), rok && xs + 3 >= 0 && xs + 3 < wi);
+        let v4 = load(row + u32(clamp(xs + 4, 0, wi - 1)), rok && xs + 4 >= 0 && xs + 4 < wi);
+        let v5 = load(row + u32(clamp(xs + 5, 0, wi - 1)), rok && xs + 5 >= 0 && xs + 5 < wi);
+        let v6 = load(row + u32(clamp(xs + 6, 0, wi - 1)), rok && xs + 6 >= 0 && xs + 6 < wi);
+        let v7 = load(row + u32(clamp(xs + 7, 0, wi - 1)), rok && xs + 7 >= 0 && xs + 7 < wi);
+        let wb = (t * icg + ic) * 4u;
+        let w0 = weights[wb + 0u];
+        let w1 = weights[wb + 1u];
+        let w2 = weights[wb + 2u];
+        let w3 = weights[wb + 3u];
+        a0_0 += dot4(w0, v0);
+        a0_1 += dot4(w0, v1);
+        a0_2 += dot4(w0, v2);
+        a0_3 += dot4(w0, v3);
+        a0_4 += dot4(w0, v4);
+        a0_5 += dot4(w0, v5);
+        a0_6 += dot4(w0, v6);
+        a0_7 += dot4(w0, v7);
+        a1_0 += dot4(w1, v0);
+        a1_1 += dot4(w1, v1);
+        a1_2 += dot4(w1, v2);
+        a1_3 += dot4(w1, v3);
+        a1_4 += dot4(w1, v4);
+        a1_5 += dot4(w1, v5);
+        a1_6 += dot4(w1, v6);
+        a1_7 += dot4(w1, v7);
+        a2_0 += dot4(w2, v0);
+        a2_1 += dot4(w2, v1);
+        a2_2 += dot4(w2, v2);
+        a2_3 += dot4(w2, v3);
+        a2_4 += dot4(w2, v4);
+        a2_5 += dot4(w2, v5);
+        a2_6 += dot4(w2, v6);
+        a2_7 += dot4(w2, v7);
+        a3_0 += dot4(w3, v0);
+        a3_1 += dot4(w3, v1);
+        a3_2 += dot4(w3, v2);
+        a3_3 += dot4(w3, v3);
+        a3_4 += dot4(w3, v4);
+        a3_5 += dot4(w3, v5);
+        a3_6 += dot4(w3, v6);
+        a3_7 += dot4(w3, v7);
+        }
+    }
+    if !valid {
+        return;
+    }
+    let p0 = y * params.width + xu;
+    if params.og + 0u < params.ocg {
+        let out = (n * params.ocg + params.og + 0u) * plane + p0;
+        let c = corr[params.og + 0u];
+        if xu + 0u < params.width { m[out + 0u] = a0_0 + c; }
+        if xu + 1u < params.width { m[out + 1u] = a0_1 + c; }
+        if xu + 2u < params.width { m[out + 2u] = a0_2 + c; }
+        if xu + 3u < params.width { m[out + 3u] = a0_3 + c; }
+        if xu + 4u < params.width { m[out + 4u] = a0_4 + c; }
+        if xu + 5u < params.width { m[out + 5u] = a0_5 + c; }
+        if xu + 6u < params.width { m[out + 6u] = a0_6 + c; }
+        if xu + 7u < params.width { m[out + 7u] = a0_7 + c; }
+    }
+    if params.og + 1u < params.ocg {
+        let out = (n * params.ocg + params.og + 1u) * plane + p0;
+        let c = corr[params.og + 1u];
+        if xu + 0u < params.width { m[out + 0u] = a1_0 + c; }
+        if xu + 1u < params.width { m[out + 1u] = a1_1 + c; }
+        if xu + 2u < params.width { m[out + 2u] = a1_2 + c; }
+        if xu + 3u < params.width { m[out + 3u] = a1_3 + c; }
+        if xu + 4u < params.width { m[out + 4u] = a1_4 + c; }
+        if xu + 5u < params.width { m[out + 5u] = a1_5 + c; }
+        if xu + 6u < params.width { m[out + 6u] = a1_6 + c; }
+        if xu + 7u < params.width { m[out + 7u] = a1_7 + c; }
+    }
+    if params.og + 2u < params.ocg {
+        let out = (n * params.ocg + params.og + 2u) * plane + p0;
+        let c = corr[params.og + 2u];
+        if xu + 0u < params.width { m[out + 0u] = a2_0 + c; }
+        if xu + 1u < params.width { m[out + 1u] = a2_1 + c; }
+        if xu + 2u < params.width { m[out + 2u] = a2_2 + c; }
+        if xu + 3u < params.width { m[out + 3u] = a2_3 + c; }
+        if xu + 4u < params.width { m[out + 4u] = a2_4 + c; }
+        if xu + 5u < params.width { m[out + 5u] = a2_5 + c; }
+        if xu + 6u < params.width { m[out + 6u] = a2_6 + c; }
+        if xu + 7u < params.width { m[out + 7u] = a2_7 + c; }
+    }
+    if params.og + 3u < params.ocg {
+        let out = (n * params.ocg + params.og + 3u) * plane + p0;
+        let c = corr[params.og + 3u];
+        if xu + 0u < params.width { m[out + 0u] = a3_0 + c; }
+        if xu + 1u < params.width { m[out + 1u] = a3_1 + c; }
+        if xu + 2u < params.width { m[out + 2u] = a3_2 + c; }
+        if xu + 3u < params.width { m[out + 3u] = a3_3 + c; }
+        if xu + 4u < params.width { m[out + 4u] = a3_4 + c; }
+        if xu + 5u < params.width { m[out + 5u] = a3_5 + c; }
+        if xu + 6u < params.width { m[out + 6u] = a3_6 + c; }
+        if xu + 7u < params.width { m[out + 7u] = a3_7 + c; }
+    }
+}

@@ -1,0 +1,416 @@
+//! Calibration: the activation bounds `[alpha, beta]` of every quantized layer at every
+//! bit-width, found on real images and stored beside the model (`MODEL.calib.json`), and the
+//! per-channel weight bounds, searched the same way from the weights alone.
+//!
+//! The search follows 2DQuant's DOBI (distribution-oriented bound initialization): start from
+//! min/max and search the bounds that minimize the quantization error over the observed
+//! distribution; activations (asymmetric, long-tailed) search both bounds, weights (roughly
+//! symmetric) one symmetric bound per output channel. The error is the one the layer's output
+//! sees: with independent rounding errors `e` on the input, `E|W e|^2 = sum_c |W_c|^2 e_c^2`,
+//! so each input value counts with its channel's squared weight norm.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::Quantizer;
+use crate::error::{Error, Result};
+use crate::model::{Conv, Graph, Op};
+
+/// The `format` tag of calibration files this build reads and writes.
+pub const FORMAT: &str = "refqsr-calibration-1";
+
+/// Bit-widths every calibration file carries.
+pub const BITS: std::ops::RangeInclusive<u32> = 2..=8;
+
+/// A calibration file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Calibration {
+    pub format: String,
+    /// The model's name (its `.param` file stem).
+    pub model: String,
+    /// The calibration images (file names) and patches used.
+    pub images: Vec<String>,
+    pub patches: usize,
+    /// One entry per quantized convolution, in graph order.
+    pub layers: Vec<LayerBounds>,
+}
+
+/// The bounds of one quantized convolution's input.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LayerBounds {
+    /// The convolution's name in the model.
+    pub name: String,
+    pub in_ch: usize,
+    /// Smallest and largest value seen (the min/max bounds, widened to contain 0).
+    pub min: f32,
+    pub max: f32,
+    /// Searched `[alpha, beta]` per bit-width.
+    pub bounds: BTreeMap<u32, [f32; 2]>,
+    /// Mean of each input channel: quantized weights shift every output by
+    /// `sum (w_q - w) mean`, which the bias takes back (bias correction, as in DFQ).
+    pub mean: Vec<f32>,
+}
+
+/// How bounds are chosen: searched (the default) or plain min/max, to show what the search
+/// is worth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Bounds {
+    #[default]
+    Searched,
+    MinMax,
+}
+
+impl std::fmt::Display for Bounds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Bounds::Searched => "searched",
+            Bounds::MinMax => "minmax",
+        })
+    }
+}
+
+impl std::str::FromStr for Bounds {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "searched" => Ok(Bounds::Searched),
+            "minmax" => Ok(Bounds::MinMax),
+            _ => Err(Error::Invalid(format!(
+                "unknown bounds `{s}`: use searched or minmax"
+            ))),
+        }
+    }
+}
+
+/// Indices of the convolutions a quantized mode runs in integers: all but the first and the
+/// tail (see [`super::accounting::float_convs`]), in graph order.
+pub fn body_convs(g: &Graph) -> Vec<usize> {
+    let float = super::accounting::float_convs(g);
+    (0..g.nodes.len())
+        .filter(|j| matches!(g.nodes[*j].op, Op::Conv(_)) && !float.contains(j))
+        .collect()
+}
+
+impl Calibration {
+    /// Read and check a calibration file against `graph`.
+    pub fn load(path: &Path, graph: &Graph) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::parse(&text, path, graph)
+    }
+
+    /// Parse calibration `text` (from `origin`, for messages) and check it against `graph`.
+    pub fn parse(text: &str, origin: &Path, graph: &Graph) -> Result<Self> {
+        let bad = |m: String| Error::model(origin, m);
+        let c: Calibration =
+            serde_json::from_str(text).map_err(|e| bad(format!("not a calibration file: {e}")))?;
+        if c.format != FORMAT {
+            return Err(bad(format!(
+                "calibration format `{}`, this build reads `{FORMAT}`",
+                c.format
+            )));
+        }
+        let body = body_convs(graph);
+        if c.layers.len() != body.len() {
+            return Err(bad(format!(
+                "calibrates {} layers, model `{}` quantizes {}: recalibrate with `refqsr calibrate`",
+                c.layers.len(),
+                graph.name,
+                body.len()
+            )));
+        }
+        for (l, &j) in c.layers.iter().zip(&body) {
+            let n = &graph.nodes[j];
+            let Op::Conv(conv) = &n.op else {
+                unreachable!()
+            };
+            if l.name != n.name || l.in_ch != conv.in_ch {
+                return Err(bad(format!(
+                    "layer `{}` ({} channels) does not match the model's `{}` ({} channels): recalibrate with `refqsr calibrate`",
+                    l.name, l.in_ch, n.name, conv.in_ch
+                )));
+            }
+            if l.mean.len() != l.in_ch || l.mean.iter().any(|m| !m.is_finite()) {
+                return Err(bad(format!(
+                    "layer `{}` needs {} finite channel means, has {}",
+                    l.name,
+                    l.in_ch,
+                    l.mean.len()
+                )));
+            }
+            if let Some(b) = BITS.clone().find(|b| !l.bounds.contains_key(b)) {
+                return Err(bad(format!(
+                    "layer `{}` has no bounds for {b} bits",
+                    l.name
+                )));
+            }
+            let ok =
+                |a: f32, b: f32| a.is_finite() && b.is_finite() && a <= 0.0 && b >= 0.0 && b > a;
+            if !ok(l.min, l.max) || l.bounds.values().any(|[a, b]| !ok(*a, *b)) {
+                return Err(bad(format!(
+                    "layer `{}` has bounds that are not finite or do not contain 0",
+                    l.name
+                )));
+            }
+        }
+        Ok(c)
+    }
+
+    /// Write as pretty JSON, atomically.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let text = serde_json::to_string_pretty(self).expect("calibration serializes");
+        crate::imageio::atomic_write(path, |w| {
+            std::io::Write::write_all(w, text.as_bytes()).map_err(|e| Error::io(path, e))
+        })
+    }
+
+    /// The input quantizer of body layer `i` (index into [`body_convs`]) at `bits`.
+    pub fn quantizer(&self, i: usize, bits: u32, how: Bounds) -> Quantizer {
+        let l = &self.layers[i];
+        match how {
+            Bounds::MinMax => Quantizer::new(l.min, l.max, bits),
+            Bounds::Searched => {
+                let [a, b] = l.bounds[&bits];
+                Quantizer::new(a, b, bits)
+            }
+        }
+    }
+}
+
+/// `c` with its bias corrected for the mean shift its quantized weights cause on inputs of
+/// the given channel means: `bias_o -= sum_{i, tap} (Q(w) - w) mean_i`.
+pub fn correct_bias(c: &Conv, wq: &[Quantizer], mean: &[f32]) -> Conv {
+    let taps = c.k * c.k;
+    let per = c.in_ch * taps;
+    let mut out = c.clone();
+    for (o, b) in out.bias.iter_mut().enumerate() {
+        let shift: f64 = c.weights[o * per..(o + 1) * per]
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| ((wq[o].quantize(w) - w) * mean[i / taps]) as f64)
+            .sum();
+        *b -= shift as f32;
+    }
+    out
+}
+
+/// Per input channel of `c`: the squared norm of its weights over outputs and taps.
+pub fn channel_weights(c: &Conv) -> Vec<f64> {
+    let taps = c.k * c.k;
+    let mut w = vec![0f64; c.in_ch];
+    for (i, v) in c.weights.iter().enumerate() {
+        w[(i / taps) % c.in_ch] += (*v as f64) * (*v as f64);
+    }
+    w
+}
+
+/// A weighted histogram of values over `[lo, hi]` keeping, per bin, the weight and the first
+/// two weighted moments, so the squared error of any quantizer whose rounding does not split a
+/// bin is exact: `sum w (q - x)^2 = q^2 W - 2 q S1 + S2`.
+#[derive(Debug, Clone)]
+pub struct Histogram {
+    pub lo: f32,
+    pub hi: f32,
+    bins: Vec<[f64; 3]>,
+}
+
+/// How much more a clipped value's error costs than a rounding error of the same size.
+/// Rounding errors are independent from pixel to pixel, so a 3x3 kernel sums them in power;
+/// clipping errors are not (a clipped highlight covers its neighbours), so the kernel sums
+/// them in amplitude: up to 9x the power. Without this factor the search clips SPAN's wide
+/// feature maps hard and w8a8 loses 0.5 dB PSNR-Y on the shipped photos instead of 0.2.
+pub const CLIP_GAIN: f64 = 9.0;
+
+/// Bins per histogram: 16 per step of an 8-bit quantizer over the full range.
+const BINS: usize = 4096;
+
+impl Histogram {
+    /// An empty histogram over `[lo, hi]` (which must contain 0).
+    pub fn new(lo: f32, hi: f32) -> Self {
+        Histogram {
+            lo,
+            hi: if hi > lo { hi } else { lo + 1.0 },
+            bins: vec![[0.0; 3]; BINS],
+        }
+    }
+
+    pub fn add(&mut self, x: f32, weight: f64) {
+        let t = ((x - self.lo) / (self.hi - self.lo) * BINS as f32) as isize;
+        let b = &mut self.bins[t.clamp(0, BINS as isize - 1) as usize];
+        let x = x as f64;
+        b[0] += weight;
+        b[1] += weight * x;
+        b[2] += weight * x * x;
+    }
+
+    /// Weighted squared error of `q` over the histogram; clipped values count
+    /// [`CLIP_GAIN`] times (see there).
+    pub fn error(&self, q: &Quantizer) -> f64 {
+        self.bins
+            .iter()
+            .filter(|b| b[0] > 0.0)
+            .map(|&[w, s1, s2]| {
+                let mean = (s1 / w) as f32;
+                let v = q.quantize(mean) as f64;
+                let gain = if mean < q.alpha || mean > q.beta {
+                    CLIP_GAIN
+                } else {
+                    1.0
+                };
+                gain * (v * v * w - 2.0 * v * s1 + s2).max(0.0)
+            })
+            .sum()
+    }
+}
+
+/// The `[alpha, beta]` at `bits` minimizing [`Histogram::error`]: a grid over both bounds
+/// shrunk from min/max, then a finer grid around the best (DOBI's asymmetric search).
+pub fn search_bounds(h: &Histogram, bits: u32) -> [f32; 2] {
+    let (lo, hi) = (h.lo.min(0.0), h.hi.max(0.0));
+    let eval = |fa: f32, fb: f32| {
+        let (a, b) = (lo * fa, hi * fb);
+        if b - a <= 0.0 {
+            return (f64::INFINITY, [lo, hi]);
+        }
+        (h.error(&Quantizer::new(a, b, bits)), [a, b])
+    };
+    // fractions of min/max kept: 1.0 down to 0.05
+    let coarse = |i: usize| 1.0 - 0.95 * i as f32 / 32.0;
+    let mut best = (f64::INFINITY, [lo, hi], (0usize, 0usize));
+    for i in 0..=32 {
+        for j in 0..=32 {
+            let (e, ab) = eval(coarse(i), coarse(j));
+            if e < best.0 {
+                best = (e, ab, (i, j));
+            }
+        }
+    }
+    let (ci, cj) = best.2;
+    let mut out = (best.0, best.1);
+    for i in -8i32..=8 {
+        for j in -8i32..=8 {
+            let fa = (coarse(ci) + 0.95 / 32.0 * i as f32 / 8.0).clamp(0.01, 1.0);
+            let fb = (coarse(cj) + 0.95 / 32.0 * j as f32 / 8.0).clamp(0.01, 1.0);
+            let (e, ab) = eval(fa, fb);
+            if e < out.0 {
+                out = (e, ab);
+            }
+        }
+    }
+    out.1
+}
+
+/// Per-output-channel symmetric weight quantizers with the clipping bound searched for the
+/// least squared error of the channel's weights (min/max is the search's first candidate).
+pub fn searched_weight_quantizers(weights: &[f32], out_ch: usize, bits: u32) -> Vec<Quantizer> {
+    let per = weights.len() / out_ch;
+    weights
+        .chunks(per)
+        .map(|w| {
+            let m = w
+                .iter()
+                .fold(0f32, |m, v| m.max(v.abs()))
+                .max(f32::MIN_POSITIVE);
+            (0..=100)
+                .map(|i| {
+                    let q = Quantizer::new(
+                        -m * (1.0 - 0.009 * i as f32),
+                        m * (1.0 - 0.009 * i as f32),
+                        bits,
+                    );
+                    let e: f64 = w
+                        .iter()
+                        .map(|&x| ((q.quantize(x) - x) as f64).powi(2))
+                        .sum();
+                    (e, q)
+                })
+                .fold((f64::INFINITY, Quantizer::new(-m, m, bits)), |a, b| {
+                    if b.0 < a.0 {
+                        b
+                    } else {
+                        a
+                    }
+                })
+                .1
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A long-tailed sample: mostly small values, a few large ones.
+    fn tailed(n: usize) -> Vec<f32> {
+        let mut s = 0x9e37_79b9_7f4a_7c15u64;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                let u = (s >> 11) as f32 / (1u64 << 53) as f32;
+                let v = -(1.0 - u).ln() * 0.2; // exponential
+                if s % 3 == 0 {
+                    -v * 0.3
+                } else {
+                    v
+                }
+            })
+            .collect()
+    }
+
+    fn direct_error(xs: &[f32], q: &Quantizer) -> f64 {
+        xs.iter()
+            .map(|&x| ((q.quantize(x) - x) as f64).powi(2))
+            .sum()
+    }
+
+    #[test]
+    fn histogram_error_matches_the_direct_sum() {
+        let xs = tailed(20_000);
+        let (lo, hi) = xs
+            .iter()
+            .fold((0f32, 0f32), |(a, b), &x| (a.min(x), b.max(x)));
+        let mut h = Histogram::new(lo, hi);
+        xs.iter().for_each(|&x| h.add(x, 1.0));
+        for bits in [4, 8] {
+            let q = Quantizer::new(lo, hi, bits);
+            let (a, b) = (h.error(&q), direct_error(&xs, &q));
+            assert!((a - b).abs() <= 0.05 * b, "{bits} bits: {a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn searched_bounds_beat_min_max_at_low_bits_and_contain_zero() {
+        let xs = tailed(50_000);
+        let (lo, hi) = xs
+            .iter()
+            .fold((0f32, 0f32), |(a, b), &x| (a.min(x), b.max(x)));
+        let mut h = Histogram::new(lo, hi);
+        xs.iter().for_each(|&x| h.add(x, 1.0));
+        for bits in [2, 4, 8] {
+            let [a, b] = search_bounds(&h, bits);
+            assert!(a <= 0.0 && b >= 0.0 && a >= lo && b <= hi);
+            let searched = direct_error(&xs, &Quantizer::new(a, b, bits));
+            let minmax = direct_error(&xs, &Quantizer::new(lo, hi, bits));
+            assert!(searched <= minmax * 1.001, "{bits}: {searched} vs {minmax}");
+            if bits <= 4 {
+                assert!(searched < 0.7 * minmax, "{bits}: {searched} vs {minmax}");
+            }
+        }
+    }
+
+    #[test]
+    fn weight_search_never_loses_to_min_max() {
+        let w = tailed(4 * 432);
+        for bits in [3, 4, 8] {
+            let s = searched_weight_quantizers(&w, 4, bits);
+            let m = super::super::weight_quantizers(&w, 4, bits);
+            for (c, chunk) in w.chunks(432).enumerate() {
+                assert!(direct_error(chunk, &s[c]) <= direct_error(chunk, &m[c]));
+                assert_eq!(s[c].alpha, -s[c].beta);
+            }
+        }
+    }
+}
