@@ -14,7 +14,13 @@ use crate::quant::{Bounds, Calibration, Mode};
 use crate::tile::Grid;
 
 /// A model compiled into the binary: (name, scale, param, bin, calibration).
-type Builtin = (&'static str, u32, &'static [u8], &'static [u8], &'static str);
+type Builtin = (
+    &'static str,
+    u32,
+    &'static [u8],
+    &'static [u8],
+    &'static str,
+);
 
 /// Models compiled into the binary with their calibrations, so the default upscale needs no
 /// files at run time.

@@ -216,7 +216,17 @@ fn eval_reports_the_paper_metrics() {
     std::fs::create_dir_all(d.join("hr")).unwrap();
     small_photo(&d.join("hr/a.png"), 96, 64);
     let out = refqsr()
-        .args(["eval", "--hr", "hr", "--modes", "fp32", "--json", "e.json"])
+        .args([
+            "eval",
+            "--hr",
+            "hr",
+            "--modes",
+            "fp32,w8a8,w4a4",
+            "--bounds",
+            "searched,minmax",
+            "--json",
+            "e.json",
+        ])
         .current_dir(&d)
         .output()
         .unwrap();
@@ -243,6 +253,21 @@ fn eval_reports_the_paper_metrics() {
     );
     assert_eq!(row["fqr"], 32.0);
     assert!(row["bitops_g"].as_f64().unwrap() > row["bitops_body_g"].as_f64().unwrap());
+    // fp32, then each integer mode once per bounds choice
+    let rows = json["rows"].as_array().unwrap();
+    let key = |r: &serde_json::Value| (r["mode"].to_string(), r["bounds"].to_string());
+    let keys: Vec<_> = rows.iter().map(key).collect();
+    assert_eq!(keys.len(), 5, "{keys:?}");
+    assert_eq!(rows[1]["mode"], "w8a8");
+    assert_eq!(rows[1]["bounds"], "searched");
+    assert_eq!(rows[2]["bounds"], "minmax");
+    let p = |i: usize| rows[i]["psnr_y"].as_f64().unwrap();
+    // w8a8 stays close to fp32 and clearly above w4a4; the integer rows count integer BitOPs
+    assert!(p(1) > p(0) - 1.0 && p(1) > p(3) && p(2) > p(4), "{rows:?}");
+    assert_eq!(rows[1]["fqr"], 8.0);
+    assert_eq!(rows[3]["fqr"], 4.0);
+    let body = |i: usize| rows[i]["bitops_body_g"].as_f64().unwrap();
+    assert!((body(0) / body(1) - 16.0).abs() < 1e-9 && (body(1) / body(3) - 4.0).abs() < 1e-9);
 
     let out = refqsr()
         .args(["eval", "--hr", "hr", "--modes", "fp32,fp16"])
@@ -256,11 +281,86 @@ fn eval_reports_the_paper_metrics() {
         "{stderr}"
     );
     let out = refqsr()
-        .args(["eval", "--hr", "hr", "--modes", "w8a8"])
+        .args(["eval", "--hr", "hr", "--modes", "refqsr:8-4"])
         .current_dir(&d)
         .output()
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not implemented"));
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn calibrate_then_upscale_any_model_in_integer_modes() {
+    // A model other than the shipped one: no calibration until `calibrate` writes one.
+    let d = tempdir("calibrate");
+    for ext in ["param", "bin"] {
+        std::fs::copy(
+            asset(&format!("models/realesr-animevideov3-x4.{ext}")),
+            d.join(format!("m.{ext}")),
+        )
+        .unwrap();
+    }
+    std::fs::create_dir_all(d.join("cal")).unwrap();
+    small_photo(&d.join("cal/a.png"), 40, 32);
+    std::fs::write(d.join("cal/broken.png"), b"not a png").unwrap();
+    small_photo(&d.join("in.png"), 24, 20);
+    let upscale = |mode: &str, extra: &[&str]| {
+        refqsr()
+            .args(["upscale", "in.png", "-o", "out.png", "-m", "m.param"])
+            .args(["--mode", mode])
+            .args(extra)
+            .current_dir(&d)
+            .output()
+            .unwrap()
+    };
+    let out = upscale("w8a8", &[]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("m.calib.json") && stderr.contains("refqsr calibrate"),
+        "{stderr}"
+    );
+
+    let out = refqsr()
+        .args(["calibrate", "-m", "m.param", "--images", "cal"])
+        .current_dir(&d)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // the broken file is named and skipped, the run still writes the calibration
+    assert!(stderr.contains("broken.png"), "{stderr}");
+    assert!(d.join("m.calib.json").exists(), "{stderr}");
+    for mode in ["w8a8", "w5a3"] {
+        let _ = std::fs::remove_file(d.join("out.png"));
+        let out = upscale(mode, &[]);
+        assert!(
+            out.status.success(),
+            "{mode}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let img = image::open(d.join("out.png")).unwrap();
+        assert_eq!((img.width(), img.height()), (96, 80));
+    }
+
+    // a calibration of another model, and a damaged one: clear errors naming the file
+    std::fs::write(
+        d.join("span.json"),
+        std::fs::read(asset("models/spanx4_ch48.calib.json")).unwrap(),
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(d.join("m.calib.json")).unwrap();
+    std::fs::write(d.join("cut.json"), &text[..text.len() / 2]).unwrap();
+    for (file, want) in [("span.json", "layers"), ("cut.json", "not a calibration")] {
+        let _ = std::fs::remove_file(d.join("out.png"));
+        let out = upscale("w8a8", &["--calibration", file]);
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(file) && stderr.contains(want),
+            "{file}: {stderr}"
+        );
+        assert!(!d.join("out.png").exists());
+    }
     std::fs::remove_dir_all(&d).unwrap();
 }

@@ -375,3 +375,103 @@ fn integer_convolution_layer_matches_its_twins_and_the_float_layer() {
         "{errors:?}"
     );
 }
+
+#[test]
+fn int8_3x3_convolution_kernel_matches_its_twin_bit_for_bit() {
+    use refqsr::kernels::conv_int8;
+    use refqsr::kernels::cpu::conv_int8 as twin;
+    let ctx = ctx();
+    let mut rng = Rng::fresh("conv_int8");
+    // (in, out, h, w, batch): widths off multiples of 8, 1-pixel images, output groups off
+    // whole blocks (three blocks for 48), several input groups, a batch of 2.
+    let shapes: [(usize, usize, usize, usize, usize); 5] = [
+        (48, 48, 9, 13, 1),
+        (5, 7, 3, 2, 2),
+        (12, 20, 1, 1, 1),
+        (16, 4, 7, 17, 1),
+        (3, 48, 6, 8, 2),
+    ];
+    for (in_ch, out_ch, h, w, batch) in shapes {
+        let icg = in_ch.div_ceil(4);
+        let wc = codes(&mut rng, out_ch * in_ch * 9);
+        let corr: Vec<i32> = (0..out_ch)
+            .map(|_| (rng.next_u64() % 200_000) as i32 - 100_000)
+            .collect();
+        let packed = PackedGemmInt8::conv(3, in_ch, out_ch, &wc, &corr);
+        assert!(conv_int8::applies(&packed, 3));
+        let bytes = codes(&mut rng, batch * in_ch * h * w);
+        let a = pack_columns(&bytes, batch, in_ch, h * w);
+        let pad = (rng.next_u64() & 0xffff_ffff) as u32;
+        let want = twin(&a, &packed, batch, h, w, pad);
+        assert!(want.iter().all(|v| v[0] != i32::MIN));
+        // the twin agrees with im2col + gemm, the path it replaces
+        let cols = refqsr::kernels::cpu::im2col_int8(&a, batch, icg, h, w, 3, pad);
+        assert_eq!(
+            gemm_int8(&cols, &packed, batch, h * w),
+            want,
+            "twins {in_ch}->{out_ch}"
+        );
+
+        let gpu = GpuGemmInt8::new(&ctx, packed).unwrap();
+        let src = ctx.upload("a", &a);
+        let bytes_out = (want.len() * 16) as u64;
+        let m = ctx.acquire(bytes_out);
+        ctx.queue
+            .write_buffer(&m, 0, bytemuck::cast_slice(&vec![i32::MIN; want.len() * 4]));
+        let steps = conv_int8::dispatch(
+            &ctx,
+            "t",
+            &gpu,
+            &src,
+            &m,
+            batch as u32,
+            h as u32,
+            w as u32,
+            pad,
+        )
+        .unwrap();
+        run(&ctx, steps.into_iter().map(Step::Launch).collect());
+        let got: Vec<[i32; 4]> = read_u32(&ctx, &m, want.len() * 4)
+            .chunks(4)
+            .map(|c| std::array::from_fn(|l| c[l] as i32))
+            .collect();
+        let bad = got.iter().zip(&want).filter(|(g, w)| g != w).count();
+        assert_eq!(bad, 0, "{in_ch}->{out_ch} {h}x{w} n{batch}: {bad} differ");
+        ctx.release(m);
+    }
+}
+
+#[test]
+fn the_device_passes_the_integer_self_check() {
+    let ctx = ctx();
+    eprintln!("packed int8 dot product: {}", ctx.int_dot);
+    refqsr::kernels::int_conv::self_check(&ctx).unwrap();
+}
+
+#[test]
+fn integer_modes_approximate_the_float_model_and_improve_with_bits() {
+    use refqsr::{Options, Upscaler};
+    let ctx = ctx();
+    let img = image::open(common::asset("images/chelsea.png"))
+        .unwrap()
+        .crop_imm(120, 60, 40, 32)
+        .to_rgb32f();
+    let run = |mode: &str| {
+        let o = Options {
+            mode: mode.parse().unwrap(),
+            ..Options::default()
+        };
+        let graph = refqsr::upscaler::load_graph(None, Some(4)).unwrap();
+        let up = Upscaler::with_graph(ctx.clone(), graph, &o).unwrap();
+        assert_eq!(up.mode().to_string(), mode, "{:?}", up.fallback());
+        up.upscale_rgb(&img, &mut |_, _| {}).unwrap()
+    };
+    let fp = refqsr::metrics::luma(&run("fp32"));
+    let psnr = |m: &str| refqsr::metrics::psnr(&refqsr::metrics::luma(&run(m)), &fp);
+    let (w8, w6, w4) = (psnr("w8a8"), psnr("w6a6"), psnr("w4a4"));
+    eprintln!("PSNR-Y against fp32: w8a8 {w8:.2} dB, w6a6 {w6:.2}, w4a4 {w4:.2}");
+    assert!(
+        w8 > 38.0 && w8 > w6 && w6 > w4 && w4 > 20.0,
+        "{w8} {w6} {w4}"
+    );
+}

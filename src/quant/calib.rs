@@ -414,3 +414,66 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod file_tests {
+    use super::*;
+
+    fn span() -> (Graph, String) {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/models");
+        let g =
+            Graph::load_ncnn(&dir.join("spanx4_ch48.param"), &dir.join("spanx4_ch48.bin")).unwrap();
+        let text = std::fs::read_to_string(dir.join("spanx4_ch48.calib.json")).unwrap();
+        (crate::quant::prepare(g), text)
+    }
+
+    #[test]
+    fn the_shipped_calibration_matches_its_model() {
+        let (g, text) = span();
+        let c = Calibration::parse(&text, Path::new("x.json"), &g).unwrap();
+        assert_eq!(c.layers.len(), body_convs(&g).len());
+        // and round-trips through the file format
+        let again = serde_json::to_string(&c).unwrap();
+        assert_eq!(
+            Calibration::parse(&again, Path::new("y.json"), &g).unwrap(),
+            c
+        );
+    }
+
+    #[test]
+    fn calibrations_that_do_not_fit_are_named_errors() {
+        let (g, text) = span();
+        let c: Calibration = serde_json::from_str(&text).unwrap();
+        let check = |c: &Calibration, want: &str| {
+            let e = Calibration::parse(
+                &serde_json::to_string(c).unwrap(),
+                Path::new("bad.json"),
+                &g,
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("bad.json") && e.contains(want), "{want}: {e}");
+        };
+        let mut fewer = c.clone();
+        fewer.layers.pop();
+        check(&fewer, "calibrates 22 layers");
+        let mut renamed = c.clone();
+        renamed.layers[3].name = "other".into();
+        check(&renamed, "does not match");
+        let mut no_bits = c.clone();
+        no_bits.layers[0].bounds.remove(&5);
+        check(&no_bits, "no bounds for 5 bits");
+        let mut format = c.clone();
+        format.format = "v0".into();
+        check(&format, "format");
+        let mut zero = c.clone();
+        zero.layers[1].bounds.insert(8, [0.5, 1.0]);
+        check(&zero, "contain 0");
+        let mut means = c;
+        means.layers[2].mean.pop();
+        check(&means, "channel means");
+        // unrelated JSON
+        let e = Calibration::parse("{\"rows\": []}", Path::new("bad.json"), &g).unwrap_err();
+        assert!(e.to_string().contains("not a calibration file"), "{e}");
+    }
+}
