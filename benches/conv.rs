@@ -1,6 +1,7 @@
 //! Criterion benches of the convolution kernels on the device tests use (lavapipe in CI):
 //! SPAN's 48->48 3x3 body conv (Winograd: input transform + gemm + output transform, and the
-//! direct kernel) and its 192->48 1x1 (gemm, and direct).
+//! direct kernel) and its 192->48 1x1 (gemm, and direct); the int8 product alone; and both
+//! shapes as whole w8a8 integer layers.
 //! `REFQSR_BENCH_QUICK=1` shrinks the images so CI can run it in seconds.
 //! Each iteration submits the launch and waits for the device before the clock stops.
 
@@ -8,8 +9,10 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use refqsr::exec::GpuModel;
 use refqsr::gpu::Context;
 use refqsr::kernels::gemm_int8::{GpuGemmInt8, PackedGemmInt8};
+use refqsr::kernels::int_conv::PackedIntConv;
 use refqsr::kernels::{encode, Step};
 use refqsr::model::{Activation, Conv, Epilogue, Graph, Node, Op, Value};
+use refqsr::quant::Quantizer;
 
 fn conv_graph(in_ch: usize, out_ch: usize, k: usize, act: Activation) -> Graph {
     let n = in_ch * out_ch * k * k;
@@ -113,6 +116,29 @@ fn bench(c: &mut Criterion) {
     run();
     group.throughput(Throughput::Elements((side * side * ic * oc) as u64));
     group.bench_function(format!("1x1_{ic}_{oc}_{side}x{side}"), |b| b.iter(run));
+    group.finish();
+
+    // Whole integer layers as the w8a8 mode runs them (quantize, conv_int8 or gemm_int8,
+    // dequant with the epilogue), on the shapes of conv_f32 above: the per-layer ratio.
+    let mut group = c.benchmark_group("conv_int8_layer");
+    group.sample_size(10);
+    for (name, ic, oc, k) in [
+        ("3x3_48_48_swish_w8a8", 48, 48, 3),
+        ("1x1_192_48_w8a8", 192, 48, 1),
+    ] {
+        let graph = conv_graph(ic, oc, k, Activation::Swish);
+        let Op::Conv(conv) = &graph.nodes[0].op else {
+            unreachable!()
+        };
+        let layer = PackedIntConv::new(conv, 8, Quantizer::new(-1.0, 1.0, 8));
+        let model = GpuModel::quantized(ctx.clone(), graph.clone(), [(0, layer)].into()).unwrap();
+        let plan = model.plan(1, side, side).unwrap();
+        plan.execute().unwrap();
+        group.throughput(Throughput::Elements((side * side * ic * oc * k * k) as u64));
+        group.bench_function(format!("{name}_{side}x{side}"), |b| {
+            b.iter(|| plan.execute().unwrap())
+        });
+    }
     group.finish();
 }
 
