@@ -26,6 +26,11 @@ pub fn collect(input: &Path, output: &Path) -> Result<Vec<(PathBuf, PathBuf)>> {
     Ok(jobs)
 }
 
+/// Every image under `dir` (recursively, sorted).
+pub fn images(dir: &Path) -> Result<Vec<PathBuf>> {
+    Ok(collect(dir, dir)?.into_iter().map(|(p, _)| p).collect())
+}
+
 /// Create the folder an output file goes into.
 pub fn prepare(dst: &Path) -> Result<()> {
     match dst.parent() {

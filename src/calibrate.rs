@@ -31,22 +31,17 @@ struct Patch {
     size: (usize, usize),
 }
 
-/// Calibrate `graph` (named `name`) on every image under `dir`; `progress(done, total)` is
-/// called per patch and pass.
+/// Calibrate `graph` on every image under `dir`; `progress(done, total)` is called per patch
+/// and pass.
 pub fn calibrate(
     ctx: Arc<Context>,
     graph: &Graph,
-    name: &str,
     dir: &Path,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Outcome> {
-    let files: Vec<PathBuf> = crate::batch::collect(dir, dir)?
-        .into_iter()
-        .map(|(p, _)| p)
-        .collect();
     let mut images = Vec::new();
     let mut skipped = Vec::new();
-    for f in files {
+    for f in crate::batch::images(dir)? {
         match crate::imageio::read(&f) {
             Ok(img) => images.push((f, img.to_rgb32f())),
             Err(e) => skipped.push((f, e)),
@@ -80,7 +75,9 @@ pub fn calibrate(
     let mut done = 0;
     progress(0, total);
 
-    // Runs the float model on every patch and hands each body layer's input to `visit`.
+    // Runs the float model on every patch and hands each body layer's input to `visit`. It
+    // runs twice: once for each layer's range, which the histograms need before their first
+    // value, then to fill them; keeping every feature map instead would take hundreds of MB.
     let mut each = |visit: &mut dyn FnMut(usize, usize, &[f32])| -> Result<()> {
         for p in &patches {
             let (w, h) = p.size;
@@ -147,7 +144,7 @@ pub fn calibrate(
     Ok(Outcome {
         calibration: Calibration {
             format: FORMAT.into(),
-            model: name.into(),
+            model: graph.name.clone(),
             images: images
                 .iter()
                 .map(|(p, _)| {

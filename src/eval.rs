@@ -103,10 +103,7 @@ pub fn evaluate(
         .iter()
         .filter_map(|u| u.fallback().map(String::from))
         .collect();
-    let files: Vec<PathBuf> = crate::batch::collect(hr_dir, hr_dir)?
-        .into_iter()
-        .map(|(p, _)| p)
-        .collect();
+    let files = crate::batch::images(hr_dir)?;
     if files.is_empty() {
         return Err(Error::Invalid(format!(
             "{}: no png, jpg or webp images",

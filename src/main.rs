@@ -335,8 +335,7 @@ fn calibrate(images: &Path, output: Option<PathBuf>, opts: Options) -> refqsr::R
     let ctx = refqsr::gpu::Context::new(opts.adapter.as_deref())?;
     eprintln!("refqsr: calibrating {} on {}", graph.name, ctx.describe());
     let b = bar(0, "{spinner} [{bar:30}] {pos}/{len} patch runs {elapsed}");
-    let name = graph.name.clone();
-    let out = refqsr::calibrate::calibrate(ctx, &graph, &name, images, &mut |done, total| {
+    let out = refqsr::calibrate::calibrate(ctx, &graph, images, &mut |done, total| {
         b.set_length(total as u64);
         b.set_position(done as u64);
     })?;

@@ -152,6 +152,11 @@ fn read_u32(ctx: &refqsr::gpu::Context, b: &wgpu::Buffer, words: usize) -> Vec<u
     bytemuck::cast_slice(&ctx.read(b, words as u64 * 4).unwrap()).to_vec()
 }
 
+/// `n` vec4<i32> sums.
+fn read_sums(ctx: &refqsr::gpu::Context, b: &wgpu::Buffer, n: usize) -> Vec<[i32; 4]> {
+    bytemuck::cast_slice(&ctx.read(b, n as u64 * 16).unwrap()).to_vec()
+}
+
 #[test]
 fn quantize_matches_its_twin_bit_for_bit() {
     let ctx = ctx();
@@ -292,10 +297,7 @@ fn integer_3x3_convolution_is_exact() {
             cols,
             "im2col {in_ch} {h}x{w} k{k}"
         );
-        let got: Vec<[i32; 4]> = read_u32(&ctx, &m, out_ch.div_ceil(4) * h * w * 4)
-            .chunks(4)
-            .map(|c| std::array::from_fn(|l| c[l] as i32))
-            .collect();
+        let got = read_sums(&ctx, &m, out_ch.div_ceil(4) * h * w);
         assert_eq!(
             as_channels(got),
             want,
@@ -431,10 +433,7 @@ fn int8_3x3_convolution_kernel_matches_its_twin_bit_for_bit() {
         )
         .unwrap();
         run(&ctx, steps.into_iter().map(Step::Launch).collect());
-        let got: Vec<[i32; 4]> = read_u32(&ctx, &m, want.len() * 4)
-            .chunks(4)
-            .map(|c| std::array::from_fn(|l| c[l] as i32))
-            .collect();
+        let got = read_sums(&ctx, &m, want.len());
         let bad = got.iter().zip(&want).filter(|(g, w)| g != w).count();
         assert_eq!(bad, 0, "{in_ch}->{out_ch} {h}x{w} n{batch}: {bad} differ");
         ctx.release(m);

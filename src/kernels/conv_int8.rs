@@ -23,7 +23,7 @@ struct Params {
     _p: u32,
 }
 
-/// Whether `g` (a K x K product over `tap * icg + ic` input words) can run as `conv_int8`:
+/// Whether `p` (a K x K product over `tap * icg + ic` input words) can run as `conv_int8`:
 /// a 3x3 convolution whose whole block of weights fits one uniform slice.
 pub fn applies(p: &PackedGemmInt8, k: usize) -> bool {
     k == 3 && p.positions == 1 && p.icg % 9 == 0 && p.slicing().chunks() == 1

@@ -1,8 +1,8 @@
 //! A convolution computed in integers: quantize the input (Eq. 1, `a` bits), the exact i32
 //! sums with per-channel `w`-bit weight codes (zero points folded into `corr`): `conv_int8`
 //! for 3x3, `gemm_int8` for 1x1 and, past `conv_int8`'s limits, `im2col_int8` + `gemm_int8`;
-//! then back to floats with the epilogue (`dequant`). Features travel in f32 between layers, so the float path covers every op the
-//! integer path does not.
+//! then back to floats with the epilogue (`dequant`). Features travel in f32 between layers,
+//! so the float path covers every op the integer path does not.
 
 use super::conv::EpilogueParams;
 use super::gemm_int8::{GpuGemmInt8, PackedGemmInt8};
@@ -10,7 +10,6 @@ use super::{conv_int8, dequant, im2col_int8, quantize, Dispatch};
 use crate::error::Result;
 use crate::gpu::Context;
 use crate::model::Conv;
-
 use crate::quant::pack::pack_i8x4;
 use crate::quant::{weight_quantizers, Quantizer};
 

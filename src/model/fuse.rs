@@ -24,7 +24,7 @@ pub fn fuse(graph: Graph) -> Graph {
 
     for i in 0..nodes.len() {
         loop {
-            let uses = users(&nodes, output);
+            let uses = users(nodes.iter().map(Option::as_ref), output);
             let Some(Node {
                 op: Op::Conv(conv),
                 output: t,
@@ -117,12 +117,10 @@ pub fn fuse(graph: Graph) -> Graph {
 }
 
 /// For each value, the indices of the live nodes that read it (the graph output counts as a use).
-fn users(
-    nodes: &[Option<Node>],
-    output: ValueId,
-) -> std::collections::HashMap<ValueId, Vec<usize>> {
-    let mut m: std::collections::HashMap<ValueId, Vec<usize>> = std::collections::HashMap::new();
-    for (j, n) in nodes.iter().enumerate() {
+/// `nodes` yields `None` for removed nodes, so indices stay those of the node list.
+fn users<'a>(nodes: impl Iterator<Item = Option<&'a Node>>, output: ValueId) -> Uses {
+    let mut m = Uses::new();
+    for (j, n) in nodes.enumerate() {
         let Some(n) = n else { continue };
         for v in n.reads() {
             m.entry(v).or_default().push(j);
@@ -201,10 +199,7 @@ fn match_span_gate(
 pub fn split_concat_convs(graph: Graph) -> Graph {
     let mut g = graph;
     loop {
-        let uses = users(
-            &g.nodes.iter().cloned().map(Some).collect::<Vec<_>>(),
-            g.output,
-        );
+        let uses = users(g.nodes.iter().map(Some), g.output);
         let found = g.nodes.iter().enumerate().find_map(|(i, n)| {
             let Op::Conv(c) = &n.op else { return None };
             if c.k != 1 || c.act != Activation::None || c.epilogue != Epilogue::None {

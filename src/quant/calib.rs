@@ -305,33 +305,26 @@ pub fn search_bounds(h: &Histogram, bits: u32) -> [f32; 2] {
 /// least squared error of the channel's weights (min/max is the search's first candidate).
 pub fn searched_weight_quantizers(weights: &[f32], out_ch: usize, bits: u32) -> Vec<Quantizer> {
     let per = weights.len() / out_ch;
-    weights
-        .chunks(per)
-        .map(|w| {
-            let m = w
-                .iter()
-                .fold(0f32, |m, v| m.max(v.abs()))
-                .max(f32::MIN_POSITIVE);
+    super::weight_quantizers(weights, out_ch, bits)
+        .into_iter()
+        .zip(weights.chunks(per))
+        .map(|(minmax, w)| {
+            let error = |q: &Quantizer| -> f64 {
+                w.iter()
+                    .map(|&x| ((q.quantize(x) - x) as f64).powi(2))
+                    .sum()
+            };
             (0..=100)
                 .map(|i| {
-                    let q = Quantizer::new(
-                        -m * (1.0 - 0.009 * i as f32),
-                        m * (1.0 - 0.009 * i as f32),
-                        bits,
-                    );
-                    let e: f64 = w
-                        .iter()
-                        .map(|&x| ((q.quantize(x) - x) as f64).powi(2))
-                        .sum();
-                    (e, q)
+                    let m = minmax.beta * (1.0 - 0.009 * i as f32);
+                    let q = Quantizer::new(-m, m, bits);
+                    (error(&q), q)
                 })
-                .fold((f64::INFINITY, Quantizer::new(-m, m, bits)), |a, b| {
-                    if b.0 < a.0 {
-                        b
-                    } else {
-                        a
-                    }
-                })
+                // the first of equal errors: the least clipping
+                .fold(
+                    (f64::INFINITY, minmax),
+                    |a, b| if b.0 < a.0 { b } else { a },
+                )
                 .1
         })
         .collect()
