@@ -1,7 +1,8 @@
 //! Criterion benches of the convolution kernels on the device tests use (lavapipe in CI):
 //! SPAN's 48->48 3x3 body conv (Winograd: input transform + gemm + output transform, and the
 //! direct kernel) and its 192->48 1x1 (gemm, and direct); the int8 product alone; and both
-//! shapes as whole w8a8 integer layers.
+//! shapes as whole integer body layers in w8a8 and w4a4 (packed in, epilogue fused, packed
+//! out).
 //! `REFQSR_BENCH_QUICK=1` shrinks the images so CI can run it in seconds.
 //! Each iteration submits the launch and waits for the device before the clock stops.
 
@@ -9,7 +10,8 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use refqsr::exec::GpuModel;
 use refqsr::gpu::Context;
 use refqsr::kernels::gemm_int8::{GpuGemmInt8, PackedGemmInt8};
-use refqsr::kernels::int_conv::PackedIntConv;
+use refqsr::kernels::int_conv::{GpuIntConv, IntInput, IntOutput, PackedIntConv};
+use refqsr::kernels::int_store::Store;
 use refqsr::kernels::{encode, Step};
 use refqsr::model::{Activation, Conv, Epilogue, Graph, Node, Op, Value};
 use refqsr::quant::Quantizer;
@@ -98,7 +100,7 @@ fn bench(c: &mut Criterion) {
     let a = ctx.acquire(tiles as u64 * (ic as u64 / 4) * 4);
     let m = ctx.acquire(tiles as u64 * (oc as u64 / 4) * 16);
     let steps: Vec<Step> = gpu
-        .dispatch(&ctx, "bench", &a, &m, 1, tiles)
+        .dispatch(&ctx, "bench", &a, &m, &Store::Sums, 1, tiles)
         .into_iter()
         .map(Step::Launch)
         .collect();
@@ -118,26 +120,64 @@ fn bench(c: &mut Criterion) {
     group.bench_function(format!("1x1_{ic}_{oc}_{side}x{side}"), |b| b.iter(run));
     group.finish();
 
-    // Whole integer layers as the w8a8 mode runs them (quantize, conv_int8 or gemm_int8,
-    // dequant with the epilogue), on the shapes of conv_f32 above: the per-layer ratio.
-    let mut group = c.benchmark_group("conv_int8_layer");
+    // Whole integer body layers as the integer modes run them between two integer layers:
+    // packed input -> conv_int8 / gemm_int8 / conv_int4 with the epilogue fused -> packed
+    // input of the next layer. On the shapes of conv_f32 above: the per-layer ratio.
+    let mut group = c.benchmark_group("conv_int_layer");
     group.sample_size(10);
-    for (name, ic, oc, k) in [
-        ("3x3_48_48_swish_w8a8", 48, 48, 3),
-        ("1x1_192_48_w8a8", 192, 48, 1),
-    ] {
-        let graph = conv_graph(ic, oc, k, Activation::Swish);
-        let Op::Conv(conv) = &graph.nodes[0].op else {
-            unreachable!()
-        };
-        let layer = PackedIntConv::new(conv, 8, Quantizer::new(-1.0, 1.0, 8));
-        let model = GpuModel::quantized(ctx.clone(), graph.clone(), [(0, layer)].into()).unwrap();
-        let plan = model.plan(1, side, side).unwrap();
-        plan.execute().unwrap();
-        group.throughput(Throughput::Elements((side * side * ic * oc * k * k) as u64));
-        group.bench_function(format!("{name}_{side}x{side}"), |b| {
-            b.iter(|| plan.execute().unwrap())
-        });
+    let plane = (side * side) as u32;
+    for bits in [8u32, 4] {
+        for (name, ic, oc, k) in [("3x3_48_48_swish", 48, 48, 3), ("1x1_192_48", 192, 48, 1)] {
+            let graph = conv_graph(ic, oc, k, Activation::Swish);
+            let Op::Conv(conv) = &graph.nodes[0].op else {
+                unreachable!()
+            };
+            let q = Quantizer::new(-1.0, 1.0, bits);
+            let layer = PackedIntConv::new(conv, bits, q);
+            // the next body layer (48 -> 48, 3x3) decides the packed form of the output
+            let next_graph = conv_graph(oc, oc, 3, Activation::Swish);
+            let Op::Conv(next) = &next_graph.nodes[0].op else {
+                unreachable!()
+            };
+            let next = PackedIntConv::new(next, bits, q);
+            let (words, cols) = layer.scratch_words(1, plane as usize);
+            let gpu = GpuIntConv::new(&ctx, layer).unwrap();
+            let input = ctx.acquire(words as u64 * 4);
+            let cols = ctx.acquire(cols.max(4) as u64 * 4);
+            let out = ctx.acquire(plane as u64 * oc as u64 * 4);
+            let steps: Vec<Step> = gpu
+                .dispatch(
+                    &ctx,
+                    "bench",
+                    IntInput::Packed(&input),
+                    None,
+                    IntOutput::Packed(&out, &next),
+                    [&input, &cols],
+                    1,
+                    side as u32,
+                    side as u32,
+                )
+                .unwrap()
+                .into_iter()
+                .map(Step::Launch)
+                .collect();
+            let run = || {
+                let mut encoder = ctx.device.create_command_encoder(&Default::default());
+                encode(&steps, &mut encoder);
+                let index = ctx.queue.submit([encoder.finish()]);
+                ctx.device
+                    .poll(wgpu::PollType::Wait {
+                        submission_index: Some(index),
+                        timeout: None,
+                    })
+                    .unwrap();
+            };
+            run();
+            group.throughput(Throughput::Elements((side * side * ic * oc * k * k) as u64));
+            group.bench_function(format!("{name}_w{bits}a{bits}_{side}x{side}"), |b| {
+                b.iter(run)
+            });
+        }
     }
     group.finish();
 }

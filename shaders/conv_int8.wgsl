@@ -1,7 +1,8 @@
 // Integer 3x3 convolution without an im2col pass (issue 3): the exact i32 sums
 // M[n][og][p] = corr[og] + sum_ic sum_taps W[tap][og][ic] . A[n][ic][p + tap], where A holds four
 // channels of signed bytes per u32 (C4HW) and out-of-image taps read `pad`, the packed bytes of
-// the real value 0. `dot4I8Packed` does the products (OpSDot where the driver has it).
+// the real value 0. `dot4I8Packed` does the products (OpSDot where the driver has it). The
+// sums leave through shared/int_store.wgsl: raw, as floats, or requantized for the next layer.
 //
 // Each invocation computes 8 pixels of a row x 4 output groups (16 channels), looping over
 // input groups and taps: the loads of an im2col gather, read from the packed input itself, so
@@ -9,7 +10,7 @@
 // gemm_int8 slices of the same convolution (input word tap * icg + ic), so one upload serves
 // both kernels; the unrolled body repeats by design (see gemm_int8.wgsl).
 
-struct Params {
+struct Shape {
     width: u32,
     height: u32,
     icg: u32,       // input channel groups
@@ -24,11 +25,14 @@ struct Params {
 // ((tap * icg + ic) * 4 + j): packed weights of output channels 4 (og + j) + 0..3
 @group(0) @binding(1) var<uniform> weights: array<vec4<u32>, 4096>;
 @group(0) @binding(2) var<storage, read> corr: array<vec4<i32>>;
-@group(0) @binding(3) var<storage, read_write> m: array<vec4<i32>>;
-@group(0) @binding(4) var<uniform> params: Params;
+@group(0) @binding(3) var<storage, read> vecs: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> residual: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read_write> dst: array<u32>;
+@group(0) @binding(6) var<uniform> shape: Shape;
+@group(0) @binding(7) var<uniform> params: StoreParams;
 
 fn load(i: u32, ok: bool) -> u32 {
-    return select(params.pad, a[i], ok);
+    return select(shape.pad, a[i], ok);
 }
 
 fn dot4(w: vec4<u32>, x: u32) -> vec4<i32> {
@@ -38,14 +42,13 @@ fn dot4(w: vec4<u32>, x: u32) -> vec4<i32> {
 // No early return before the loop: see conv.wgsl.
 @compute @workgroup_size(64, 1, 1)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let icg = params.icg;
-    let wi = i32(params.width);
-    let hi = i32(params.height);
-    let plane = params.width * params.height;
-    let y = gid.x / params.row_tiles;
-    let xu = (gid.x % params.row_tiles) * 8u;
+    let icg = shape.icg;
+    let wi = i32(shape.width);
+    let hi = i32(shape.height);
+    let y = gid.x / shape.row_tiles;
+    let xu = (gid.x % shape.row_tiles) * 8u;
     let x0 = i32(xu);
-    let valid = y < params.height;
+    let valid = y < shape.height;
     let n = gid.z;
     var a0_0 = vec4<i32>(0);
     var a0_1 = vec4<i32>(0);
@@ -84,7 +87,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         let yy = i32(y) + i32(t / 3u) - 1;
         let xs = x0 + i32(t % 3u) - 1;
         let rok = yy >= 0 && yy < hi;
-        let row = ((n * icg + ic) * params.height + u32(clamp(yy, 0, hi - 1))) * params.width;
+        let row = ((n * icg + ic) * shape.height + u32(clamp(yy, 0, hi - 1))) * shape.width;
         let v0 = load(row + u32(clamp(xs + 0, 0, wi - 1)), rok && xs + 0 >= 0 && xs + 0 < wi);
         let v1 = load(row + u32(clamp(xs + 1, 0, wi - 1)), rok && xs + 1 >= 0 && xs + 1 < wi);
         let v2 = load(row + u32(clamp(xs + 2, 0, wi - 1)), rok && xs + 2 >= 0 && xs + 2 < wi);
@@ -135,53 +138,29 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     if !valid {
         return;
     }
-    let p0 = y * params.width + xu;
-    if params.og + 0u < params.ocg {
-        let out = (n * params.ocg + params.og + 0u) * plane + p0;
-        let c = corr[params.og + 0u];
-        if xu + 0u < params.width { m[out + 0u] = a0_0 + c; }
-        if xu + 1u < params.width { m[out + 1u] = a0_1 + c; }
-        if xu + 2u < params.width { m[out + 2u] = a0_2 + c; }
-        if xu + 3u < params.width { m[out + 3u] = a0_3 + c; }
-        if xu + 4u < params.width { m[out + 4u] = a0_4 + c; }
-        if xu + 5u < params.width { m[out + 5u] = a0_5 + c; }
-        if xu + 6u < params.width { m[out + 6u] = a0_6 + c; }
-        if xu + 7u < params.width { m[out + 7u] = a0_7 + c; }
+    let p0 = y * shape.width + xu;
+    let og = shape.og;
+    let c0 = corr[og];
+    let c1 = corr[og + 1u];
+    let c2 = corr[og + 2u];
+    let c3 = corr[og + 3u];
+    if xu + 0u < shape.width { store_pair(a0_0 + c0, a1_0 + c1, og, n, p0 + 0u); }
+    if xu + 1u < shape.width { store_pair(a0_1 + c0, a1_1 + c1, og, n, p0 + 1u); }
+    if xu + 2u < shape.width { store_pair(a0_2 + c0, a1_2 + c1, og, n, p0 + 2u); }
+    if xu + 3u < shape.width { store_pair(a0_3 + c0, a1_3 + c1, og, n, p0 + 3u); }
+    if xu + 4u < shape.width { store_pair(a0_4 + c0, a1_4 + c1, og, n, p0 + 4u); }
+    if xu + 5u < shape.width { store_pair(a0_5 + c0, a1_5 + c1, og, n, p0 + 5u); }
+    if xu + 6u < shape.width { store_pair(a0_6 + c0, a1_6 + c1, og, n, p0 + 6u); }
+    if xu + 7u < shape.width { store_pair(a0_7 + c0, a1_7 + c1, og, n, p0 + 7u); }
+    if og + 2u >= shape.ocg {
+        return;
     }
-    if params.og + 1u < params.ocg {
-        let out = (n * params.ocg + params.og + 1u) * plane + p0;
-        let c = corr[params.og + 1u];
-        if xu + 0u < params.width { m[out + 0u] = a1_0 + c; }
-        if xu + 1u < params.width { m[out + 1u] = a1_1 + c; }
-        if xu + 2u < params.width { m[out + 2u] = a1_2 + c; }
-        if xu + 3u < params.width { m[out + 3u] = a1_3 + c; }
-        if xu + 4u < params.width { m[out + 4u] = a1_4 + c; }
-        if xu + 5u < params.width { m[out + 5u] = a1_5 + c; }
-        if xu + 6u < params.width { m[out + 6u] = a1_6 + c; }
-        if xu + 7u < params.width { m[out + 7u] = a1_7 + c; }
-    }
-    if params.og + 2u < params.ocg {
-        let out = (n * params.ocg + params.og + 2u) * plane + p0;
-        let c = corr[params.og + 2u];
-        if xu + 0u < params.width { m[out + 0u] = a2_0 + c; }
-        if xu + 1u < params.width { m[out + 1u] = a2_1 + c; }
-        if xu + 2u < params.width { m[out + 2u] = a2_2 + c; }
-        if xu + 3u < params.width { m[out + 3u] = a2_3 + c; }
-        if xu + 4u < params.width { m[out + 4u] = a2_4 + c; }
-        if xu + 5u < params.width { m[out + 5u] = a2_5 + c; }
-        if xu + 6u < params.width { m[out + 6u] = a2_6 + c; }
-        if xu + 7u < params.width { m[out + 7u] = a2_7 + c; }
-    }
-    if params.og + 3u < params.ocg {
-        let out = (n * params.ocg + params.og + 3u) * plane + p0;
-        let c = corr[params.og + 3u];
-        if xu + 0u < params.width { m[out + 0u] = a3_0 + c; }
-        if xu + 1u < params.width { m[out + 1u] = a3_1 + c; }
-        if xu + 2u < params.width { m[out + 2u] = a3_2 + c; }
-        if xu + 3u < params.width { m[out + 3u] = a3_3 + c; }
-        if xu + 4u < params.width { m[out + 4u] = a3_4 + c; }
-        if xu + 5u < params.width { m[out + 5u] = a3_5 + c; }
-        if xu + 6u < params.width { m[out + 6u] = a3_6 + c; }
-        if xu + 7u < params.width { m[out + 7u] = a3_7 + c; }
-    }
+    if xu + 0u < shape.width { store_pair(a2_0 + c2, a3_0 + c3, og + 2u, n, p0 + 0u); }
+    if xu + 1u < shape.width { store_pair(a2_1 + c2, a3_1 + c3, og + 2u, n, p0 + 1u); }
+    if xu + 2u < shape.width { store_pair(a2_2 + c2, a3_2 + c3, og + 2u, n, p0 + 2u); }
+    if xu + 3u < shape.width { store_pair(a2_3 + c2, a3_3 + c3, og + 2u, n, p0 + 3u); }
+    if xu + 4u < shape.width { store_pair(a2_4 + c2, a3_4 + c3, og + 2u, n, p0 + 4u); }
+    if xu + 5u < shape.width { store_pair(a2_5 + c2, a3_5 + c3, og + 2u, n, p0 + 5u); }
+    if xu + 6u < shape.width { store_pair(a2_6 + c2, a3_6 + c3, og + 2u, n, p0 + 6u); }
+    if xu + 7u < shape.width { store_pair(a2_7 + c2, a3_7 + c3, og + 2u, n, p0 + 7u); }
 }

@@ -3,12 +3,13 @@
 // 8-bit by 8-bit product summed in i32 by `dot4I8Packed` (native OpSDot where the device has
 // it). Activations travel packed, four channels of signed bytes per u32, in the C4HW layout
 // of the float kernels; `corr` carries the folded zero points (see src/quant). The result is
-// exact, so the CPU twin must match it bit for bit.
+// exact, so the CPU twin must match it bit for bit. The sums leave through
+// shared/int_store.wgsl: raw, as floats, or requantized for the next layer (with P = 1).
 //
 // Tiling as gemm.wgsl: 8 columns x 4 output groups per invocation, the block's weights a
 // 64 KiB uniform slice of vec4<u32> (one packed word per output channel and input group).
 
-struct Params {
+struct Shape {
     tiles: u32,     // columns per image and position
     icg: u32,       // input channel groups (packed words per column)
     ocg: u32,       // real output channel groups
@@ -21,8 +22,11 @@ struct Params {
 // ((pos - pos0) * icg + ic) * 4 + j: packed weights of output channels 4 (og + j) + 0..3
 @group(0) @binding(1) var<uniform> weights: array<vec4<u32>, 4096>;
 @group(0) @binding(2) var<storage, read> corr: array<vec4<i32>>;
-@group(0) @binding(3) var<storage, read_write> m: array<vec4<i32>>;
-@group(0) @binding(4) var<uniform> params: Params;
+@group(0) @binding(3) var<storage, read> vecs: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> residual: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read_write> dst: array<u32>;
+@group(0) @binding(6) var<uniform> shape: Shape;
+@group(0) @binding(7) var<uniform> params: StoreParams;
 
 fn load(i: u32, ok: bool) -> u32 {
     return select(0u, a[i], ok);
@@ -35,11 +39,11 @@ fn dot4(w: vec4<u32>, x: u32) -> vec4<i32> {
 // No early return before the loop: see conv.wgsl.
 @compute @workgroup_size(64, 1, 1)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-    let tiles = params.tiles;
-    let icg = params.icg;
+    let tiles = shape.tiles;
+    let icg = shape.icg;
     let t0 = gid.x * 8u;
     let valid = t0 < tiles;
-    let pos = params.pos0 + wid.y;
+    let pos = shape.pos0 + wid.y;
     let n = wid.z;
     let last = tiles - 1u;
     var a0_0 = vec4<i32>(0);
@@ -75,7 +79,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wi
     var a3_6 = vec4<i32>(0);
     var a3_7 = vec4<i32>(0);
     for (var ic = 0u; ic < icg; ic++) {
-        let base = ((n * params.positions + pos) * icg + ic) * tiles;
+        let base = ((n * shape.positions + pos) * icg + ic) * tiles;
         let wb = (wid.y * icg + ic) * 4u;
         let v0 = load(base + min(t0 + 0u, last), t0 + 0u < tiles);
         let v1 = load(base + min(t0 + 1u, last), t0 + 1u < tiles);
@@ -125,52 +129,29 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wi
     if !valid {
         return;
     }
-    if params.og + 0u < params.ocg {
-        let g = params.og + 0u;
-        let out = ((n * params.positions + pos) * params.ocg + g) * tiles + t0;
-        if t0 + 0u < tiles { m[out + 0u] = a0_0 + corr[g]; }
-        if t0 + 1u < tiles { m[out + 1u] = a0_1 + corr[g]; }
-        if t0 + 2u < tiles { m[out + 2u] = a0_2 + corr[g]; }
-        if t0 + 3u < tiles { m[out + 3u] = a0_3 + corr[g]; }
-        if t0 + 4u < tiles { m[out + 4u] = a0_4 + corr[g]; }
-        if t0 + 5u < tiles { m[out + 5u] = a0_5 + corr[g]; }
-        if t0 + 6u < tiles { m[out + 6u] = a0_6 + corr[g]; }
-        if t0 + 7u < tiles { m[out + 7u] = a0_7 + corr[g]; }
+    let og = shape.og;
+    let img = n * shape.positions + pos;
+    let c0 = corr[og];
+    let c1 = corr[og + 1u];
+    let c2 = corr[og + 2u];
+    let c3 = corr[og + 3u];
+    if t0 + 0u < tiles { store_pair(a0_0 + c0, a1_0 + c1, og, img, t0 + 0u); }
+    if t0 + 1u < tiles { store_pair(a0_1 + c0, a1_1 + c1, og, img, t0 + 1u); }
+    if t0 + 2u < tiles { store_pair(a0_2 + c0, a1_2 + c1, og, img, t0 + 2u); }
+    if t0 + 3u < tiles { store_pair(a0_3 + c0, a1_3 + c1, og, img, t0 + 3u); }
+    if t0 + 4u < tiles { store_pair(a0_4 + c0, a1_4 + c1, og, img, t0 + 4u); }
+    if t0 + 5u < tiles { store_pair(a0_5 + c0, a1_5 + c1, og, img, t0 + 5u); }
+    if t0 + 6u < tiles { store_pair(a0_6 + c0, a1_6 + c1, og, img, t0 + 6u); }
+    if t0 + 7u < tiles { store_pair(a0_7 + c0, a1_7 + c1, og, img, t0 + 7u); }
+    if og + 2u >= shape.ocg {
+        return;
     }
-    if params.og + 1u < params.ocg {
-        let g = params.og + 1u;
-        let out = ((n * params.positions + pos) * params.ocg + g) * tiles + t0;
-        if t0 + 0u < tiles { m[out + 0u] = a1_0 + corr[g]; }
-        if t0 + 1u < tiles { m[out + 1u] = a1_1 + corr[g]; }
-        if t0 + 2u < tiles { m[out + 2u] = a1_2 + corr[g]; }
-        if t0 + 3u < tiles { m[out + 3u] = a1_3 + corr[g]; }
-        if t0 + 4u < tiles { m[out + 4u] = a1_4 + corr[g]; }
-        if t0 + 5u < tiles { m[out + 5u] = a1_5 + corr[g]; }
-        if t0 + 6u < tiles { m[out + 6u] = a1_6 + corr[g]; }
-        if t0 + 7u < tiles { m[out + 7u] = a1_7 + corr[g]; }
-    }
-    if params.og + 2u < params.ocg {
-        let g = params.og + 2u;
-        let out = ((n * params.positions + pos) * params.ocg + g) * tiles + t0;
-        if t0 + 0u < tiles { m[out + 0u] = a2_0 + corr[g]; }
-        if t0 + 1u < tiles { m[out + 1u] = a2_1 + corr[g]; }
-        if t0 + 2u < tiles { m[out + 2u] = a2_2 + corr[g]; }
-        if t0 + 3u < tiles { m[out + 3u] = a2_3 + corr[g]; }
-        if t0 + 4u < tiles { m[out + 4u] = a2_4 + corr[g]; }
-        if t0 + 5u < tiles { m[out + 5u] = a2_5 + corr[g]; }
-        if t0 + 6u < tiles { m[out + 6u] = a2_6 + corr[g]; }
-        if t0 + 7u < tiles { m[out + 7u] = a2_7 + corr[g]; }
-    }
-    if params.og + 3u < params.ocg {
-        let g = params.og + 3u;
-        let out = ((n * params.positions + pos) * params.ocg + g) * tiles + t0;
-        if t0 + 0u < tiles { m[out + 0u] = a3_0 + corr[g]; }
-        if t0 + 1u < tiles { m[out + 1u] = a3_1 + corr[g]; }
-        if t0 + 2u < tiles { m[out + 2u] = a3_2 + corr[g]; }
-        if t0 + 3u < tiles { m[out + 3u] = a3_3 + corr[g]; }
-        if t0 + 4u < tiles { m[out + 4u] = a3_4 + corr[g]; }
-        if t0 + 5u < tiles { m[out + 5u] = a3_5 + corr[g]; }
-        if t0 + 6u < tiles { m[out + 6u] = a3_6 + corr[g]; }
-        if t0 + 7u < tiles { m[out + 7u] = a3_7 + corr[g]; }
-    }
+    if t0 + 0u < tiles { store_pair(a2_0 + c2, a3_0 + c3, og + 2u, img, t0 + 0u); }
+    if t0 + 1u < tiles { store_pair(a2_1 + c2, a3_1 + c3, og + 2u, img, t0 + 1u); }
+    if t0 + 2u < tiles { store_pair(a2_2 + c2, a3_2 + c3, og + 2u, img, t0 + 2u); }
+    if t0 + 3u < tiles { store_pair(a2_3 + c2, a3_3 + c3, og + 2u, img, t0 + 3u); }
+    if t0 + 4u < tiles { store_pair(a2_4 + c2, a3_4 + c3, og + 2u, img, t0 + 4u); }
+    if t0 + 5u < tiles { store_pair(a2_5 + c2, a3_5 + c3, og + 2u, img, t0 + 5u); }
+    if t0 + 6u < tiles { store_pair(a2_6 + c2, a3_6 + c3, og + 2u, img, t0 + 6u); }
+    if t0 + 7u < tiles { store_pair(a2_7 + c2, a3_7 + c3, og + 2u, img, t0 + 7u); }
 }

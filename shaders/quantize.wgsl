@@ -1,12 +1,14 @@
-// Eq. 1 on a float tensor: C4HW vec4<f32> -> one packed word of four signed bytes per pixel
-// and channel group, byte = round(clip(x, alpha, beta) * (1 / s)) - zero point. Lanes past
-// the real channels carry the byte of 0. WGSL's multiply is correctly rounded and its round()
-// ties to even, so the CPU twin reproduces every byte.
+// Eq. 1 on a float tensor, into the packed form the integer kernels read: byte = round(clip(x,
+// alpha, beta) * (1 / s)) - zero point, four signed bytes per word (C4HW), or for codes of at
+// most 4 bits eight signed nibbles per word (C8HW, the layout of shared/int_store.wgsl:
+// channel group 2 w in the low nibbles of word w, group 2 w + 1 in the high ones). Lanes past
+// the real channels carry the code of 0. WGSL's multiply is correctly rounded and its round()
+// ties to even, so the CPU twin reproduces every bit.
 
 struct Params {
-    len: u32,       // words (batch x groups x plane)
+    len: u32,       // words (batch x words per pixel x plane)
     plane: u32,
-    groups: u32,
+    groups: u32,    // channel groups of four
     channels: u32,
     alpha: f32,
     beta: f32,
@@ -15,11 +17,22 @@ struct Params {
     hi: i32,        // largest code
     zero: i32,      // zero point: code of byte 0
     row: u32,
+    nibbles: u32,   // 1: eight channels per word
 }
 
 @group(0) @binding(0) var<storage, read> src: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read_write> dst: array<u32>;
 @group(0) @binding(2) var<uniform> params: Params;
+
+fn codes(n: u32, g: u32, p: u32) -> vec4<i32> {
+    let c = vec4<u32>(g * 4u) + vec4<u32>(0u, 1u, 2u, 3u);
+    var x = vec4<f32>(0.0);
+    if g < params.groups {
+        x = clamp(src[(n * params.groups + g) * params.plane + p], vec4<f32>(params.alpha), vec4<f32>(params.beta));
+    }
+    let code = clamp(vec4<i32>(round(x * params.inv_step)), vec4<i32>(params.lo), vec4<i32>(params.hi));
+    return select(vec4<i32>(0), code, c < vec4<u32>(params.channels)) - vec4<i32>(params.zero);
+}
 
 @compute @workgroup_size(256, 1, 1)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
@@ -27,10 +40,16 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     if i >= params.len {
         return;
     }
-    let g = (i / params.plane) % params.groups;
-    let x = clamp(src[i], vec4<f32>(params.alpha), vec4<f32>(params.beta));
-    let code = clamp(vec4<i32>(round(x * params.inv_step)), vec4<i32>(params.lo), vec4<i32>(params.hi));
-    let c = vec4<u32>(g * 4u) + vec4<u32>(0u, 1u, 2u, 3u);
-    let bytes = select(vec4<i32>(0), code, c < vec4<u32>(params.channels)) - vec4<i32>(params.zero);
-    dst[i] = pack4xI8(bytes);
+    let p = i % params.plane;
+    if params.nibbles == 0u {
+        let g = (i / params.plane) % params.groups;
+        dst[i] = pack4xI8(codes(i / (params.plane * params.groups), g, p));
+    } else {
+        let words = (params.groups + 1u) / 2u;
+        let w = (i / params.plane) % words;
+        let n = i / (params.plane * words);
+        let low = pack4xI8(codes(n, 2u * w, p)) & 0x0f0f0f0fu;
+        let high = pack4xI8(codes(n, 2u * w + 1u, p)) & 0x0f0f0f0fu;
+        dst[i] = low | (high << 4u);
+    }
 }

@@ -125,9 +125,9 @@ impl GpuModel {
         (largest, peak + sv + sm + int.iter().sum::<u64>())
     }
 
-    /// Scratch bytes for the integer convolutions (packed input, gathered columns, i32 sums),
-    /// shared by all of a plan's integer convolutions; zeros when there are none.
-    fn int_scratch(&self, batch: usize, h: usize, w: usize) -> [u64; 3] {
+    /// Scratch bytes for the integer convolutions (packed input, gathered columns), shared by
+    /// all of a plan's integer convolutions; zeros when there are none.
+    fn int_scratch(&self, batch: usize, h: usize, w: usize) -> [u64; 2] {
         let g = &self.graph;
         g.nodes
             .iter()
@@ -137,13 +137,47 @@ impl GpuModel {
                     let s = g.values[n.inputs[0]].scale as usize;
                     let plane = h * s * w * s;
                     let (pw, cw) = ic.packed.scratch_words(batch, plane);
-                    let sums = batch * ic.packed.out_ch.div_ceil(4) * plane * 16;
                     // (an unused column buffer still needs a valid binding)
-                    Some([pw as u64 * 4, (cw as u64 * 4).max(16), sums as u64])
+                    Some([pw as u64 * 4, (cw as u64 * 4).max(16)])
                 }
                 _ => None,
             })
-            .fold([0; 3], |a, b| std::array::from_fn(|i| a[i].max(b[i])))
+            .fold([0; 2], |a, b| std::array::from_fn(|i| a[i].max(b[i])))
+    }
+
+    /// The values that travel packed: written by an integer convolution straight into the
+    /// packed input of the one integer convolution that reads them (not as its residual),
+    /// and read by nothing else; `keep` and the output stay float. Maps each to its reader.
+    fn packed_values(&self, keep: &[ValueId]) -> BTreeMap<ValueId, usize> {
+        let g = &self.graph;
+        let mut readers: Vec<Vec<usize>> = vec![Vec::new(); g.values.len()];
+        for (j, n) in g.nodes.iter().enumerate() {
+            for v in n.reads() {
+                if !readers[v].contains(&j) {
+                    readers[v].push(j);
+                }
+            }
+        }
+        let int = |j: usize| matches!(self.nodes[j], NodeRes::Int(_));
+        g.nodes
+            .iter()
+            .enumerate()
+            .filter(|&(j, n)| int(j) && n.output != g.output && !keep.contains(&n.output))
+            .filter_map(|(_, n)| match readers[n.output].as_slice() {
+                &[r] if int(r)
+                    && g.nodes[r].inputs[0] == n.output
+                    && g.nodes[r]
+                        .reads()
+                        .iter()
+                        .filter(|&&v| v == n.output)
+                        .count()
+                        == 1 =>
+                {
+                    Some((n.output, r))
+                }
+                _ => None,
+            })
+            .collect()
     }
 
     /// Scratch bytes for the Winograd transforms (input side, output side), shared by all
@@ -259,6 +293,7 @@ impl GpuModel {
         let int_sizes = self.int_scratch(batch, h, w);
         let int_scratch = (int_sizes[0] > 0)
             .then(|| int_sizes.map(|size| take(size, &mut owned, &mut Vec::new())));
+        let packed = self.packed_values(keep);
         let mut steps: Vec<Step> = Vec::new();
         let b = batch as u32;
         for (j, node) in g.nodes.iter().enumerate() {
@@ -380,19 +415,27 @@ impl GpuModel {
                     gw.dispatch(ctx, label, &x, r.as_deref(), &out, v, m, b, ih, iw)
                 }
                 (Op::Conv(c), NodeRes::Int(ic)) => {
+                    use kernels::int_conv::{IntInput, IntOutput};
                     let r = c.epilogue.residual().map(buf);
-                    let [packed, cols, sums] = int_scratch
+                    let [scratch_in, cols] = int_scratch
                         .as_ref()
                         .expect("scratch for integer convolutions");
+                    let input = if packed.contains_key(&node.inputs[0]) {
+                        IntInput::Packed(&x)
+                    } else {
+                        IntInput::Float(&x)
+                    };
+                    let output = match packed.get(&node.output).map(|&r| &self.nodes[r]) {
+                        Some(NodeRes::Int(next)) => IntOutput::Packed(&out, &next.packed),
+                        _ => IntOutput::Float(&out),
+                    };
                     ic.dispatch(
                         ctx,
                         label,
-                        &x,
+                        input,
                         r.as_deref(),
-                        &out,
-                        packed,
-                        cols,
-                        sums,
+                        output,
+                        [scratch_in, cols],
                         b,
                         ih,
                         iw,

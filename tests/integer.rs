@@ -6,6 +6,7 @@ mod common;
 use common::{ctx, Rng};
 use refqsr::kernels::cpu::gemm_int8;
 use refqsr::kernels::gemm_int8::{GpuGemmInt8, PackedGemmInt8};
+use refqsr::kernels::int_store::Store;
 use refqsr::kernels::{encode, Step};
 use refqsr::quant::pack::pack_i8x4;
 use refqsr::quant::{weight_quantizers, Quantizer};
@@ -67,7 +68,15 @@ fn int8_gemm_matches_its_twin_bit_for_bit() {
         ctx.queue
             .write_buffer(&m, 0, bytemuck::cast_slice(&vec![i32::MIN; want.len() * 4]));
         let steps: Vec<Step> = gpu
-            .dispatch(&ctx, "test", &a_buf, &m, batch as u32, tiles as u32)
+            .dispatch(
+                &ctx,
+                "test",
+                &a_buf,
+                &m,
+                &Store::Sums,
+                batch as u32,
+                tiles as u32,
+            )
             .into_iter()
             .map(Step::Launch)
             .collect();
@@ -173,32 +182,38 @@ fn quantize_matches_its_twin_bit_for_bit() {
                     _ => {}
                 }
             }
-            let want = refqsr::kernels::cpu::quantize(&x, &q);
-            let src = ctx.upload("x", &x.data);
-            let dst = ctx.acquire(want.len() as u64 * 4);
-            ctx.queue.write_buffer(
-                &dst,
-                0,
-                bytemuck::cast_slice(&vec![0xdead_beefu32; want.len()]),
-            );
-            let d = refqsr::kernels::quantize::dispatch(
-                &ctx,
-                "q",
-                &q,
-                &src,
-                &dst,
-                2,
-                c as u32,
-                (h * w) as u32,
-            )
-            .unwrap();
-            run(&ctx, vec![Step::Launch(d)]);
-            assert_eq!(
-                read_u32(&ctx, &dst, want.len()),
-                want,
-                "{bits} bits, {c}x{h}x{w}"
-            );
-            ctx.release(dst);
+            for nibbles in [false, true] {
+                if nibbles && bits > 4 {
+                    continue;
+                }
+                let want = refqsr::kernels::cpu::quantize(&x, &q, nibbles);
+                let src = ctx.upload("x", &x.data);
+                let dst = ctx.acquire(want.len() as u64 * 4);
+                ctx.queue.write_buffer(
+                    &dst,
+                    0,
+                    bytemuck::cast_slice(&vec![0xdead_beefu32; want.len()]),
+                );
+                let d = refqsr::kernels::quantize::dispatch(
+                    &ctx,
+                    "q",
+                    &q,
+                    &src,
+                    &dst,
+                    2,
+                    c as u32,
+                    (h * w) as u32,
+                    nibbles,
+                )
+                .unwrap();
+                run(&ctx, vec![Step::Launch(d)]);
+                assert_eq!(
+                    read_u32(&ctx, &dst, want.len()),
+                    want,
+                    "{bits} bits, {c}x{h}x{w}, nibbles {nibbles}"
+                );
+                ctx.release(dst);
+            }
         }
     }
 }
@@ -287,7 +302,7 @@ fn integer_3x3_convolution_is_exact() {
             .unwrap(),
         )];
         steps.extend(
-            gpu.dispatch(&ctx, "c", &col_buf, &m, 1, (h * w) as u32)
+            gpu.dispatch(&ctx, "c", &col_buf, &m, &Store::Sums, 1, (h * w) as u32)
                 .into_iter()
                 .map(Step::Launch),
         );
@@ -310,8 +325,8 @@ fn integer_3x3_convolution_is_exact() {
 
 #[test]
 fn integer_convolution_layer_matches_its_twins_and_the_float_layer() {
-    use refqsr::kernels::cpu::{dequant, im2col_int8, quantize};
-    use refqsr::kernels::int_conv::{GpuIntConv, PackedIntConv};
+    use refqsr::kernels::cpu::{self, quantize};
+    use refqsr::kernels::int_conv::{GpuIntConv, IntInput, IntOutput, PackedIntConv};
     use refqsr::model::{Activation, Graph, Op};
     let ctx = ctx();
     let mut rng = Rng::fresh("int conv layer");
@@ -330,24 +345,31 @@ fn integer_convolution_layer_matches_its_twins_and_the_float_layer() {
         .unwrap();
     let (h, w) = (7, 13);
     let x = rng.tensor(1, 48, h, w);
-    let float =
-        refqsr::kernels::cpu::conv(&x, &refqsr::kernels::conv::PackedConv::new(&conv), None);
+    let float = cpu::conv(&x, &refqsr::kernels::conv::PackedConv::new(&conv), None);
     let range = float.data.iter().fold(0f32, |m, v| m.max(v.abs()));
     let mut errors = Vec::new();
     for bits in [8, 6, 4] {
         let act = Quantizer::new(-1.0, 1.0, bits);
         let p = PackedIntConv::new(&conv, bits, act);
         // the twins, step by step
-        let words = quantize(&x, &p.act);
-        let cols = im2col_int8(&words, 1, 12, h, w, 3, p.pad_word());
-        let sums = gemm_int8(&cols, &p.gemm, 1, h * w);
-        let want = dequant(&sums, &p.scales, &p.epilogue, 1, 48, h, w, None);
+        let sums = p.twin_sums(&quantize(&x, &p.act, p.nibbles()), 1, h, w);
+        let store = cpu::Store::Float {
+            epilogue: &p.epilogue,
+            scales: &p.scales,
+            residual: None,
+        };
+        let want: Vec<f32> = cpu::int_store(&sums, store, 1, 48, h, w)
+            .into_iter()
+            .map(f32::from_bits)
+            .collect();
         // the GPU
         let gpu = GpuIntConv::new(&ctx, p.clone()).unwrap();
         let (nw, nc) = p.scratch_words(1, h * w);
         let src = ctx.upload("x", &x.data);
-        let (packed_in, col_buf) = (ctx.acquire(nw as u64 * 4), ctx.acquire(nc as u64 * 4));
-        let sum_buf = ctx.acquire((12 * h * w * 16) as u64);
+        let (packed_in, col_buf) = (
+            ctx.acquire(nw as u64 * 4),
+            ctx.acquire(nc.max(1) as u64 * 4),
+        );
         let dst = ctx.acquire((12 * h * w * 16) as u64);
         ctx.queue.write_buffer(
             &dst,
@@ -356,18 +378,29 @@ fn integer_convolution_layer_matches_its_twins_and_the_float_layer() {
         );
         let steps = gpu
             .dispatch(
-                &ctx, "layer", &src, None, &dst, &packed_in, &col_buf, &sum_buf, 1, h as u32,
+                &ctx,
+                "layer",
+                IntInput::Float(&src),
+                None,
+                IntOutput::Float(&dst),
+                [&packed_in, &col_buf],
+                1,
+                h as u32,
                 w as u32,
             )
             .unwrap();
         run(&ctx, steps.into_iter().map(Step::Launch).collect());
         let got = ctx.read(&dst, (12 * h * w * 16) as u64).unwrap();
-        let d = common::max_abs_diff(&got, &want.data);
-        assert!(d <= 2e-6 * range, "{bits} bits: GPU vs twins {d}");
+        let d = common::max_abs_diff(&got, &want);
+        assert!(
+            d <= 2e-6 * range,
+            "{bits} bits ({:?}): GPU vs twins {d}",
+            p.kernel
+        );
         // and the quantized layer approximates the float one, better with more bits
-        let err = common::max_abs_diff(&want.data, &float.data) / range;
+        let err = common::max_abs_diff(bytemuck::cast_slice(&want), &float.data) / range;
         errors.push(err);
-        for r in [&packed_in, &col_buf, &sum_buf, &dst] {
+        for r in [&packed_in, &col_buf, &dst] {
             ctx.release(r.clone());
         }
     }
@@ -426,6 +459,7 @@ fn int8_3x3_convolution_kernel_matches_its_twin_bit_for_bit() {
             &gpu,
             &src,
             &m,
+            &Store::Sums,
             batch as u32,
             h as u32,
             w as u32,

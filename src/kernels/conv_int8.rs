@@ -3,6 +3,7 @@
 //! [`PackedGemmInt8::conv`](super::gemm_int8::PackedGemmInt8::conv).
 
 use super::gemm_int8::{GpuGemmInt8, PackedGemmInt8, OCB};
+use super::int_store::Store;
 use super::{bind_resources, Dispatch};
 use crate::error::Result;
 use crate::gpu::Context;
@@ -29,15 +30,16 @@ pub fn applies(p: &PackedGemmInt8, k: usize) -> bool {
     k == 3 && p.positions == 1 && p.icg % 9 == 0 && p.slicing().chunks() == 1
 }
 
-/// Record the sums of `g` over packed `a` (`batch x icg x h x w` words) into `m`
-/// (`batch x ocg x h x w` vec4<i32>), reading `pad` outside the image.
+/// Record the sums of `g` over packed `a` (`batch x icg x h x w` words), reading `pad`
+/// outside the image, into `dst` as `store` says.
 #[allow(clippy::too_many_arguments)]
 pub fn dispatch(
     ctx: &Context,
     label: &str,
     g: &GpuGemmInt8,
     a: &wgpu::Buffer,
-    m: &wgpu::Buffer,
+    dst: &wgpu::Buffer,
+    store: &Store<'_>,
     batch: u32,
     h: u32,
     w: u32,
@@ -47,6 +49,8 @@ pub fn dispatch(
     assert!(applies(p, 3), "conv_int8 runs 3x3 products in one slice");
     let pipeline = ctx.pipeline("conv_int8", &[])?;
     let row_tiles = w.div_ceil(PX);
+    let store_params = store.uniform(ctx, p.ocg as u32, h * w);
+    let [vecs, residual] = store.inputs(ctx);
     Ok(p.slicing()
         .slots()
         .map(|slot| {
@@ -71,8 +75,11 @@ pub fn dispatch(
                     a.as_entire_binding(),
                     g.weights.binding(slot.index),
                     g.corr.as_entire_binding(),
-                    m.as_entire_binding(),
+                    vecs.as_entire_binding(),
+                    residual.as_entire_binding(),
+                    dst.as_entire_binding(),
                     params.as_entire_binding(),
+                    store_params.as_entire_binding(),
                 ],
             );
             Dispatch {

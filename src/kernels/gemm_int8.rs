@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use super::int_store::Store;
 use super::{bind_resources, Dispatch, Slicing, UniformSlices};
 use crate::error::{Error, Result};
 use crate::gpu::Context;
@@ -122,25 +123,33 @@ impl GpuGemmInt8 {
         }
         let slices = packed.slicing().slices(&packed.w);
         let refs: Vec<&[[u32; 4]]> = slices.iter().map(Vec::as_slice).collect();
+        // whole blocks: the kernels read the corrections of all OCB groups they compute
+        let mut corr = packed.corr.clone();
+        corr.resize(packed.blocks() * OCB, [0; 4]);
         Ok(GpuGemmInt8 {
             pipeline: ctx.pipeline("gemm_int8", &[])?,
             weights: UniformSlices::new(ctx, "int8 weights", &refs),
-            corr: ctx.upload("int8 corrections", &packed.corr),
+            corr: ctx.upload("int8 corrections", &corr),
             packed,
         })
     }
 
-    /// Record the products for `batch` items of `tiles` columns: packed `a` -> i32 `m`.
+    /// Record the products for `batch` items of `tiles` columns: packed `a` -> `dst`, written
+    /// as `store` says (an epilogue needs a single position).
     pub fn dispatch(
         &self,
         ctx: &Context,
         label: &str,
         a: &wgpu::Buffer,
-        m: &wgpu::Buffer,
+        dst: &wgpu::Buffer,
+        store: &Store<'_>,
         batch: u32,
         tiles: u32,
     ) -> Vec<Dispatch> {
         let p = &self.packed;
+        assert!(p.positions == 1 || matches!(store, Store::Sums));
+        let store_params = store.uniform(ctx, p.ocg as u32, tiles);
+        let [vecs, residual] = store.inputs(ctx);
         let mut out = Vec::new();
         for slot in p.slicing().slots() {
             let params = ctx.uniform(
@@ -163,8 +172,11 @@ impl GpuGemmInt8 {
                     a.as_entire_binding(),
                     self.weights.binding(slot.index),
                     self.corr.as_entire_binding(),
-                    m.as_entire_binding(),
+                    vecs.as_entire_binding(),
+                    residual.as_entire_binding(),
+                    dst.as_entire_binding(),
                     params.as_entire_binding(),
+                    store_params.as_entire_binding(),
                 ],
             );
             out.push(Dispatch {

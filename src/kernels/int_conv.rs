@@ -1,17 +1,33 @@
-//! A convolution computed in integers: quantize the input (Eq. 1, `a` bits), the exact i32
-//! sums with per-channel `w`-bit weight codes (zero points folded into `corr`): `conv_int8`
-//! for 3x3, `gemm_int8` for 1x1 and, past `conv_int8`'s limits, `im2col_int8` + `gemm_int8`;
-//! then back to floats with the epilogue (`dequant`). Features travel in f32 between layers,
-//! so the float path covers every op the integer path does not.
+//! A convolution computed in integers: the input quantized (Eq. 1, `a` bits) unless the
+//! previous integer layer already wrote it packed; the exact i32 sums with per-channel
+//! `w`-bit weight codes (zero points folded into `corr`) by `conv_int4` (activations of at
+//! most 4 bits, nibble-packed), `conv_int8` (3x3), `gemm_int8` (1x1) or, past their limits,
+//! `im2col_int8` + `gemm_int8`; and in the same kernel the epilogue (`int_store`), which
+//! writes floats, or the packed input of the next integer layer. Any op the integer path
+//! does not cover reads floats, so every model runs in every mode.
 
-use super::conv::EpilogueParams;
 use super::gemm_int8::{GpuGemmInt8, PackedGemmInt8};
-use super::{conv_int8, dequant, im2col_int8, quantize, Dispatch};
+use super::int_store::{IntEpilogue, Store};
+use super::{conv_int4, conv_int8, im2col_int8, quantize, Dispatch};
 use crate::error::Result;
 use crate::gpu::Context;
+use crate::kernels::conv::EpilogueParams;
 use crate::model::Conv;
-use crate::quant::pack::pack_i8x4;
+use crate::quant::pack::{nibbles_of, pack_i8x4};
 use crate::quant::{weight_quantizers, Quantizer};
+
+/// Which kernel computes the sums.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IntKernel {
+    /// `conv_int4` on nibble-packed input (1x1 or 3x3, activations of at most 4 bits).
+    Conv4,
+    /// `conv_int8` (3x3).
+    Conv8,
+    /// `gemm_int8` on the packed input as is (1x1).
+    Gemm,
+    /// `im2col_int8`, then `gemm_int8`.
+    Gather,
+}
 
 /// Everything about one integer convolution that does not depend on the image.
 #[derive(Debug, Clone)]
@@ -23,7 +39,9 @@ pub struct PackedIntConv {
     pub act: Quantizer,
     /// Weight codes `[o][i][ky][kx]`, each in the `w`-bit two's complement range.
     pub codes: Vec<i8>,
+    /// The weights in the kernels' layout (input channels padded to 8 for `Conv4`).
     pub gemm: PackedGemmInt8,
+    pub kernel: IntKernel,
     /// Per output channel: weight step x activation step.
     pub scales: Vec<f32>,
     pub epilogue: EpilogueParams,
@@ -57,11 +75,13 @@ impl PackedIntConv {
             .chunks(per)
             .map(|w| zero * w.iter().map(|&v| v as i32).sum::<i32>())
             .collect();
+        let (gemm, kernel) = Self::layout(c.k, c.in_ch, c.out_ch, act.bits, &codes, &corr);
         PackedIntConv {
             k: c.k,
             in_ch: c.in_ch,
             out_ch: c.out_ch,
-            gemm: PackedGemmInt8::conv(c.k, c.in_ch, c.out_ch, &codes, &corr),
+            gemm,
+            kernel,
             scales: wq.iter().map(|q| q.step() * act.step()).collect(),
             codes,
             act,
@@ -69,136 +89,228 @@ impl PackedIntConv {
         }
     }
 
-    /// The packed word of four real zeros (the convolution's padding).
-    pub fn pad_word(&self) -> u32 {
-        pack_i8x4(&[(-self.act.zero_point()) as i8; 4])[0]
+    /// The weights' layout and kernel: nibble input where the activations fit 4 bits and
+    /// `conv_int4` takes the shape, else bytes.
+    fn layout(
+        k: usize,
+        in_ch: usize,
+        out_ch: usize,
+        a_bits: u32,
+        codes: &[i8],
+        corr: &[i32],
+    ) -> (PackedGemmInt8, IntKernel) {
+        if a_bits <= 4 && (k == 1 || k == 3) {
+            let cp = in_ch.next_multiple_of(8);
+            let taps = k * k;
+            let mut padded = vec![0i8; out_ch * cp * taps];
+            for o in 0..out_ch {
+                let row = &codes[o * in_ch * taps..(o + 1) * in_ch * taps];
+                padded[o * cp * taps..o * cp * taps + in_ch * taps].copy_from_slice(row);
+            }
+            let gemm = PackedGemmInt8::conv(k, cp, out_ch, &padded, corr);
+            if conv_int4::applies(&gemm, k) {
+                return (gemm, IntKernel::Conv4);
+            }
+        }
+        let gemm = PackedGemmInt8::conv(k, in_ch, out_ch, codes, corr);
+        let kernel = if k == 1 {
+            IntKernel::Gemm
+        } else if conv_int8::applies(&gemm, k) {
+            IntKernel::Conv8
+        } else {
+            IntKernel::Gather
+        };
+        (gemm, kernel)
     }
 
-    /// How the sums are computed: 1x1 products read the packed input as is, 3x3 ones run
-    /// `conv_int8` where it applies, an im2col gather and the product otherwise.
-    fn gathers(&self) -> bool {
-        self.k != 1 && !conv_int8::applies(&self.gemm, self.k)
+    /// Whether the packed input holds eight channels per word (nibbles) rather than four.
+    pub fn nibbles(&self) -> bool {
+        self.kernel == IntKernel::Conv4
+    }
+
+    /// The packed word of real zeros (the convolution's padding).
+    pub fn pad_word(&self) -> u32 {
+        let bytes = pack_i8x4(&[(-self.act.zero_point()) as i8; 4])[0];
+        if self.nibbles() {
+            nibbles_of(bytes, bytes)
+        } else {
+            bytes
+        }
+    }
+
+    /// Packed words of the input per pixel.
+    pub fn input_words(&self) -> usize {
+        self.in_ch.div_ceil(if self.nibbles() { 8 } else { 4 })
     }
 
     /// Scratch words for `batch` images of `plane` pixels: (packed input, gathered columns;
     /// 0 when there is no gather).
     pub fn scratch_words(&self, batch: usize, plane: usize) -> (usize, usize) {
-        let icg = self.in_ch.div_ceil(4);
-        let cols = if self.gathers() {
-            batch * self.k * self.k * icg * plane
-        } else {
-            0
+        let cols = match self.kernel {
+            IntKernel::Gather => batch * self.k * self.k * self.in_ch.div_ceil(4) * plane,
+            _ => 0,
         };
-        (batch * icg * plane, cols)
+        (batch * self.input_words() * plane, cols)
     }
+
+    /// The CPU twin of the sums [`GpuIntConv`] computes from the packed input `a`.
+    pub fn twin_sums(&self, a: &[u32], batch: usize, h: usize, w: usize) -> Vec<[i32; 4]> {
+        use super::cpu;
+        match self.kernel {
+            IntKernel::Conv4 => cpu::conv_int4(a, &self.gemm, batch, h, w, self.k, self.pad_word()),
+            IntKernel::Conv8 => cpu::conv_int8(a, &self.gemm, batch, h, w, self.pad_word()),
+            IntKernel::Gemm => cpu::gemm_int8(a, &self.gemm, batch, h * w),
+            IntKernel::Gather => {
+                let icg = self.in_ch.div_ceil(4);
+                let cols = cpu::im2col_int8(a, batch, icg, h, w, self.k, self.pad_word());
+                cpu::gemm_int8(&cols, &self.gemm, batch, h * w)
+            }
+        }
+    }
+}
+
+/// Where an integer convolution's input comes from.
+#[derive(Clone, Copy)]
+pub enum IntInput<'a> {
+    /// C4HW floats, quantized first.
+    Float(&'a wgpu::Buffer),
+    /// Already packed for this layer (by the previous integer layer).
+    Packed(&'a wgpu::Buffer),
+}
+
+/// What an integer convolution writes.
+#[derive(Clone, Copy)]
+pub enum IntOutput<'a> {
+    /// The raw i32 sums (the device self-check).
+    Sums(&'a wgpu::Buffer),
+    /// C4HW floats.
+    Float(&'a wgpu::Buffer),
+    /// The packed input of `next`, the integer layer that reads the result.
+    Packed(&'a wgpu::Buffer, &'a PackedIntConv),
 }
 
 /// An integer convolution resident on the device.
 pub struct GpuIntConv {
     pub packed: PackedIntConv,
     gemm: GpuGemmInt8,
-    scales: wgpu::Buffer,
-    vecs: wgpu::Buffer,
+    epilogue: IntEpilogue,
 }
 
 impl GpuIntConv {
     pub fn new(ctx: &Context, packed: PackedIntConv) -> Result<Self> {
-        let mut scales = packed.scales.clone();
-        scales.resize(packed.out_ch.div_ceil(4) * 4, 0.0);
         Ok(GpuIntConv {
             gemm: GpuGemmInt8::new(ctx, packed.gemm.clone())?,
-            scales: ctx.upload("int conv scales", &scales),
-            vecs: ctx.upload(
-                "int conv bias",
-                &packed.epilogue.vecs(packed.out_ch.div_ceil(4)),
-            ),
+            epilogue: IntEpilogue::new(ctx, packed.epilogue.clone(), &packed.scales, packed.out_ch),
             packed,
         })
     }
 
-    /// Record the four steps over `batch` images of `h` x `w`, with scratch buffers for the
-    /// packed input and columns ([`PackedIntConv::scratch_words`]) and the i32 sums
-    /// (`batch x ceil(out_ch / 4) x h x w` vec4).
+    /// Record the layer over `batch` images of `h` x `w`, with `scratch` buffers for the
+    /// packed input and the gathered columns ([`PackedIntConv::scratch_words`]).
     #[allow(clippy::too_many_arguments)]
     pub fn dispatch(
         &self,
         ctx: &Context,
         label: &str,
-        src: &wgpu::Buffer,
+        input: IntInput<'_>,
         residual: Option<&wgpu::Buffer>,
-        dst: &wgpu::Buffer,
-        packed_in: &wgpu::Buffer,
-        cols: &wgpu::Buffer,
-        sums: &wgpu::Buffer,
+        output: IntOutput<'_>,
+        scratch: [&wgpu::Buffer; 2],
         batch: u32,
         h: u32,
         w: u32,
     ) -> Result<Vec<Dispatch>> {
         let p = &self.packed;
-        let (icg, plane) = (p.in_ch.div_ceil(4) as u32, h * w);
-        let mut out = vec![quantize::dispatch(
-            ctx,
-            label,
-            &p.act,
-            src,
-            packed_in,
-            batch,
-            p.in_ch as u32,
-            plane,
-        )?];
-        if p.gathers() {
-            out.push(im2col_int8::dispatch(
+        let plane = h * w;
+        let mut out = Vec::new();
+        let a = match input {
+            IntInput::Packed(a) => a,
+            IntInput::Float(src) => {
+                out.push(quantize::dispatch(
+                    ctx,
+                    label,
+                    &p.act,
+                    src,
+                    scratch[0],
+                    batch,
+                    p.in_ch as u32,
+                    plane,
+                    p.nibbles(),
+                )?);
+                scratch[0]
+            }
+        };
+        let epilogue = &self.epilogue;
+        let (dst, store) = match output {
+            IntOutput::Sums(dst) => (dst, Store::Sums),
+            IntOutput::Float(dst) => (dst, Store::Float { epilogue, residual }),
+            IntOutput::Packed(dst, next) => (
+                dst,
+                Store::Packed {
+                    epilogue,
+                    residual,
+                    next: &next.act,
+                    nibbles: next.nibbles(),
+                },
+            ),
+        };
+        match p.kernel {
+            IntKernel::Conv4 => out.extend(conv_int4::dispatch(
                 ctx,
                 label,
-                packed_in,
-                cols,
+                &self.gemm,
+                a,
+                dst,
+                &store,
                 batch,
-                icg,
                 h,
                 w,
                 p.k as u32,
                 p.pad_word(),
-            )?);
-            out.extend(self.gemm.dispatch(ctx, label, cols, sums, batch, plane));
-        } else if p.k == 1 {
-            out.extend(
-                self.gemm
-                    .dispatch(ctx, label, packed_in, sums, batch, plane),
-            );
-        } else {
-            out.extend(conv_int8::dispatch(
+            )?),
+            IntKernel::Conv8 => out.extend(conv_int8::dispatch(
                 ctx,
                 label,
                 &self.gemm,
-                packed_in,
-                sums,
+                a,
+                dst,
+                &store,
                 batch,
                 h,
                 w,
                 p.pad_word(),
-            )?);
+            )?),
+            IntKernel::Gemm => {
+                out.extend(self.gemm.dispatch(ctx, label, a, dst, &store, batch, plane))
+            }
+            IntKernel::Gather => {
+                out.push(im2col_int8::dispatch(
+                    ctx,
+                    label,
+                    a,
+                    scratch[1],
+                    batch,
+                    p.in_ch.div_ceil(4) as u32,
+                    h,
+                    w,
+                    p.k as u32,
+                    p.pad_word(),
+                )?);
+                out.extend(
+                    self.gemm
+                        .dispatch(ctx, label, scratch[1], dst, &store, batch, plane),
+                );
+            }
         }
-        out.push(dequant::dispatch(
-            ctx,
-            label,
-            &p.epilogue,
-            sums,
-            &self.scales,
-            &self.vecs,
-            residual,
-            dst,
-            batch,
-            p.out_ch as u32,
-            plane,
-        )?);
         Ok(out)
     }
 }
 
-/// Run a small known integer convolution (8 -> 8 channels, 3x3, 5 x 7 pixels, codes across the
-/// whole 8-bit range) on the device and compare its i32 sums with the CPU twins bit for bit:
-/// some drivers advertise integer dot products and compute them wrong. Runs once per device;
-/// `Err` says what differed.
+/// Run small known integer convolutions (8 -> 8 channels, 3x3, 5 x 7 pixels, codes across the
+/// whole range: one at 8 bits through `conv_int8`, one at 4 bits through `conv_int4`) on the
+/// device and compare their i32 sums with the CPU twins bit for bit: some drivers advertise
+/// integer dot products and compute them wrong. Runs once per device; `Err` says what
+/// differed.
 pub fn self_check(ctx: &Context) -> std::result::Result<(), String> {
     ctx.int_check.get_or_init(|| check(ctx)).clone()
 }
@@ -231,52 +343,52 @@ fn check(ctx: &Context) -> std::result::Result<(), String> {
         w,
         &(0..c * h * w).map(|_| 1.2 * next()).collect::<Vec<_>>(),
     );
-    let p = PackedIntConv::new(&conv, 8, Quantizer::new(-1.0, 1.0, 8));
-    let cols = cpu::im2col_int8(&cpu::quantize(&x, &p.act), 1, 2, h, w, 3, p.pad_word());
-    let want: Vec<i32> = cpu::gemm_int8(&cols, &p.gemm, 1, h * w).concat();
-
     let fail = |e: crate::error::Error| e.to_string();
-    let gpu = GpuIntConv::new(ctx, p.clone()).map_err(fail)?;
-    let (nw, nc) = p.scratch_words(1, h * w);
-    let src = ctx.upload("self-check input", &x.data);
-    let bytes = (2 * h * w * 16) as u64;
-    let (packed, col_buf, sums, dst) = (
-        ctx.acquire(nw as u64 * 4),
-        ctx.acquire(nc as u64 * 4),
-        ctx.acquire(bytes),
-        ctx.acquire(bytes),
-    );
-    ctx.queue
-        .write_buffer(&sums, 0, bytemuck::cast_slice(&vec![i32::MIN; want.len()]));
-    let steps = gpu
-        .dispatch(
-            ctx,
-            "self-check",
-            &src,
-            None,
-            &dst,
-            &packed,
-            &col_buf,
-            &sums,
-            1,
-            h as u32,
-            w as u32,
-        )
-        .map_err(fail)?;
-    let steps: Vec<super::Step> = steps.into_iter().map(super::Step::Launch).collect();
-    let mut encoder = ctx.device.create_command_encoder(&Default::default());
-    super::encode(&steps, &mut encoder);
-    ctx.queue.submit([encoder.finish()]);
-    let got = ctx.read(&sums, bytes).map_err(fail)?;
-    for b in [packed, col_buf, sums, dst] {
-        ctx.release(b);
+    for bits in [8, 4] {
+        let p = PackedIntConv::new(&conv, bits, Quantizer::new(-1.0, 1.0, bits));
+        let want: Vec<i32> = p
+            .twin_sums(&cpu::quantize(&x, &p.act, p.nibbles()), 1, h, w)
+            .concat();
+        let gpu = GpuIntConv::new(ctx, p.clone()).map_err(fail)?;
+        let (nw, nc) = p.scratch_words(1, h * w);
+        let src = ctx.upload("self-check input", &x.data);
+        let bytes = (want.len() * 4) as u64;
+        let (packed, col_buf, sums) = (
+            ctx.acquire(nw as u64 * 4),
+            ctx.acquire(nc as u64 * 4),
+            ctx.acquire(bytes),
+        );
+        ctx.queue
+            .write_buffer(&sums, 0, bytemuck::cast_slice(&vec![i32::MIN; want.len()]));
+        let steps = gpu
+            .dispatch(
+                ctx,
+                "self-check",
+                IntInput::Float(&src),
+                None,
+                IntOutput::Sums(&sums),
+                [&packed, &col_buf],
+                1,
+                h as u32,
+                w as u32,
+            )
+            .map_err(fail)?;
+        let steps: Vec<super::Step> = steps.into_iter().map(super::Step::Launch).collect();
+        let mut encoder = ctx.device.create_command_encoder(&Default::default());
+        super::encode(&steps, &mut encoder);
+        ctx.queue.submit([encoder.finish()]);
+        let got = ctx.read(&sums, bytes).map_err(fail)?;
+        for b in [packed, col_buf, sums] {
+            ctx.release(b);
+        }
+        let got: &[i32] = bytemuck::cast_slice(&got);
+        if let Some(i) = got.iter().zip(&want).position(|(a, b)| a != b) {
+            return Err(format!(
+                "the {bits}-bit integer self-check convolution ({:?}) differs from the CPU at \
+                 sum {i}: {} instead of {}",
+                p.kernel, got[i], want[i]
+            ));
+        }
     }
-    let got: &[i32] = bytemuck::cast_slice(&got);
-    match got.iter().zip(&want).position(|(a, b)| a != b) {
-        None => Ok(()),
-        Some(i) => Err(format!(
-            "the integer self-check convolution differs from the CPU at sum {i}: {} instead of {}",
-            got[i], want[i]
-        )),
-    }
+    Ok(())
 }

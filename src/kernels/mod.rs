@@ -6,13 +6,14 @@
 pub mod binary;
 pub mod concat;
 pub mod conv;
+pub mod conv_int4;
 pub mod conv_int8;
 pub mod cpu;
-pub mod dequant;
 pub mod gemm;
 pub mod gemm_int8;
 pub mod im2col_int8;
 pub mod int_conv;
+pub mod int_store;
 pub mod interp;
 pub mod pixel_shuffle;
 pub mod quantize;
@@ -23,9 +24,19 @@ pub mod winograd_output;
 
 const COMMON: &str = include_str!("../../shaders/shared/common.wgsl");
 const EPILOGUE: &str = include_str!("../../shaders/shared/epilogue.wgsl");
+const INT_STORE: &str = include_str!("../../shaders/shared/int_store.wgsl");
 
 /// Shaders that end in the convolutions' epilogue (and declare what it reads).
-const WITH_EPILOGUE: &[&str] = &["conv", "gemm", "winograd_output", "dequant"];
+const WITH_EPILOGUE: &[&str] = &[
+    "conv",
+    "gemm",
+    "winograd_output",
+    "gemm_int8",
+    "conv_int8",
+    "conv_int4",
+];
+/// Integer shaders that also end in the integer store (after the epilogue).
+const WITH_INT_STORE: &[&str] = &["gemm_int8", "conv_int8", "conv_int4"];
 
 /// Every shader by name, as written in `shaders/`.
 pub const SHADERS: &[(&str, &str)] = &[
@@ -46,7 +57,7 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("gemm_int8", include_str!("../../shaders/gemm_int8.wgsl")),
     ("conv_int8", include_str!("../../shaders/conv_int8.wgsl")),
     ("quantize", include_str!("../../shaders/quantize.wgsl")),
-    ("dequant", include_str!("../../shaders/dequant.wgsl")),
+    ("conv_int4", include_str!("../../shaders/conv_int4.wgsl")),
     (
         "im2col_int8",
         include_str!("../../shaders/im2col_int8.wgsl"),
@@ -60,12 +71,10 @@ pub const SHADERS: &[(&str, &str)] = &[
 /// The complete WGSL of a shader: shared helpers followed by the kernel.
 pub fn source(name: &str) -> Option<String> {
     let (_, kernel) = SHADERS.iter().find(|(n, _)| *n == name)?;
-    let epilogue = if WITH_EPILOGUE.contains(&name) {
-        EPILOGUE
-    } else {
-        ""
-    };
-    Some(format!("{COMMON}\n{epilogue}\n{kernel}"))
+    let pick = |list: &[&str], text: &'static str| if list.contains(&name) { text } else { "" };
+    let epilogue = pick(WITH_EPILOGUE, EPILOGUE);
+    let store = pick(WITH_INT_STORE, INT_STORE);
+    Some(format!("{COMMON}\n{epilogue}\n{store}\n{kernel}"))
 }
 
 /// One recorded kernel launch.

@@ -19,10 +19,11 @@ struct Params {
     hi: i32,
     zero: i32,
     row: u32,
-    _pad: u32,
+    nibbles: u32,
 }
 
-/// Record the quantization of `batch` x `channels` x `plane` values of `src` into `dst`.
+/// Record the quantization of `batch` x `channels` x `plane` values of `src` into `dst`: four
+/// bytes per word, or eight nibbles per word with `nibbles` (at most 4 bits).
 #[allow(clippy::too_many_arguments)]
 pub fn dispatch(
     ctx: &Context,
@@ -33,10 +34,17 @@ pub fn dispatch(
     batch: u32,
     channels: u32,
     plane: u32,
+    nibbles: bool,
 ) -> Result<Dispatch> {
+    assert!(
+        !nibbles || q.bits <= 4,
+        "{} bits do not fit a nibble",
+        q.bits
+    );
     let pipeline = ctx.pipeline("quantize", &[])?;
     let groups = channels.div_ceil(4);
-    let len = batch * groups * plane;
+    let words = if nibbles { groups.div_ceil(2) } else { groups };
+    let len = batch * words * plane;
     let (workgroups, row) = grid_1d(len, 256);
     let params = ctx.uniform(
         "quantize params",
@@ -52,7 +60,7 @@ pub fn dispatch(
             hi: q.lo() + (1 << q.bits) - 1,
             zero: q.zero_point(),
             row,
-            _pad: 0,
+            nibbles: nibbles as u32,
         },
     );
     Ok(Dispatch {

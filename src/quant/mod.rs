@@ -102,15 +102,16 @@ impl Quantizer {
         q.clamp(self.lo(), self.lo() + (1 << self.bits) - 1)
     }
 
-    /// The signed byte the integer kernels carry: `code - lo - 128` (for 8 bits; fewer bits
-    /// use the bottom of the same range), so that `code = byte + zero_point()`.
+    /// The signed value the integer kernels carry, `code - zero_point()`, in
+    /// `-2^(b-1)..2^(b-1)`: a byte, or for at most 4 bits a nibble.
     pub fn byte(&self, x: f32) -> i8 {
         (self.code(x) - self.zero_point()) as i8
     }
 
-    /// `lo + 128`: the code of byte 0. A real 0 (padding) is byte `-zero_point()`.
+    /// `lo + 2^(b-1)`: the code of byte 0, centring the carried values on 0. A real 0
+    /// (padding) is byte `-zero_point()`.
     pub fn zero_point(&self) -> i32 {
-        self.lo() + 128
+        self.lo() + (1 << (self.bits - 1))
     }
 
     /// The stored (unsigned) form of `code(x)`: `code - lo`, in `0..2^b`.

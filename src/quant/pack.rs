@@ -1,7 +1,7 @@
 //! Packing of integer codes into u32 words: 8-bit codes four per word (the operands of WGSL's
-//! `dot4I8Packed`/`dot4U8Packed`), 2- to 4-bit codes eight per word as nibbles (expanded to
-//! bytes in registers). Little-endian within the word: element `i` is bits `8i..8i+8`
-//! (bytes) or `4i..4i+4` (nibbles).
+//! `dot4I8Packed`/`dot4U8Packed`; element `i` in bits `8i..8i+8`), 2- to 4-bit codes eight per
+//! word as signed nibbles, laid out so that two masks and a shift give back two byte words
+//! for the same dot products ([`nibbles_of`], [`widen`]).
 
 /// Pack signed bytes, four per word; the tail is zero-padded.
 pub fn pack_i8x4(v: &[i8]) -> Vec<u32> {
@@ -21,23 +21,18 @@ pub fn unpack_i8x4(words: &[u32], n: usize) -> Vec<i8> {
         .collect()
 }
 
-/// Pack 4-bit codes (0..16), eight per word; the tail is zero-padded.
-pub fn pack_u4x8(v: &[u8]) -> Vec<u32> {
-    v.chunks(8)
-        .map(|c| {
-            c.iter().enumerate().fold(0u32, |w, (i, &b)| {
-                assert!(b < 16, "code {b} does not fit 4 bits");
-                w | ((b as u32) << (4 * i))
-            })
-        })
-        .collect()
+/// The word of eight signed nibbles (codes of at most 4 bits) made of two words of four
+/// signed bytes: channel `k` of `low` in bits `8k..8k+4`, channel `k` of `high` in bits
+/// `8k+4..8k+8`. The kernels' C8HW layout; [`widen`] undoes it.
+pub fn nibbles_of(low: u32, high: u32) -> u32 {
+    (low & 0x0f0f_0f0f) | ((high & 0x0f0f_0f0f) << 4)
 }
 
-/// Inverse of [`pack_u4x8`] for `n` elements.
-pub fn unpack_u4x8(words: &[u32], n: usize) -> Vec<u8> {
-    (0..n)
-        .map(|i| ((words[i / 8] >> (4 * (i % 8))) & 0xf) as u8)
-        .collect()
+/// The two words of signed bytes (low, high) in a word of [`nibbles_of`], sign-extended as
+/// `conv_int4.wgsl` does: bit 3 of each byte times 0x1e is the 0xf0 of the extension.
+pub fn widen(v: u32) -> (u32, u32) {
+    let ext = |b: u32| b | ((b & 0x0808_0808) * 0x1e);
+    (ext(v & 0x0f0f_0f0f), ext((v >> 4) & 0x0f0f_0f0f))
 }
 
 /// The integer dot product of two packed words as WGSL's `dot4I8Packed` defines it.
@@ -55,10 +50,18 @@ mod tests {
     fn round_trips() {
         let v: Vec<i8> = (0..37).map(|i| (i * 37 % 256) as u8 as i8).collect();
         assert_eq!(unpack_i8x4(&pack_i8x4(&v), v.len()), v);
-        let n: Vec<u8> = (0..29).map(|i| (i * 7 % 16) as u8).collect();
-        assert_eq!(unpack_u4x8(&pack_u4x8(&n), n.len()), n);
         assert_eq!(pack_i8x4(&[1, -1, 0, 127]), vec![0x7f00_ff01]);
-        assert_eq!(pack_u4x8(&[1, 2, 3, 4, 5, 6, 7, 15]), vec![0xf765_4321]);
+        // every pair of 4-bit values survives nibbles_of + widen
+        for a in -8i8..8 {
+            for b in -8i8..8 {
+                let (lo, hi) = (pack_i8x4(&[a, b, -8, 7])[0], pack_i8x4(&[b, a, 7, -1])[0]);
+                assert_eq!(widen(nibbles_of(lo, hi)), (lo, hi));
+            }
+        }
+        assert_eq!(
+            nibbles_of(pack_i8x4(&[1, 2, 3, 4])[0], pack_i8x4(&[-1, 5, 6, 7])[0]),
+            0x7463_52f1
+        );
     }
 
     #[test]

@@ -1,24 +1,42 @@
 //! CPU twin of `shaders/quantize.wgsl`.
 
 use super::Tensor;
-use crate::quant::pack::pack_i8x4;
+use crate::quant::pack::{nibbles_of, pack_i8x4};
 use crate::quant::Quantizer;
 
-/// Packed bytes of `x` (C4HW), one word per pixel and channel group.
-pub fn quantize(x: &Tensor, q: &Quantizer) -> Vec<u32> {
+/// Packed codes of `x` (C4HW): one word of four bytes per pixel and channel group, or with
+/// `nibbles` one word of eight nibbles per pixel and pair of groups (C8HW).
+pub fn quantize(x: &Tensor, q: &Quantizer, nibbles: bool) -> Vec<u32> {
     let zero_byte = (-q.zero_point()) as i8;
-    (0..x.data.len() / 4)
-        .map(|i| {
-            let g = (i / (x.h * x.w)) % x.groups();
-            let v = x.vec4(i);
-            let bytes: [i8; 4] = std::array::from_fn(|l| {
-                if g * 4 + l < x.c {
-                    q.byte(v[l])
+    let plane = x.h * x.w;
+    let groups = x.groups();
+    let word = |n: usize, g: usize, p: usize| -> u32 {
+        let v = if g < groups {
+            x.vec4((n * groups + g) * plane + p)
+        } else {
+            [0.0; 4]
+        };
+        let bytes: [i8; 4] = std::array::from_fn(|l| {
+            if g * 4 + l < x.c {
+                q.byte(v[l])
+            } else {
+                zero_byte
+            }
+        });
+        pack_i8x4(&bytes)[0]
+    };
+    let words = if nibbles { groups.div_ceil(2) } else { groups };
+    let mut out = Vec::with_capacity(x.n * words * plane);
+    for n in 0..x.n {
+        for k in 0..words {
+            for p in 0..plane {
+                out.push(if nibbles {
+                    nibbles_of(word(n, 2 * k, p), word(n, 2 * k + 1, p))
                 } else {
-                    zero_byte
-                }
-            });
-            pack_i8x4(&bytes)[0]
-        })
-        .collect()
+                    word(n, k, p)
+                });
+            }
+        }
+    }
+    out
 }
