@@ -144,23 +144,46 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let c1 = corr[og + 1u];
     let c2 = corr[og + 2u];
     let c3 = corr[og + 3u];
-    if xu + 0u < shape.width { store_pair(a0_0 + c0, a1_0 + c1, og, n, p0 + 0u); }
-    if xu + 1u < shape.width { store_pair(a0_1 + c0, a1_1 + c1, og, n, p0 + 1u); }
-    if xu + 2u < shape.width { store_pair(a0_2 + c0, a1_2 + c1, og, n, p0 + 2u); }
-    if xu + 3u < shape.width { store_pair(a0_3 + c0, a1_3 + c1, og, n, p0 + 3u); }
-    if xu + 4u < shape.width { store_pair(a0_4 + c0, a1_4 + c1, og, n, p0 + 4u); }
-    if xu + 5u < shape.width { store_pair(a0_5 + c0, a1_5 + c1, og, n, p0 + 5u); }
-    if xu + 6u < shape.width { store_pair(a0_6 + c0, a1_6 + c1, og, n, p0 + 6u); }
-    if xu + 7u < shape.width { store_pair(a0_7 + c0, a1_7 + c1, og, n, p0 + 7u); }
-    if og + 2u >= shape.ocg {
-        return;
+    // Staged through a private array so that the store (and its epilogue) is compiled
+    // once, not once per register: the hot loop above keeps its named registers.
+    var res: array<vec4<i32>, 32>;
+    res[0] = a0_0 + c0;
+    res[1] = a0_1 + c0;
+    res[2] = a0_2 + c0;
+    res[3] = a0_3 + c0;
+    res[4] = a0_4 + c0;
+    res[5] = a0_5 + c0;
+    res[6] = a0_6 + c0;
+    res[7] = a0_7 + c0;
+    res[8] = a1_0 + c1;
+    res[9] = a1_1 + c1;
+    res[10] = a1_2 + c1;
+    res[11] = a1_3 + c1;
+    res[12] = a1_4 + c1;
+    res[13] = a1_5 + c1;
+    res[14] = a1_6 + c1;
+    res[15] = a1_7 + c1;
+    res[16] = a2_0 + c2;
+    res[17] = a2_1 + c2;
+    res[18] = a2_2 + c2;
+    res[19] = a2_3 + c2;
+    res[20] = a2_4 + c2;
+    res[21] = a2_5 + c2;
+    res[22] = a2_6 + c2;
+    res[23] = a2_7 + c2;
+    res[24] = a3_0 + c3;
+    res[25] = a3_1 + c3;
+    res[26] = a3_2 + c3;
+    res[27] = a3_3 + c3;
+    res[28] = a3_4 + c3;
+    res[29] = a3_5 + c3;
+    res[30] = a3_6 + c3;
+    res[31] = a3_7 + c3;
+    let count = min(8u, shape.width - xu);
+    let pairs = select(1u, 2u, og + 2u < shape.ocg);
+    for (var q = 0u; q < pairs; q++) {
+        for (var k = 0u; k < count; k++) {
+            store_pair(res[16u * q + k], res[16u * q + 8u + k], og + 2u * q, n, p0 + k);
+        }
     }
-    if xu + 0u < shape.width { store_pair(a2_0 + c2, a3_0 + c3, og + 2u, n, p0 + 0u); }
-    if xu + 1u < shape.width { store_pair(a2_1 + c2, a3_1 + c3, og + 2u, n, p0 + 1u); }
-    if xu + 2u < shape.width { store_pair(a2_2 + c2, a3_2 + c3, og + 2u, n, p0 + 2u); }
-    if xu + 3u < shape.width { store_pair(a2_3 + c2, a3_3 + c3, og + 2u, n, p0 + 3u); }
-    if xu + 4u < shape.width { store_pair(a2_4 + c2, a3_4 + c3, og + 2u, n, p0 + 4u); }
-    if xu + 5u < shape.width { store_pair(a2_5 + c2, a3_5 + c3, og + 2u, n, p0 + 5u); }
-    if xu + 6u < shape.width { store_pair(a2_6 + c2, a3_6 + c3, og + 2u, n, p0 + 6u); }
-    if xu + 7u < shape.width { store_pair(a2_7 + c2, a3_7 + c3, og + 2u, n, p0 + 7u); }
 }

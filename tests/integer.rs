@@ -508,3 +508,277 @@ fn integer_modes_approximate_the_float_model_and_improve_with_bits() {
         "{w8} {w6} {w4}"
     );
 }
+
+#[test]
+fn int4_convolution_kernel_matches_its_twin_bit_for_bit() {
+    use refqsr::kernels::conv_int4;
+    use refqsr::kernels::cpu::{conv_int4 as twin, conv_int8};
+    use refqsr::quant::pack::nibbles_of;
+    let ctx = ctx();
+    let mut rng = Rng::fresh("conv_int4");
+    // (in, out, h, w, batch, k): channels off multiples of 8, output groups off whole blocks,
+    // widths off multiples of 8, 1-pixel images, 1x1 and 3x3.
+    let shapes: [(usize, usize, usize, usize, usize, usize); 6] = [
+        (48, 48, 9, 13, 1, 3),
+        (5, 7, 3, 2, 2, 3),
+        (12, 20, 1, 1, 1, 3),
+        (48, 48, 5, 11, 1, 1),
+        (192, 12, 3, 9, 2, 1),
+        (3, 48, 6, 8, 1, 3),
+    ];
+    for bits in 2..=4u32 {
+        let half = 1i32 << (bits - 1);
+        for (in_ch, out_ch, h, w, batch, k) in shapes {
+            let cp = in_ch.next_multiple_of(8);
+            // weights: any byte; zero in the padding channels, as PackedIntConv builds them
+            let mut wc = vec![0i8; out_ch * cp * k * k];
+            for o in 0..out_ch {
+                for i in 0..in_ch * k * k {
+                    wc[o * cp * k * k + i] = (rng.next_u64() % 256) as u8 as i8;
+                }
+            }
+            let corr: Vec<i32> = (0..out_ch)
+                .map(|_| (rng.next_u64() % 200_000) as i32 - 100_000)
+                .collect();
+            let packed = PackedGemmInt8::conv(k, cp, out_ch, &wc, &corr);
+            assert!(conv_int4::applies(&packed, k));
+            // activations: signed codes of `bits` bits, zero in the padding channels
+            let acts: Vec<i8> = (0..batch * cp * h * w)
+                .map(|i| {
+                    let c = (i / (h * w)) % cp;
+                    if c < in_ch {
+                        (rng.next_u64() % (2 * half) as u64) as i8 - half as i8
+                    } else {
+                        0
+                    }
+                })
+                .collect();
+            let bytes = pack_columns(&acts, batch, cp, h * w);
+            let icg = cp / 4;
+            // nibble words: groups 2w and 2w + 1 of the byte layout
+            let mut a = Vec::with_capacity(bytes.len() / 2);
+            for n in 0..batch {
+                for wd in 0..icg / 2 {
+                    for p in 0..h * w {
+                        let word = |g: usize| bytes[(n * icg + g) * h * w + p];
+                        a.push(nibbles_of(word(2 * wd), word(2 * wd + 1)));
+                    }
+                }
+            }
+            let pad_byte = (rng.next_u64() % (2 * half) as u64) as i8 - half as i8;
+            let pad_bytes = pack_i8x4(&[pad_byte; 4])[0];
+            let pad = nibbles_of(pad_bytes, pad_bytes);
+            let want = twin(&a, &packed, batch, h, w, k, pad);
+            assert!(want.iter().all(|v| v[0] != i32::MIN));
+            // the twin agrees with the byte kernels' twins on the same codes
+            let bytes_want = if k == 3 {
+                conv_int8(&bytes, &packed, batch, h, w, pad_bytes)
+            } else {
+                gemm_int8(&bytes, &packed, batch, h * w)
+            };
+            assert_eq!(bytes_want, want, "twins {bits} bits {in_ch}->{out_ch} k{k}");
+
+            let gpu = GpuGemmInt8::new(&ctx, packed).unwrap();
+            let src = ctx.upload("a", &a);
+            let m = ctx.acquire((want.len() * 16) as u64);
+            ctx.queue
+                .write_buffer(&m, 0, bytemuck::cast_slice(&vec![i32::MIN; want.len() * 4]));
+            let steps = conv_int4::dispatch(
+                &ctx,
+                "t",
+                &gpu,
+                &src,
+                &m,
+                &Store::Sums,
+                batch as u32,
+                h as u32,
+                w as u32,
+                k as u32,
+                pad,
+            )
+            .unwrap();
+            run(&ctx, steps.into_iter().map(Step::Launch).collect());
+            let got = read_sums(&ctx, &m, want.len());
+            let bad = got.iter().zip(&want).filter(|(g, w)| g != w).count();
+            assert_eq!(
+                bad, 0,
+                "{bits} bits {in_ch}->{out_ch} {h}x{w} n{batch} k{k}: {bad} differ"
+            );
+            ctx.release(m);
+        }
+    }
+}
+
+#[test]
+fn integer_kernels_write_floats_and_next_layer_codes_like_their_twins() {
+    // The fused epilogue of every integer kernel (conv_int8, conv_int4 at 1x1 and 3x3,
+    // gemm_int8), with SPAN's gate reading a residual: floats within a named tolerance of the
+    // twin, and the next layer's packed codes (bytes and nibbles) within one step of it,
+    // nearly all identical (the float epilogue may round differently on the device).
+    use refqsr::kernels::cpu;
+    use refqsr::kernels::int_conv::{GpuIntConv, IntInput, IntKernel, IntOutput, PackedIntConv};
+    use refqsr::model::{Activation, Conv, Epilogue};
+    use refqsr::quant::pack::widen;
+    const FLOAT_TOL: f32 = 1e-5; // relative to the output range
+    let ctx = ctx();
+    let mut rng = Rng::fresh("int store");
+    let (h, w) = (6, 11);
+    let mut kernels_seen = Vec::new();
+    for (in_ch, out_ch, k, a_bits, next_bits) in [
+        (48, 48, 3, 8, 8),
+        (48, 20, 3, 4, 4),
+        (12, 48, 1, 4, 8),
+        (40, 12, 1, 6, 3),
+    ] {
+        let conv = Conv {
+            in_ch,
+            out_ch,
+            k,
+            weights: rng.vec(out_ch * in_ch * k * k, -0.2, 0.2),
+            bias: rng.vec(out_ch, -0.1, 0.1),
+            act: Activation::Swish,
+            epilogue: Epilogue::SpanGate(0),
+        };
+        let p = PackedIntConv::new(&conv, a_bits.max(4), Quantizer::new(-1.0, 1.0, a_bits));
+        kernels_seen.push(p.kernel);
+        let next_conv = Conv {
+            in_ch: out_ch,
+            out_ch: 8,
+            k: 3,
+            weights: vec![0.1; 8 * out_ch * 9],
+            bias: vec![0.0; 8],
+            act: Activation::None,
+            epilogue: Epilogue::None,
+        };
+        let next = PackedIntConv::new(&next_conv, 8, Quantizer::new(-0.6, 0.9, next_bits));
+        let x = rng.tensor(1, in_ch, h, w);
+        let residual = rng.tensor(1, out_ch, h, w);
+        let sums = p.twin_sums(&cpu::quantize(&x, &p.act, p.nibbles()), 1, h, w);
+        let twin_float: Vec<f32> = cpu::int_store(
+            &sums,
+            cpu::Store::Float {
+                epilogue: &p.epilogue,
+                scales: &p.scales,
+                residual: Some(&residual),
+            },
+            1,
+            out_ch,
+            h,
+            w,
+        )
+        .into_iter()
+        .map(f32::from_bits)
+        .collect();
+        let twin_codes = cpu::int_store(
+            &sums,
+            cpu::Store::Packed {
+                epilogue: &p.epilogue,
+                scales: &p.scales,
+                residual: Some(&residual),
+                next: &next.act,
+                nibbles: next.nibbles(),
+            },
+            1,
+            out_ch,
+            h,
+            w,
+        );
+
+        let gpu = GpuIntConv::new(&ctx, p.clone()).unwrap();
+        let (nw, nc) = p.scratch_words(1, h * w);
+        let src = ctx.upload("x", &x.data);
+        let res = ctx.upload("residual", &residual.data);
+        let scratch = [
+            ctx.acquire(nw as u64 * 4),
+            ctx.acquire(nc.max(1) as u64 * 4),
+        ];
+        let float_buf = ctx.acquire(twin_float.len() as u64 * 4);
+        let code_buf = ctx.acquire(twin_codes.len() as u64 * 4);
+        ctx.queue.write_buffer(
+            &float_buf,
+            0,
+            bytemuck::cast_slice(&vec![f32::NAN; twin_float.len()]),
+        );
+        ctx.queue.write_buffer(
+            &code_buf,
+            0,
+            bytemuck::cast_slice(&vec![0xdead_beefu32; twin_codes.len()]),
+        );
+        let mut steps = Vec::new();
+        for output in [
+            IntOutput::Float(&float_buf),
+            IntOutput::Packed(&code_buf, &next),
+        ] {
+            steps.extend(
+                gpu.dispatch(
+                    &ctx,
+                    "t",
+                    IntInput::Float(&src),
+                    Some(&res),
+                    output,
+                    [&scratch[0], &scratch[1]],
+                    1,
+                    h as u32,
+                    w as u32,
+                )
+                .unwrap()
+                .into_iter()
+                .map(Step::Launch),
+            );
+        }
+        run(&ctx, steps);
+        let label = format!("{:?} {in_ch}->{out_ch} a{a_bits} -> a{next_bits}", p.kernel);
+        let range = twin_float.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let got: Vec<f32> =
+            bytemuck::cast_slice(&ctx.read(&float_buf, twin_float.len() as u64 * 4).unwrap())
+                .to_vec();
+        let d = common::max_abs_diff(&got, &twin_float);
+        assert!(d <= FLOAT_TOL * range, "{label}: floats differ by {d}");
+        // codes, lane by lane (bytes, or the two byte words of each nibble word)
+        let lanes = |words: &[u32]| -> Vec<i8> {
+            let split: Vec<u32> = if next.nibbles() {
+                words
+                    .iter()
+                    .flat_map(|&v| {
+                        let (l, h) = widen(v);
+                        [l, h]
+                    })
+                    .collect()
+            } else {
+                words.to_vec()
+            };
+            split
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .map(|b| b as i8)
+                .collect()
+        };
+        let got_codes = read_u32(&ctx, &code_buf, twin_codes.len());
+        let (g, t) = (lanes(&got_codes), lanes(&twin_codes));
+        let far = g
+            .iter()
+            .zip(&t)
+            .filter(|(a, b)| (**a as i32 - **b as i32).abs() > 1)
+            .count();
+        let off = g.iter().zip(&t).filter(|(a, b)| a != b).count();
+        eprintln!(
+            "{label}: float diff {d:.2e} of {range:.2}, codes off by one {off} of {}",
+            t.len()
+        );
+        assert_eq!(far, 0, "{label}: codes more than one step apart");
+        assert!(
+            off * 100 <= t.len(),
+            "{label}: {off} of {} codes differ",
+            t.len()
+        );
+        for b in scratch.into_iter().chain([float_buf, code_buf]) {
+            ctx.release(b);
+        }
+    }
+    for kind in [IntKernel::Conv8, IntKernel::Conv4, IntKernel::Gemm] {
+        assert!(
+            kernels_seen.contains(&kind),
+            "{kind:?} not covered: {kernels_seen:?}"
+        );
+    }
+}

@@ -136,6 +136,7 @@ impl GpuGemmInt8 {
 
     /// Record the products for `batch` items of `tiles` columns: packed `a` -> `dst`, written
     /// as `store` says (an epilogue needs a single position).
+    #[allow(clippy::too_many_arguments)]
     pub fn dispatch(
         &self,
         ctx: &Context,
