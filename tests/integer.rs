@@ -782,3 +782,96 @@ fn integer_kernels_write_floats_and_next_layer_codes_like_their_twins() {
         );
     }
 }
+
+#[test]
+fn int4_pair_kernel_matches_its_twin_and_conv_int4_bit_for_bit() {
+    use refqsr::kernels::conv_int4_swar::{GpuSwar, PackedSwar};
+    use refqsr::kernels::cpu::{conv_int4, conv_int4_swar as twin};
+    use refqsr::quant::pack::nibbles_of;
+    let ctx = ctx();
+    let mut rng = Rng::fresh("conv_int4_swar");
+    // the largest layers the halves hold exactly, and the first they do not
+    assert!(PackedSwar::applies(3, 48, 4, 4) && PackedSwar::applies(1, 192, 4, 4));
+    assert!(!PackedSwar::applies(3, 64, 4, 4) && !PackedSwar::applies(3, 48, 5, 4));
+    let shapes: [(usize, usize, usize, usize, usize, usize); 5] = [
+        (48, 48, 9, 13, 1, 3),
+        (5, 7, 3, 2, 2, 3),
+        (12, 20, 1, 1, 1, 3),
+        (192, 12, 3, 9, 2, 1),
+        (3, 48, 6, 8, 1, 3),
+    ];
+    for bits in 2..=4u32 {
+        let half = 1i32 << (bits - 1);
+        for (case, (in_ch, out_ch, h, w, batch, k)) in shapes.into_iter().enumerate() {
+            // the first case at every extreme: |sums| at the bound of the halves
+            let extreme = case == 0;
+            let mut draw = |n: usize| -> Vec<i8> {
+                (0..n)
+                    .map(|_| match extreme {
+                        true => -half as i8,
+                        false => (rng.next_u64() % (2 * half) as u64) as i8 - half as i8,
+                    })
+                    .collect()
+            };
+            let wc = draw(out_ch * in_ch * k * k);
+            let corr: Vec<i32> = (0..out_ch).map(|o| o as i32 * 1000 - 7000).collect();
+            let swar = PackedSwar::new(k, in_ch, out_ch, &wc, &corr);
+            // conv_int4's layout of the same weights: channels padded to 8
+            let cp = in_ch.next_multiple_of(8);
+            let mut padded = vec![0i8; out_ch * cp * k * k];
+            for o in 0..out_ch {
+                let n = in_ch * k * k;
+                padded[o * cp * k * k..o * cp * k * k + n].copy_from_slice(&wc[o * n..(o + 1) * n]);
+            }
+            let bytes_w = PackedGemmInt8::conv(k, cp, out_ch, &padded, &corr);
+            let acts = draw(batch * cp * h * w);
+            let acts: Vec<i8> = acts
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| if (i / (h * w)) % cp < in_ch { v } else { 0 })
+                .collect();
+            let bytes = pack_columns(&acts, batch, cp, h * w);
+            let icg = cp / 4;
+            let mut a = Vec::new();
+            for n in 0..batch {
+                for wd in 0..icg / 2 {
+                    for p in 0..h * w {
+                        let word = |g: usize| bytes[(n * icg + g) * h * w + p];
+                        a.push(nibbles_of(word(2 * wd), word(2 * wd + 1)));
+                    }
+                }
+            }
+            let pad_bytes = pack_i8x4(&[-half as i8; 4])[0];
+            let pad = nibbles_of(pad_bytes, pad_bytes);
+            let want = twin(&a, &swar, batch, h, w, pad);
+            let label = format!("{bits} bits {in_ch}->{out_ch} {h}x{w} k{k}");
+            assert_eq!(
+                want,
+                conv_int4(&a, &bytes_w, batch, h, w, k, pad),
+                "twins, {label}"
+            );
+
+            let gpu = GpuSwar::new(&ctx, swar).unwrap();
+            let src = ctx.upload("a", &a);
+            let m = ctx.acquire((want.len() * 16) as u64);
+            ctx.queue
+                .write_buffer(&m, 0, bytemuck::cast_slice(&vec![i32::MIN; want.len() * 4]));
+            let steps = gpu.dispatch(
+                &ctx,
+                "t",
+                &src,
+                &m,
+                &Store::Sums,
+                batch as u32,
+                h as u32,
+                w as u32,
+                pad,
+            );
+            run(&ctx, steps.into_iter().map(Step::Launch).collect());
+            let got = read_sums(&ctx, &m, want.len());
+            let bad = got.iter().zip(&want).filter(|(g, w)| g != w).count();
+            assert_eq!(bad, 0, "GPU, {label}: {bad} differ");
+            ctx.release(m);
+        }
+    }
+}

@@ -6,11 +6,12 @@
 //! writes floats, or the packed input of the next integer layer. Any op the integer path
 //! does not cover reads floats, so every model runs in every mode.
 
+use super::conv_int4_swar::{GpuSwar, PackedSwar};
 use super::gemm_int8::{GpuGemmInt8, PackedGemmInt8};
 use super::int_store::{IntEpilogue, Store};
 use super::{conv_int4, conv_int8, im2col_int8, quantize, Dispatch};
 use crate::error::Result;
-use crate::gpu::Context;
+use crate::gpu::{Context, IntDot};
 use crate::kernels::conv::EpilogueParams;
 use crate::model::Conv;
 use crate::quant::pack::{nibbles_of, pack_i8x4};
@@ -37,6 +38,7 @@ pub struct PackedIntConv {
     pub out_ch: usize,
     /// The input activations' quantizer.
     pub act: Quantizer,
+    pub w_bits: u32,
     /// Weight codes `[o][i][ky][kx]`, each in the `w`-bit two's complement range.
     pub codes: Vec<i8>,
     /// The weights in the kernels' layout (input channels padded to 8 for `Conv4`).
@@ -85,6 +87,7 @@ impl PackedIntConv {
             scales: wq.iter().map(|q| q.step() * act.step()).collect(),
             codes,
             act,
+            w_bits,
             epilogue: EpilogueParams::new(c),
         }
     }
@@ -193,16 +196,46 @@ pub enum IntOutput<'a> {
 pub struct GpuIntConv {
     pub packed: PackedIntConv,
     gemm: GpuGemmInt8,
+    /// `conv_int4`'s sums two multiply-accumulates per multiply, where the device has no
+    /// hardware dot product and the layer's sums fit (see [`PackedSwar::applies`]).
+    swar: Option<GpuSwar>,
     epilogue: IntEpilogue,
 }
 
 impl GpuIntConv {
     pub fn new(ctx: &Context, packed: PackedIntConv) -> Result<Self> {
+        let p = &packed;
+        let software =
+            ctx.info.device_type == wgpu::DeviceType::Cpu || ctx.int_dot == IntDot::Emulated;
+        let swar = (p.kernel == IntKernel::Conv4
+            && software
+            && PackedSwar::applies(p.k, p.in_ch, p.w_bits, p.act.bits))
+        .then(|| {
+            let corr: Vec<i32> = p
+                .gemm
+                .corr
+                .iter()
+                .flatten()
+                .copied()
+                .take(p.out_ch)
+                .collect();
+            GpuSwar::new(
+                ctx,
+                PackedSwar::new(p.k, p.in_ch, p.out_ch, &p.codes, &corr),
+            )
+        })
+        .transpose()?;
         Ok(GpuIntConv {
+            swar,
             gemm: GpuGemmInt8::new(ctx, packed.gemm.clone())?,
             epilogue: IntEpilogue::new(ctx, packed.epilogue.clone(), &packed.scales, packed.out_ch),
             packed,
         })
+    }
+
+    /// Whether the 4-bit sums run as pair multiplies (`conv_int4_swar`) on this device.
+    pub fn pairs(&self) -> bool {
+        self.swar.is_some()
     }
 
     /// Record the layer over `batch` images of `h` x `w`, with `scratch` buffers for the
@@ -255,6 +288,10 @@ impl GpuIntConv {
             ),
         };
         match p.kernel {
+            IntKernel::Conv4 if self.swar.is_some() => {
+                let swar = self.swar.as_ref().expect("checked");
+                out.extend(swar.dispatch(ctx, label, a, dst, &store, batch, h, w, p.pad_word()))
+            }
             IntKernel::Conv4 => out.extend(conv_int4::dispatch(
                 ctx,
                 label,

@@ -7,6 +7,7 @@ pub mod binary;
 pub mod concat;
 pub mod conv;
 pub mod conv_int4;
+pub mod conv_int4_swar;
 pub mod conv_int8;
 pub mod cpu;
 pub mod gemm;
@@ -34,9 +35,10 @@ const WITH_EPILOGUE: &[&str] = &[
     "gemm_int8",
     "conv_int8",
     "conv_int4",
+    "conv_int4_swar",
 ];
 /// Integer shaders that also end in the integer store (after the epilogue).
-const WITH_INT_STORE: &[&str] = &["gemm_int8", "conv_int8", "conv_int4"];
+const WITH_INT_STORE: &[&str] = &["gemm_int8", "conv_int8", "conv_int4", "conv_int4_swar"];
 
 /// Every shader by name, as written in `shaders/`.
 pub const SHADERS: &[(&str, &str)] = &[
@@ -58,6 +60,10 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("conv_int8", include_str!("../../shaders/conv_int8.wgsl")),
     ("quantize", include_str!("../../shaders/quantize.wgsl")),
     ("conv_int4", include_str!("../../shaders/conv_int4.wgsl")),
+    (
+        "conv_int4_swar",
+        include_str!("../../shaders/conv_int4_swar.wgsl"),
+    ),
     (
         "im2col_int8",
         include_str!("../../shaders/im2col_int8.wgsl"),
