@@ -16,6 +16,19 @@ use refqsr::kernels::{encode, Step};
 use refqsr::model::{Activation, Conv, Epilogue, Graph, Node, Op, Value};
 use refqsr::quant::Quantizer;
 
+/// Record `steps`, submit them and wait for the device, so the clock stops after the work.
+fn submit_and_wait(ctx: &Context, steps: &[Step]) {
+    let mut encoder = ctx.device.create_command_encoder(&Default::default());
+    encode(steps, &mut encoder);
+    let index = ctx.queue.submit([encoder.finish()]);
+    ctx.device
+        .poll(wgpu::PollType::Wait {
+            submission_index: Some(index),
+            timeout: None,
+        })
+        .unwrap();
+}
+
 fn conv_graph(in_ch: usize, out_ch: usize, k: usize, act: Activation) -> Graph {
     let n = in_ch * out_ch * k * k;
     let conv = Conv {
@@ -104,17 +117,7 @@ fn bench(c: &mut Criterion) {
         .into_iter()
         .map(Step::Launch)
         .collect();
-    let run = || {
-        let mut encoder = ctx.device.create_command_encoder(&Default::default());
-        encode(&steps, &mut encoder);
-        let index = ctx.queue.submit([encoder.finish()]);
-        ctx.device
-            .poll(wgpu::PollType::Wait {
-                submission_index: Some(index),
-                timeout: None,
-            })
-            .unwrap();
-    };
+    let run = || submit_and_wait(&ctx, &steps);
     run();
     group.throughput(Throughput::Elements((side * side * ic * oc) as u64));
     group.bench_function(format!("1x1_{ic}_{oc}_{side}x{side}"), |b| b.iter(run));
@@ -161,17 +164,7 @@ fn bench(c: &mut Criterion) {
                 .into_iter()
                 .map(Step::Launch)
                 .collect();
-            let run = || {
-                let mut encoder = ctx.device.create_command_encoder(&Default::default());
-                encode(&steps, &mut encoder);
-                let index = ctx.queue.submit([encoder.finish()]);
-                ctx.device
-                    .poll(wgpu::PollType::Wait {
-                        submission_index: Some(index),
-                        timeout: None,
-                    })
-                    .unwrap();
-            };
+            let run = || submit_and_wait(&ctx, &steps);
             run();
             group.throughput(Throughput::Elements((side * side * ic * oc * k * k) as u64));
             group.bench_function(format!("{name}_w{bits}a{bits}_{side}x{side}"), |b| {

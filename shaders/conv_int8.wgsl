@@ -18,7 +18,7 @@ struct Shape {
     og: u32,        // first output group of this dispatch's block
     pad: u32,       // packed padding word
     row_tiles: u32, // ceil(width / 8)
-    _p: u32,
+    k: u32,         // kernel size (3; the row kernels share this uniform)
 }
 
 @group(0) @binding(0) var<storage, read> a: array<u32>;

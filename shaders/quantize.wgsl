@@ -2,8 +2,7 @@
 // alpha, beta) * (1 / s)) - zero point, four signed bytes per word (C4HW), or for codes of at
 // most 4 bits eight signed nibbles per word (C8HW, the layout of shared/int_store.wgsl:
 // channel group 2 w in the low nibbles of word w, group 2 w + 1 in the high ones). Lanes past
-// the real channels carry the code of 0. WGSL's multiply is correctly rounded and its round()
-// ties to even, so the CPU twin reproduces every bit.
+// the real channels carry the code of 0. The CPU twin reproduces every bit (see eq1_codes).
 
 struct Params {
     len: u32,       // words (batch x words per pixel x plane)
@@ -28,10 +27,10 @@ fn codes(n: u32, g: u32, p: u32) -> vec4<i32> {
     let c = vec4<u32>(g * 4u) + vec4<u32>(0u, 1u, 2u, 3u);
     var x = vec4<f32>(0.0);
     if g < params.groups {
-        x = clamp(src[(n * params.groups + g) * params.plane + p], vec4<f32>(params.alpha), vec4<f32>(params.beta));
+        x = src[(n * params.groups + g) * params.plane + p];
     }
-    let code = clamp(vec4<i32>(round(x * params.inv_step)), vec4<i32>(params.lo), vec4<i32>(params.hi));
-    return select(vec4<i32>(0), code, c < vec4<u32>(params.channels)) - vec4<i32>(params.zero);
+    let code = eq1_codes(x, params.alpha, params.beta, params.inv_step, params.lo, params.hi, params.zero);
+    return select(vec4<i32>(-params.zero), code, c < vec4<u32>(params.channels));
 }
 
 @compute @workgroup_size(256, 1, 1)
@@ -48,8 +47,6 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         let words = (params.groups + 1u) / 2u;
         let w = (i / params.plane) % words;
         let n = i / (params.plane * words);
-        let low = pack4xI8(codes(n, 2u * w, p)) & 0x0f0f0f0fu;
-        let high = pack4xI8(codes(n, 2u * w + 1u, p)) & 0x0f0f0f0fu;
-        dst[i] = low | (high << 4u);
+        dst[i] = nibbles_of(codes(n, 2u * w, p), codes(n, 2u * w + 1u, p));
     }
 }

@@ -150,31 +150,15 @@ impl GpuModel {
     /// and read by nothing else; `keep` and the output stay float. Maps each to its reader.
     fn packed_values(&self, keep: &[ValueId]) -> BTreeMap<ValueId, usize> {
         let g = &self.graph;
-        let mut readers: Vec<Vec<usize>> = vec![Vec::new(); g.values.len()];
-        for (j, n) in g.nodes.iter().enumerate() {
-            for v in n.reads() {
-                if !readers[v].contains(&j) {
-                    readers[v].push(j);
-                }
-            }
-        }
-        let int = |j: usize| matches!(self.nodes[j], NodeRes::Int(_));
+        // one entry per read, and the graph output marked as read by usize::MAX
+        let readers = crate::model::fuse::users(g.nodes.iter().map(Some), g.output);
+        let int = |j: usize| matches!(self.nodes.get(j), Some(NodeRes::Int(_)));
         g.nodes
             .iter()
             .enumerate()
-            .filter(|&(j, n)| int(j) && n.output != g.output && !keep.contains(&n.output))
-            .filter_map(|(_, n)| match readers[n.output].as_slice() {
-                &[r] if int(r)
-                    && g.nodes[r].inputs[0] == n.output
-                    && g.nodes[r]
-                        .reads()
-                        .iter()
-                        .filter(|&&v| v == n.output)
-                        .count()
-                        == 1 =>
-                {
-                    Some((n.output, r))
-                }
+            .filter(|&(j, n)| int(j) && !keep.contains(&n.output))
+            .filter_map(|(_, n)| match readers.get(&n.output)?.as_slice() {
+                &[r] if int(r) && g.nodes[r].inputs[0] == n.output => Some((n.output, r)),
                 _ => None,
             })
             .collect()

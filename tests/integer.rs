@@ -39,6 +39,22 @@ fn pack_columns(v: &[i8], outer: usize, channels: usize, tiles: usize) -> Vec<u3
     out
 }
 
+/// Byte words `[n][icg][plane]` (`icg` even) as nibble words `[n][icg / 2][plane]`: groups
+/// 2w and 2w + 1 in word w.
+fn nibble_columns(bytes: &[u32], batch: usize, icg: usize, plane: usize) -> Vec<u32> {
+    use refqsr::quant::pack::nibbles_of;
+    let mut a = Vec::with_capacity(bytes.len() / 2);
+    for n in 0..batch {
+        for wd in 0..icg / 2 {
+            for p in 0..plane {
+                let word = |g: usize| bytes[(n * icg + g) * plane + p];
+                a.push(nibbles_of(word(2 * wd), word(2 * wd + 1)));
+            }
+        }
+    }
+    a
+}
+
 #[test]
 fn int8_gemm_matches_its_twin_bit_for_bit() {
     let ctx = ctx();
@@ -513,6 +529,7 @@ fn integer_modes_approximate_the_float_model_and_improve_with_bits() {
 fn int4_convolution_kernel_matches_its_twin_bit_for_bit() {
     use refqsr::kernels::conv_int4;
     use refqsr::kernels::cpu::{conv_int4 as twin, conv_int8};
+    use refqsr::kernels::int_conv::pad_in_channels;
     use refqsr::quant::pack::nibbles_of;
     let ctx = ctx();
     let mut rng = Rng::fresh("conv_int4");
@@ -531,12 +548,13 @@ fn int4_convolution_kernel_matches_its_twin_bit_for_bit() {
         for (in_ch, out_ch, h, w, batch, k) in shapes {
             let cp = in_ch.next_multiple_of(8);
             // weights: any byte; zero in the padding channels, as PackedIntConv builds them
-            let mut wc = vec![0i8; out_ch * cp * k * k];
-            for o in 0..out_ch {
-                for i in 0..in_ch * k * k {
-                    wc[o * cp * k * k + i] = (rng.next_u64() % 256) as u8 as i8;
-                }
-            }
+            let wc = pad_in_channels(
+                &codes(&mut rng, out_ch * in_ch * k * k),
+                out_ch,
+                in_ch,
+                k * k,
+                cp,
+            );
             let corr: Vec<i32> = (0..out_ch)
                 .map(|_| (rng.next_u64() % 200_000) as i32 - 100_000)
                 .collect();
@@ -554,17 +572,7 @@ fn int4_convolution_kernel_matches_its_twin_bit_for_bit() {
                 })
                 .collect();
             let bytes = pack_columns(&acts, batch, cp, h * w);
-            let icg = cp / 4;
-            // nibble words: groups 2w and 2w + 1 of the byte layout
-            let mut a = Vec::with_capacity(bytes.len() / 2);
-            for n in 0..batch {
-                for wd in 0..icg / 2 {
-                    for p in 0..h * w {
-                        let word = |g: usize| bytes[(n * icg + g) * h * w + p];
-                        a.push(nibbles_of(word(2 * wd), word(2 * wd + 1)));
-                    }
-                }
-            }
+            let a = nibble_columns(&bytes, batch, cp / 4, h * w);
             let pad_byte = (rng.next_u64() % (2 * half) as u64) as i8 - half as i8;
             let pad_bytes = pack_i8x4(&[pad_byte; 4])[0];
             let pad = nibbles_of(pad_bytes, pad_bytes);
@@ -787,6 +795,7 @@ fn integer_kernels_write_floats_and_next_layer_codes_like_their_twins() {
 fn int4_pair_kernel_matches_its_twin_and_conv_int4_bit_for_bit() {
     use refqsr::kernels::conv_int4_swar::{GpuSwar, PackedSwar};
     use refqsr::kernels::cpu::{conv_int4, conv_int4_swar as twin};
+    use refqsr::kernels::int_conv::pad_in_channels;
     use refqsr::quant::pack::nibbles_of;
     let ctx = ctx();
     let mut rng = Rng::fresh("conv_int4_swar");
@@ -818,11 +827,7 @@ fn int4_pair_kernel_matches_its_twin_and_conv_int4_bit_for_bit() {
             let swar = PackedSwar::new(k, in_ch, out_ch, &wc, &corr);
             // conv_int4's layout of the same weights: channels padded to 8
             let cp = in_ch.next_multiple_of(8);
-            let mut padded = vec![0i8; out_ch * cp * k * k];
-            for o in 0..out_ch {
-                let n = in_ch * k * k;
-                padded[o * cp * k * k..o * cp * k * k + n].copy_from_slice(&wc[o * n..(o + 1) * n]);
-            }
+            let padded = pad_in_channels(&wc, out_ch, in_ch, k * k, cp);
             let bytes_w = PackedGemmInt8::conv(k, cp, out_ch, &padded, &corr);
             let acts = draw(batch * cp * h * w);
             let acts: Vec<i8> = acts
@@ -831,16 +836,7 @@ fn int4_pair_kernel_matches_its_twin_and_conv_int4_bit_for_bit() {
                 .map(|(i, &v)| if (i / (h * w)) % cp < in_ch { v } else { 0 })
                 .collect();
             let bytes = pack_columns(&acts, batch, cp, h * w);
-            let icg = cp / 4;
-            let mut a = Vec::new();
-            for n in 0..batch {
-                for wd in 0..icg / 2 {
-                    for p in 0..h * w {
-                        let word = |g: usize| bytes[(n * icg + g) * h * w + p];
-                        a.push(nibbles_of(word(2 * wd), word(2 * wd + 1)));
-                    }
-                }
-            }
+            let a = nibble_columns(&bytes, batch, cp / 4, h * w);
             let pad_bytes = pack_i8x4(&[-half as i8; 4])[0];
             let pad = nibbles_of(pad_bytes, pad_bytes);
             let want = twin(&a, &swar, batch, h, w, pad);

@@ -26,3 +26,17 @@ fn mask_lanes(v: vec4<f32>, g: u32, channels: u32) -> vec4<f32> {
     let c = vec4<u32>(g * 4u) + vec4<u32>(0u, 1u, 2u, 3u);
     return select(vec4<f32>(0.0), v, c < vec4<u32>(channels));
 }
+
+// Eq. 1 codes of `x` minus the zero point: the signed values the integer kernels carry
+// (src/quant). WGSL's multiply is correctly rounded and round() ties to even, so the CPU
+// (`Quantizer::byte`) reproduces every one.
+fn eq1_codes(x: vec4<f32>, alpha: f32, beta: f32, inv_step: f32, lo: i32, hi: i32, zero: i32) -> vec4<i32> {
+    let c = clamp(x, vec4<f32>(alpha), vec4<f32>(beta));
+    return clamp(vec4<i32>(round(c * inv_step)), vec4<i32>(lo), vec4<i32>(hi)) - vec4<i32>(zero);
+}
+
+// Two words of four signed codes (at most 4 bits) as one word of eight nibbles: `low`'s code
+// k in bits 8k..8k+4, `high`'s in bits 8k+4..8k+8 (quant::pack::nibbles_of).
+fn nibbles_of(low: vec4<i32>, high: vec4<i32>) -> u32 {
+    return (pack4xI8(low) & 0x0f0f0f0fu) | ((pack4xI8(high) & 0x0f0f0f0fu) << 4u);
+}

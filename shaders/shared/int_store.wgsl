@@ -35,9 +35,7 @@ fn int_finish(acc: vec4<i32>, g: u32, i: u32) -> vec4<f32> {
 // Signed codes of the next layer (Eq. 1 minus its zero point); lanes past the real channels
 // are 0.0 after the epilogue, so they carry the code of a real zero.
 fn requant(y: vec4<f32>) -> vec4<i32> {
-    let x = clamp(y, vec4<f32>(params.alpha), vec4<f32>(params.beta));
-    let code = clamp(vec4<i32>(round(x * params.inv_step)), vec4<i32>(params.lo), vec4<i32>(params.hi));
-    return code - vec4<i32>(params.zero);
+    return eq1_codes(y, params.alpha, params.beta, params.inv_step, params.lo, params.hi, params.zero);
 }
 
 fn store4(i: u32, v: vec4<u32>) {
@@ -69,9 +67,8 @@ fn store_pair(a: vec4<i32>, b: vec4<i32>, g: u32, n: u32, p: u32) {
         default: {
             var high = requant(vec4<f32>(0.0));
             if has_b { high = requant(int_finish(b, g + 1u, ib)); }
-            let low = pack4xI8(requant(int_finish(a, g, ia))) & 0x0f0f0f0fu;
             let ocw = (params.ocg + 1u) / 2u;
-            dst[(n * ocw + g / 2u) * params.plane + p] = low | ((pack4xI8(high) & 0x0f0f0f0fu) << 4u);
+            dst[(n * ocw + g / 2u) * params.plane + p] = nibbles_of(requant(int_finish(a, g, ia)), high);
         }
     }
 }

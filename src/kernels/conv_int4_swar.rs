@@ -4,9 +4,10 @@
 
 use std::sync::Arc;
 
+use super::conv_int8::RowConv;
 use super::gemm_int8::OCB;
 use super::int_store::Store;
-use super::{bind_resources, Dispatch, UniformSlices};
+use super::{Dispatch, UniformSlices};
 use crate::error::{Error, Result};
 use crate::gpu::Context;
 
@@ -88,19 +89,6 @@ impl PackedSwar {
     }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    width: u32,
-    height: u32,
-    icw: u32,
-    ocg: u32,
-    og: u32,
-    pad: u32,
-    row_tiles: u32,
-    k: u32,
-}
-
 /// Pair weights resident on the device, one uniform slice per block of output groups.
 pub struct GpuSwar {
     pub packed: PackedSwar,
@@ -143,47 +131,15 @@ impl GpuSwar {
         w: u32,
         pad: u32,
     ) -> Vec<Dispatch> {
-        let p = &self.packed;
-        let row_tiles = w.div_ceil(8);
-        let store_params = store.uniform(ctx, p.ocg as u32, h * w);
-        let [vecs, residual] = store.inputs(ctx);
-        (0..p.blocks())
-            .map(|block| {
-                let params = ctx.uniform(
-                    "conv_int4_swar params",
-                    &Params {
-                        width: w,
-                        height: h,
-                        icw: p.icw as u32,
-                        ocg: p.ocg as u32,
-                        og: (block * OCB) as u32,
-                        pad,
-                        row_tiles,
-                        k: p.k as u32,
-                    },
-                );
-                let bind_group = bind_resources(
-                    ctx,
-                    label,
-                    &self.pipeline,
-                    vec![
-                        a.as_entire_binding(),
-                        self.weights.binding(block),
-                        self.corr.as_entire_binding(),
-                        vecs.as_entire_binding(),
-                        residual.as_entire_binding(),
-                        dst.as_entire_binding(),
-                        params.as_entire_binding(),
-                        store_params.as_entire_binding(),
-                    ],
-                );
-                Dispatch {
-                    label: format!("{label} (int4 pair conv)"),
-                    bind_group,
-                    pipeline: self.pipeline.clone(),
-                    workgroups: [(h * row_tiles).div_ceil(64), 1, batch],
-                }
-            })
-            .collect()
+        let conv = RowConv {
+            pipeline: self.pipeline.clone(),
+            weights: &self.weights,
+            corr: &self.corr,
+            ocg: self.packed.ocg,
+            words: self.packed.icw,
+            k: self.packed.k as u32,
+            kind: "int4 pair conv",
+        };
+        conv.dispatch(ctx, label, a, dst, store, batch, h, w, pad)
     }
 }

@@ -104,12 +104,7 @@ impl PackedIntConv {
     ) -> (PackedGemmInt8, IntKernel) {
         if a_bits <= 4 && (k == 1 || k == 3) {
             let cp = in_ch.next_multiple_of(8);
-            let taps = k * k;
-            let mut padded = vec![0i8; out_ch * cp * taps];
-            for o in 0..out_ch {
-                let row = &codes[o * in_ch * taps..(o + 1) * in_ch * taps];
-                padded[o * cp * taps..o * cp * taps + in_ch * taps].copy_from_slice(row);
-            }
+            let padded = pad_in_channels(codes, out_ch, in_ch, k * k, cp);
             let gemm = PackedGemmInt8::conv(k, cp, out_ch, &padded, corr);
             if conv_int4::applies(&gemm, k) {
                 return (gemm, IntKernel::Conv4);
@@ -170,6 +165,22 @@ impl PackedIntConv {
             }
         }
     }
+}
+
+/// Weight codes `[o][i][tap]` of `in_ch` inputs widened to `cp` inputs, the new ones zero
+/// (the layout `conv_int4` reads: whole 8-channel words).
+pub fn pad_in_channels(
+    codes: &[i8],
+    out_ch: usize,
+    in_ch: usize,
+    taps: usize,
+    cp: usize,
+) -> Vec<i8> {
+    let mut padded = vec![0i8; out_ch * cp * taps];
+    for (o, row) in codes.chunks(in_ch * taps).enumerate() {
+        padded[o * cp * taps..o * cp * taps + in_ch * taps].copy_from_slice(row);
+    }
+    padded
 }
 
 /// Where an integer convolution's input comes from.
@@ -233,11 +244,6 @@ impl GpuIntConv {
         })
     }
 
-    /// Whether the 4-bit sums run as pair multiplies (`conv_int4_swar`) on this device.
-    pub fn pairs(&self) -> bool {
-        self.swar.is_some()
-    }
-
     /// Record the layer over `batch` images of `h` x `w`, with `scratch` buffers for the
     /// packed input and the gathered columns ([`PackedIntConv::scratch_words`]).
     #[allow(clippy::too_many_arguments)]
@@ -287,12 +293,11 @@ impl GpuIntConv {
                 },
             ),
         };
-        match p.kernel {
-            IntKernel::Conv4 if self.swar.is_some() => {
-                let swar = self.swar.as_ref().expect("checked");
+        match (p.kernel, &self.swar) {
+            (IntKernel::Conv4, Some(swar)) => {
                 out.extend(swar.dispatch(ctx, label, a, dst, &store, batch, h, w, p.pad_word()))
             }
-            IntKernel::Conv4 => out.extend(conv_int4::dispatch(
+            (IntKernel::Conv4, None) => out.extend(conv_int4::dispatch(
                 ctx,
                 label,
                 &self.gemm,
@@ -305,7 +310,7 @@ impl GpuIntConv {
                 p.k as u32,
                 p.pad_word(),
             )?),
-            IntKernel::Conv8 => out.extend(conv_int8::dispatch(
+            (IntKernel::Conv8, _) => out.extend(conv_int8::dispatch(
                 ctx,
                 label,
                 &self.gemm,
@@ -317,10 +322,10 @@ impl GpuIntConv {
                 w,
                 p.pad_word(),
             )?),
-            IntKernel::Gemm => {
+            (IntKernel::Gemm, _) => {
                 out.extend(self.gemm.dispatch(ctx, label, a, dst, &store, batch, plane))
             }
-            IntKernel::Gather => {
+            (IntKernel::Gather, _) => {
                 out.push(im2col_int8::dispatch(
                     ctx,
                     label,

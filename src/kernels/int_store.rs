@@ -69,15 +69,6 @@ struct StoreParams {
 }
 
 impl Store<'_> {
-    /// Words the kernel writes per column for `oc` output channels.
-    pub fn words(&self, oc: usize) -> usize {
-        match self {
-            Store::Sums | Store::Float { .. } => oc.div_ceil(4) * 4,
-            Store::Packed { nibbles: false, .. } => oc.div_ceil(4),
-            Store::Packed { nibbles: true, .. } => oc.div_ceil(8),
-        }
-    }
-
     /// The uniform for a kernel of `ocg` output groups (`oc` channels without an epilogue)
     /// and `plane` columns per image.
     pub(crate) fn uniform(&self, ctx: &Context, ocg: u32, plane: u32) -> wgpu::Buffer {

@@ -116,9 +116,10 @@ pub fn fuse(graph: Graph) -> Graph {
     }
 }
 
-/// For each value, the indices of the live nodes that read it (the graph output counts as a use).
+/// For each value, the indices of the live nodes that read it, once per read (the graph output
+/// counts as a use by `usize::MAX`).
 /// `nodes` yields `None` for removed nodes, so indices stay those of the node list.
-fn users<'a>(nodes: impl Iterator<Item = Option<&'a Node>>, output: ValueId) -> Uses {
+pub(crate) fn users<'a>(nodes: impl Iterator<Item = Option<&'a Node>>, output: ValueId) -> Uses {
     let mut m = Uses::new();
     for (j, n) in nodes.enumerate() {
         let Some(n) = n else { continue };
@@ -130,7 +131,7 @@ fn users<'a>(nodes: impl Iterator<Item = Option<&'a Node>>, output: ValueId) -> 
     m
 }
 
-type Uses = std::collections::HashMap<ValueId, Vec<usize>>;
+pub(crate) type Uses = std::collections::HashMap<ValueId, Vec<usize>>;
 
 /// Match `sigmoid(t) - 0.5` and `t + r` feeding one `mul`. Returns the nodes to remove, `r`, `y`.
 fn match_span_gate(

@@ -1,5 +1,6 @@
 //! CPU twin of `shaders/conv_int4.wgsl`: exact, so GPU and CPU agree bit for bit.
 
+use super::conv_int8::RowInput;
 use crate::kernels::gemm_int8::PackedGemmInt8;
 use crate::quant::pack::{dot4_i8, widen};
 
@@ -16,9 +17,17 @@ pub fn conv_int4(
     k: usize,
     pad: u32,
 ) -> Vec<[i32; 4]> {
-    let (taps, r) = (k * k, (k / 2) as isize);
+    let taps = k * k;
     let icw = p.icg / taps / 2;
     assert_eq!(a.len(), batch * icw * h * w, "input size does not match");
+    let input = RowInput {
+        a,
+        words: icw,
+        h,
+        w,
+        k,
+        pad,
+    };
     let mut m = vec![[i32::MIN; 4]; batch * p.ocg * h * w];
     for n in 0..batch {
         for g in 0..p.ocg {
@@ -27,17 +36,7 @@ pub fn conv_int4(
                     let mut acc = [0i32; 4];
                     for iw in 0..icw {
                         for tap in 0..taps {
-                            let (yy, xx) = (
-                                y as isize + (tap / k) as isize - r,
-                                x as isize + (tap % k) as isize - r,
-                            );
-                            let inside = yy >= 0 && yy < h as isize && xx >= 0 && xx < w as isize;
-                            let v = if inside {
-                                a[((n * icw + iw) * h + yy as usize) * w + xx as usize]
-                            } else {
-                                pad
-                            };
-                            let (low, high) = widen(v);
+                            let (low, high) = widen(input.word(n, iw, y, x, tap));
                             let wl = p.words(0, g, tap * 2 * icw + 2 * iw);
                             let wh = p.words(0, g, tap * 2 * icw + 2 * iw + 1);
                             for l in 0..4 {

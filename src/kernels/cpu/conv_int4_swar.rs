@@ -1,6 +1,7 @@
 //! CPU twin of `shaders/conv_int4_swar.wgsl`: the same wrapping 32-bit pair arithmetic, so
 //! GPU and CPU agree bit for bit (and both equal `conv_int4`).
 
+use super::conv_int8::RowInput;
 use crate::kernels::conv_int4_swar::PackedSwar;
 
 /// The sums `M[(n * ocg + g) * h * w + p]` of `p` over nibble-packed
@@ -14,8 +15,15 @@ pub fn conv_int4_swar(
     pad: u32,
 ) -> Vec<[i32; 4]> {
     let (k, icw) = (p.k, p.icw);
-    let r = (k / 2) as isize;
     assert_eq!(a.len(), batch * icw * h * w, "input size does not match");
+    let input = RowInput {
+        a,
+        words: icw,
+        h,
+        w,
+        k,
+        pad,
+    };
     let mut m = vec![[i32::MIN; 4]; batch * p.ocg * h * w];
     for n in 0..batch {
         for g in 0..p.ocg {
@@ -24,16 +32,7 @@ pub fn conv_int4_swar(
                     let mut acc = [0i32; 4];
                     for iw in 0..icw {
                         for tap in 0..k * k {
-                            let (yy, xx) = (
-                                y as isize + (tap / k) as isize - r,
-                                x as isize + (tap % k) as isize - r,
-                            );
-                            let inside = yy >= 0 && yy < h as isize && xx >= 0 && xx < w as isize;
-                            let u = if inside {
-                                a[((n * icw + iw) * h + yy as usize) * w + xx as usize]
-                            } else {
-                                pad
-                            } ^ 0x8888_8888;
+                            let u = input.word(n, iw, y, x, tap) ^ 0x8888_8888;
                             for (q, shift) in [0, 8, 4, 12].into_iter().enumerate() {
                                 let xq = (((u >> shift) & 0x000f_000f) as i32) - 0x0008_0008;
                                 let wq = p.pair(tap, iw, q, g);

@@ -1,7 +1,33 @@
-//! CPU twin of `shaders/conv_int8.wgsl`: exact, so GPU and CPU agree bit for bit.
+//! CPU twin of `shaders/conv_int8.wgsl`: exact, so GPU and CPU agree bit for bit. Also the
+//! input side shared by the twins of every row-tiled integer kernel ([`RowInput`]).
 
 use crate::kernels::gemm_int8::PackedGemmInt8;
 use crate::quant::pack::dot4_i8;
+
+/// The packed input of a row-tiled integer convolution: `words` per pixel,
+/// `a[((n * words + iw) * h + y) * w + x]`, and `pad` outside the image.
+pub(crate) struct RowInput<'a> {
+    pub a: &'a [u32],
+    pub words: usize,
+    pub h: usize,
+    pub w: usize,
+    pub k: usize,
+    pub pad: u32,
+}
+
+impl RowInput<'_> {
+    /// Word `iw` of image `n` at `tap` of the K x K window centred on (`y`, `x`).
+    pub fn word(&self, n: usize, iw: usize, y: usize, x: usize, tap: usize) -> u32 {
+        let r = (self.k / 2) as isize;
+        let yy = y as isize + (tap / self.k) as isize - r;
+        let xx = x as isize + (tap % self.k) as isize - r;
+        if yy >= 0 && yy < self.h as isize && xx >= 0 && xx < self.w as isize {
+            self.a[((n * self.words + iw) * self.h + yy as usize) * self.w + xx as usize]
+        } else {
+            self.pad
+        }
+    }
+}
 
 /// `M[(n * ocg + g) * h * w + p] = corr[g] + sum over taps and input groups` of the packed
 /// dot products, for packed `a[(n * icg + ic) * h * w + p]` and `pad` outside the image; `p`
@@ -16,6 +42,14 @@ pub fn conv_int8(
 ) -> Vec<[i32; 4]> {
     let icg = p.icg / 9;
     assert_eq!(a.len(), batch * icg * h * w, "input size does not match");
+    let input = RowInput {
+        a,
+        words: icg,
+        h,
+        w,
+        k: 3,
+        pad,
+    };
     let mut m = vec![[i32::MIN; 4]; batch * p.ocg * h * w];
     for n in 0..batch {
         for g in 0..p.ocg {
@@ -24,14 +58,8 @@ pub fn conv_int8(
                     let mut acc = [0i32; 4];
                     for ic in 0..icg {
                         for tap in 0..9 {
-                            let (yy, xx) = (y as isize + tap / 3 - 1, x as isize + tap % 3 - 1);
-                            let inside = yy >= 0 && yy < h as isize && xx >= 0 && xx < w as isize;
-                            let v = if inside {
-                                a[((n * icg + ic) * h + yy as usize) * w + xx as usize]
-                            } else {
-                                pad
-                            };
-                            let wd = p.words(0, g, tap as usize * icg + ic);
+                            let v = input.word(n, ic, y, x, tap);
+                            let wd = p.words(0, g, tap * icg + ic);
                             for l in 0..4 {
                                 acc[l] = acc[l].wrapping_add(dot4_i8(wd[l], v));
                             }
