@@ -187,3 +187,33 @@ fn grid(image: usize, width: usize, height: usize) -> Vec<Patch> {
     }
     out
 }
+
+/// The RefQSR modes `calibrate` fits RefER for.
+pub const REFQSR_MODES: &str = "refqsr:8-5,refqsr:8-4,refqsr:8-3,refqsr:4-3,refqsr:4-2";
+
+/// Fit RefQSR (ClustBlock and RefER for every mode of [`REFQSR_MODES`]) for `graph`, whose
+/// integer modes are calibrated by `calib`, on the images under `dir`.
+pub fn calibrate_refqsr(
+    ctx: Arc<Context>,
+    graph: &Graph,
+    calib: &Calibration,
+    dir: &Path,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<(crate::refqsr::Params, Vec<crate::refqsr::fit::ReferFit>)> {
+    let mut images = Vec::new();
+    for f in crate::batch::images(dir)? {
+        // unreadable files were reported by the calibration itself
+        if let Ok(img) = crate::imageio::read(&f) {
+            images.push(img.to_rgb32f());
+        }
+    }
+    if images.is_empty() {
+        return Err(Error::Invalid(format!(
+            "{}: no readable png, jpg or webp images to calibrate on",
+            dir.display()
+        )));
+    }
+    let modes = crate::quant::Mode::parse_list(REFQSR_MODES)?;
+    let prepared = crate::quant::prepare(graph.clone());
+    crate::refqsr::fit::fit(&ctx, &prepared, calib, &images, &modes, progress)
+}

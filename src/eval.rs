@@ -73,11 +73,6 @@ pub fn evaluate(
     bounds: &[Bounds],
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Report> {
-    if let Some(m) = modes.iter().find(|m| !m.runnable()) {
-        return Err(Error::Invalid(format!(
-            "mode {m} is not implemented in this build yet (RefQSR's scheduler is issue 4)"
-        )));
-    }
     let graph = load_graph(opts.model.as_deref(), opts.scale)?;
     let ctx = Context::new(opts.adapter.as_deref())?;
     let mut variants: Vec<(Mode, Option<Bounds>)> = Vec::new();

@@ -120,9 +120,39 @@ impl GpuModel {
                 }
             }
         }
+        let refer: u64 = self
+            .graph
+            .nodes
+            .iter()
+            .filter(|n| matches!(n.op, Op::RefEr { .. }))
+            .map(|n| {
+                let v = &self.graph.values[n.inputs[0]];
+                let s = v.scale as usize;
+                refer_scratch(batch, v.channels, h * s, w * s)
+                    .iter()
+                    .sum::<u64>()
+            })
+            .sum();
+        let externals: u64 = self.externals().iter().map(|&v| sizes[v]).sum();
+        let peak = peak + refer + externals;
         let largest = sizes.iter().copied().max().unwrap_or(0).max(sv).max(sm);
         let largest = int.iter().copied().fold(largest, u64::max);
         (largest, peak + sv + sm + int.iter().sum::<u64>())
+    }
+
+    /// Values read by some node and produced by none, besides the input: filled from outside
+    /// (see [`Plan::run_with`] and [`Plan::external`]).
+    pub fn externals(&self) -> Vec<ValueId> {
+        let g = &self.graph;
+        let produced: std::collections::HashSet<ValueId> =
+            g.nodes.iter().map(|n| n.output).collect();
+        let mut out = Vec::new();
+        for v in g.nodes.iter().flat_map(|n| n.reads()) {
+            if v != g.input && !produced.contains(&v) && !out.contains(&v) {
+                out.push(v);
+            }
+        }
+        out
     }
 
     /// Scratch bytes for the integer convolutions (packed input, gathered columns), shared by
@@ -389,6 +419,28 @@ impl GpuModel {
                     iw,
                     *factor,
                 )?],
+                (Op::RefEr { bits, clip }, _) => {
+                    let (ch, hh, ww) = (xv.channels as u32, ih, iw);
+                    let cells = refer_cells(ih as usize, iw as usize) as u32;
+                    let groups = ch.div_ceil(4);
+                    let [codes_q, codes_r, cost, best] =
+                        refer_scratch(batch, xv.channels, ih as usize, iw as usize)
+                            .map(|size| take(size, &mut owned, &mut Vec::new()));
+                    let fr = buf(node.inputs[1]);
+                    vec![
+                        kernels::refer_prep::dispatch(
+                            ctx, label, &x, &codes_q, b, ch, hh, ww, *bits, *clip,
+                        )?,
+                        kernels::refer_prep::dispatch(
+                            ctx, label, &fr, &codes_r, b, ch, hh, ww, *bits, *clip,
+                        )?,
+                        kernels::cost_volume::dispatch(
+                            ctx, label, &codes_q, &codes_r, &cost, b, cells, groups,
+                        )?,
+                        kernels::argmax::dispatch(ctx, label, &cost, &best, b, cells)?,
+                        kernels::warp::dispatch(ctx, label, &x, &fr, &best, &out, b, ch, hh, ww)?,
+                    ]
+                }
                 (Op::Conv(c), NodeRes::Gemm(gg)) => {
                     let r = c.epilogue.residual().map(buf);
                     gg.dispatch(ctx, label, &x, r.as_deref(), &out, b, ih * iw)
@@ -476,6 +528,20 @@ impl GpuModel {
     }
 }
 
+/// Pooled cells RefER compares in a `h` x `w` feature map (one per 3x3 block).
+pub fn refer_cells(h: usize, w: usize) -> usize {
+    h.div_ceil(3) * w.div_ceil(3)
+}
+
+/// Scratch bytes of one RefER alignment: the query's and the reference's codes, the cost
+/// volume and the best match per cell.
+fn refer_scratch(batch: usize, channels: usize, h: usize, w: usize) -> [u64; 4] {
+    let cells = refer_cells(h, w) as u64;
+    let b = batch as u64;
+    let codes = b * cells * channels.div_ceil(4) as u64 * 4;
+    [codes, codes, b * cells * cells * 4, b * cells * 4]
+}
+
 /// Everything needed to run one input shape, recorded once.
 pub struct Plan {
     ctx: Arc<Context>,
@@ -544,6 +610,28 @@ impl Plan {
         encoder.copy_buffer_to_buffer(&self.output, 0, &staging, 0, self.output_bytes);
         ctx.queue.submit([encoder.finish()]);
         ctx.map_read(&staging)
+    }
+
+    /// The buffer of value `v`, kept by [`GpuModel::plan_keeping`]: C4HW, batch item `n` at
+    /// byte `n * size / batch`.
+    pub fn kept(&self, v: ValueId) -> &wgpu::Buffer {
+        &self
+            .kept
+            .iter()
+            .find(|k| k.0 == v)
+            .expect("value kept by the plan")
+            .1
+    }
+
+    /// The buffer of external input `v` (laid out as [`Plan::kept`]), for the caller to fill
+    /// on the device before a run.
+    pub fn external(&self, v: ValueId) -> &wgpu::Buffer {
+        &self
+            .externals
+            .iter()
+            .find(|e| e.0 == v)
+            .expect("value is an external input of the plan")
+            .1
     }
 
     /// The C4HW contents of value `v` after the last run (`v` must have been kept, see

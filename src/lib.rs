@@ -24,3 +24,4 @@ pub use upscaler::{Options, Upscaler};
 pub mod batch;
 pub mod metrics;
 pub mod quant;
+pub mod refqsr;

@@ -21,9 +21,13 @@ struct Cli {
 /// Precision options shared by the commands that upscale.
 #[derive(clap::Args)]
 struct QuantArgs {
-    /// Precision: fp32, or wXaY (X-bit weights, Y-bit activations in the body, 2..=8).
+    /// Precision: fp32, wXaY (X-bit weights, Y-bit activations in the body, 2..=8), or
+    /// refqsr:H-L (references at H bits, the other patches at L with RefER: 8-5, 8-4, 8-3, 4-3, 4-2).
     #[arg(long, default_value = "fp32")]
     mode: refqsr::quant::Mode,
+    /// RefQSR: cosine similarity below which a patch is its own reference.
+    #[arg(long)]
+    tau: Option<f32>,
     /// Calibration file (default: the shipped one, or MODEL.calib.json beside -m).
     #[arg(long)]
     calibration: Option<PathBuf>,
@@ -77,6 +81,9 @@ enum Command {
         /// Adapter index or name part.
         #[arg(long)]
         adapter: Option<String>,
+        /// Keep the existing calibration (the output file) and fit only RefQSR's parameters.
+        #[arg(long)]
+        refqsr_only: bool,
     },
     /// List the GPU adapters wgpu can see.
     Adapters,
@@ -88,7 +95,8 @@ enum Command {
         /// Upscaling factor (picks the shipped model; must match -m).
         #[arg(short, long)]
         scale: Option<u32>,
-        /// Comma-separated modes: fp32, wXaY (refqsr:H-L is not implemented yet).
+        /// Comma-separated modes: fp32, wXaY, refqsr:H-L (each RefQSR mode also runs the
+        /// paper's ablations: without RefER, self-reference, random references).
         #[arg(long, default_value = "fp32,w8a8,w4a4")]
         modes: String,
         /// Comma-separated quantization bounds to compare: searched, minmax.
@@ -131,6 +139,7 @@ fn main() -> ExitCode {
                 adapter,
                 mirror,
                 mode: quant.mode,
+                tau: quant.tau,
                 calibration: quant.calibration,
                 bounds: if quant.minmax {
                     refqsr::quant::Bounds::MinMax
@@ -146,9 +155,11 @@ fn main() -> ExitCode {
             images,
             output,
             adapter,
+            refqsr_only,
         } => calibrate(
             &images,
             output,
+            refqsr_only,
             Options {
                 model,
                 scale,
@@ -319,7 +330,12 @@ fn eval(
     })
 }
 
-fn calibrate(images: &Path, output: Option<PathBuf>, opts: Options) -> refqsr::Result<ExitCode> {
+fn calibrate(
+    images: &Path,
+    output: Option<PathBuf>,
+    refqsr_only: bool,
+    opts: Options,
+) -> refqsr::Result<ExitCode> {
     if !images.is_dir() {
         return Err(refqsr::Error::Invalid(format!(
             "{}: not a folder of calibration images",
@@ -334,24 +350,66 @@ fn calibrate(images: &Path, output: Option<PathBuf>, opts: Options) -> refqsr::R
     };
     let ctx = refqsr::gpu::Context::new(opts.adapter.as_deref())?;
     eprintln!("refqsr: calibrating {} on {}", graph.name, ctx.describe());
-    let b = bar(0, "{spinner} [{bar:30}] {pos}/{len} patch runs {elapsed}");
-    let out = refqsr::calibrate::calibrate(ctx, &graph, images, &mut |done, total| {
-        b.set_length(total as u64);
-        b.set_position(done as u64);
-    })?;
+    let mut skipped = 0;
+    let calibration = if refqsr_only {
+        let prepared = refqsr::quant::prepare(graph.clone());
+        refqsr::quant::Calibration::load(&output, &prepared)?
+    } else {
+        let b = bar(0, "{spinner} [{bar:30}] {pos}/{len} patch runs {elapsed}");
+        let out = refqsr::calibrate::calibrate(ctx.clone(), &graph, images, &mut |done, total| {
+            b.set_length(total as u64);
+            b.set_position(done as u64);
+        })?;
+        b.finish_and_clear();
+        for (path, e) in &out.skipped {
+            eprintln!("refqsr: skipped {}: {e}", path.display());
+        }
+        skipped = out.skipped.len();
+        out.calibration.save(&output)?;
+        eprintln!(
+            "refqsr: {} layers calibrated on {} patches of {} images; wrote {}",
+            out.calibration.layers.len(),
+            out.calibration.patches,
+            out.calibration.images.len(),
+            output.display()
+        );
+        out.calibration
+    };
+    let b = bar(0, "{spinner} [{bar:30}] {pos}/{len} RefQSR modes {elapsed}");
+    let (params, fits) = refqsr::calibrate::calibrate_refqsr(
+        ctx,
+        &graph,
+        &calibration,
+        images,
+        &mut |done, total| {
+            b.set_length(total as u64);
+            b.set_position(done as u64);
+        },
+    )?;
     b.finish_and_clear();
-    for (path, e) in &out.skipped {
-        eprintln!("refqsr: skipped {}: {e}", path.display());
+    for f in &fits {
+        eprintln!(
+            "refqsr: {} RefER on {} query patches: tap MSE vs fp32 {:.3e} -> {:.3e} ({:+.2} dB)",
+            f.params.mode,
+            f.pairs,
+            f.mse[0],
+            f.mse[1],
+            10.0 * (f.mse[0] / f.mse[1].max(1e-30)).log10()
+        );
     }
-    out.calibration.save(&output)?;
+    let path = output
+        .to_string_lossy()
+        .strip_suffix(".calib.json")
+        .map(|s| PathBuf::from(format!("{s}.refqsr.json")))
+        .unwrap_or_else(|| output.with_extension("refqsr.json"));
+    params.save(&path)?;
     eprintln!(
-        "refqsr: {} layers calibrated on {} patches of {} images; wrote {}",
-        out.calibration.layers.len(),
-        out.calibration.patches,
-        out.calibration.images.len(),
-        output.display()
+        "refqsr: ClustBlock ({} classes) and RefER for {} modes; wrote {}",
+        params.clust.prototypes.len(),
+        params.refer.len(),
+        path.display()
     );
-    Ok(if out.skipped.is_empty() {
+    Ok(if skipped == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -11,6 +11,7 @@ use crate::exec::{GpuModel, Plan};
 use crate::gpu::Context;
 use crate::model::Graph;
 use crate::quant::{Bounds, Calibration, Mode};
+use crate::refqsr::{Ablation, RefQsr};
 use crate::tile::Grid;
 
 /// A model compiled into the binary: (name, scale, param, bin, calibration).
@@ -19,6 +20,7 @@ type Builtin = (
     u32,
     &'static [u8],
     &'static [u8],
+    &'static str,
     &'static str,
 );
 
@@ -31,6 +33,7 @@ const BUILTIN: &[Builtin] = &[
         include_bytes!("../assets/models/spanx4_ch48.param"),
         include_bytes!("../assets/models/spanx4_ch48.bin"),
         include_str!("../assets/models/spanx4_ch48.calib.json"),
+        include_str!("../assets/models/spanx4_ch48.refqsr.json"),
     ),
     (
         "spanx2_ch48",
@@ -38,6 +41,7 @@ const BUILTIN: &[Builtin] = &[
         include_bytes!("../assets/models/spanx2_ch48.param"),
         include_bytes!("../assets/models/spanx2_ch48.bin"),
         include_str!("../assets/models/spanx2_ch48.calib.json"),
+        include_str!("../assets/models/spanx2_ch48.refqsr.json"),
     ),
 ];
 
@@ -67,6 +71,16 @@ pub struct Options {
     pub calibration: Option<PathBuf>,
     /// Searched (default) or min/max quantization bounds.
     pub bounds: Bounds,
+    /// Overlap (input pixels) each side of a tile; `None` = the receptive-field radius (the
+    /// output then does not depend on the tiling), or [`crate::refqsr::HALO`] in RefQSR modes.
+    pub halo: Option<usize>,
+    /// RefQSR's cosine threshold; `None` = [`crate::refqsr::DEFAULT_TAU`].
+    pub tau: Option<f32>,
+    /// RefQSR ablation (for `eval`).
+    pub ablation: Ablation,
+    /// RefQSR parameters (ClustBlock and RefER); `None` = the shipped ones for a shipped
+    /// model, else `MODEL.refqsr.json` beside the model.
+    pub refqsr_params: Option<PathBuf>,
 }
 
 /// Default mirrored border (see `tile.rs`): none. DESIGN.md asks for mirrored borders, but
@@ -86,6 +100,8 @@ pub struct Upscaler {
     max_memory: u64,
     mirror: usize,
     plans: Mutex<HashMap<(usize, usize, usize), Arc<Plan>>>,
+    /// The RefQSR engine in RefQSR modes (`model` is then its reference model).
+    refqsr: Option<Box<RefQsr>>,
 }
 
 /// Resolve a model: the shipped one for `scale`, or the files at `path`.
@@ -93,7 +109,7 @@ pub fn load_graph(path: Option<&Path>, scale: Option<u32>) -> Result<Graph> {
     let graph = match path {
         None => {
             let s = scale.unwrap_or(4);
-            let (name, _, param, bin, _) = BUILTIN.iter().find(|m| m.1 == s).ok_or_else(|| {
+            let (name, _, param, bin, ..) = BUILTIN.iter().find(|m| m.1 == s).ok_or_else(|| {
                 Error::Invalid(format!(
                     "no shipped model upscales by {s} (shipped: x4, x2); pass a model with -m"
                 ))
@@ -140,7 +156,7 @@ pub fn load_calibration(opts: &Options, graph: &Graph) -> Result<Calibration> {
     }
     match &opts.model {
         None => {
-            let (name, .., text) = BUILTIN
+            let (name, _, _, _, text, _) = BUILTIN
                 .iter()
                 .find(|m| m.0 == graph.name)
                 .expect("a shipped graph has a shipped calibration");
@@ -158,6 +174,36 @@ pub fn load_calibration(opts: &Options, graph: &Graph) -> Result<Calibration> {
                 )));
             }
             Calibration::load(&path, graph)
+        }
+    }
+}
+
+/// The RefQSR parameters of `graph` (see [`Options::refqsr_params`]).
+pub fn load_refqsr_params(opts: &Options, graph: &Graph) -> Result<crate::refqsr::Params> {
+    use crate::refqsr::Params;
+    if let Some(p) = &opts.refqsr_params {
+        return Params::load(p, graph);
+    }
+    match &opts.model {
+        None => {
+            let (name, .., text) = BUILTIN
+                .iter()
+                .find(|m| m.0 == graph.name)
+                .expect("a shipped graph has shipped RefQSR parameters");
+            Params::parse(text, Path::new(&format!("{name}.refqsr.json")), graph)
+        }
+        Some(p) => {
+            let path = model_files(p).0.with_extension("refqsr.json");
+            if !path.exists() {
+                return Err(Error::Invalid(format!(
+                    "mode {} needs RefQSR parameters of model `{}`, and {} does not exist: run `refqsr calibrate -m {} --images DIR`",
+                    opts.mode,
+                    graph.name,
+                    path.display(),
+                    p.display()
+                )));
+            }
+            Params::load(&path, graph)
         }
     }
 }
@@ -196,20 +242,40 @@ impl Upscaler {
         if opts.tile == Some(0) {
             return Err(Error::Invalid("tile size must be at least 1".into()));
         }
-        let halo = graph.receptive_radius();
         let mut mode = opts.mode;
-        if !mode.runnable() {
-            return Err(Error::Invalid(format!(
-                "mode {mode} is not implemented in this build yet (RefQSR's scheduler is issue 4)"
-            )));
-        }
+        let refqsr_mode = matches!(mode, Mode::RefQsr { .. });
+        let halo = opts.halo.unwrap_or(if refqsr_mode {
+            crate::refqsr::HALO
+        } else {
+            graph.receptive_radius()
+        });
+        let tile = opts.tile.or(refqsr_mode.then_some(crate::refqsr::PATCH));
         let mut fallback = None;
+        let mut refqsr = None;
         let model = if mode.is_integer() {
             let graph = crate::quant::prepare(graph);
             let calib = load_calibration(opts, &graph)?;
             match crate::kernels::int_conv::self_check(&ctx) {
                 Ok(()) => {
-                    let layers = crate::quant::int_layers(&graph, mode, &calib, opts.bounds);
+                    // RefQSR's reference body is the uniform high-precision model
+                    let uniform = match mode {
+                        Mode::RefQsr { high, .. } => Mode::Uniform { w: high, a: high },
+                        m => m,
+                    };
+                    if let Mode::RefQsr { high, low } = mode {
+                        let params = load_refqsr_params(opts, &graph)?;
+                        refqsr = Some(Box::new(RefQsr::new(
+                            ctx.clone(),
+                            &graph,
+                            (high, low),
+                            &calib,
+                            opts.bounds,
+                            &params,
+                            opts.tau.unwrap_or(crate::refqsr::DEFAULT_TAU),
+                            opts.ablation,
+                        )?));
+                    }
+                    let layers = crate::quant::int_layers(&graph, uniform, &calib, opts.bounds);
                     GpuModel::quantized(ctx, graph, layers)?
                 }
                 Err(why) => {
@@ -229,11 +295,17 @@ impl Upscaler {
             mode,
             fallback,
             halo,
-            tile: opts.tile,
+            tile,
             max_memory: opts.max_memory.unwrap_or(1 << 30),
             mirror: opts.mirror.unwrap_or(DEFAULT_MIRROR),
             plans: Mutex::new(HashMap::new()),
+            refqsr,
         })
+    }
+
+    /// What the last RefQSR run did (`None` in other modes).
+    pub fn last_refqsr_run(&self) -> Option<crate::refqsr::RunStats> {
+        self.refqsr.as_ref().and_then(|r| r.last_run())
     }
 
     /// The mode this upscaler runs (fp32 where an integer mode fell back, see
@@ -336,6 +408,9 @@ impl Upscaler {
         }
         let s = self.scale() as usize;
         let grid = self.grid(w, h)?;
+        if let Some(r) = &self.refqsr {
+            return r.run(&self.model, img, &grid, self.max_memory, progress);
+        }
         let (ih, iw) = grid.input_size();
         let mut batch = 1;
         while batch < grid.tiles.len().min(16) && self.fits(batch + 1, ih, iw) {

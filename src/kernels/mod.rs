@@ -3,12 +3,14 @@
 //! A launcher knows its shader's override constants, binding order, uniform layout and
 //! dispatch size; [`crate::exec`] strings launches together into a plan.
 
+pub mod argmax;
 pub mod binary;
 pub mod concat;
 pub mod conv;
 pub mod conv_int4;
 pub mod conv_int4_swar;
 pub mod conv_int8;
+pub mod cost_volume;
 pub mod cpu;
 pub mod gemm;
 pub mod gemm_int8;
@@ -18,7 +20,9 @@ pub mod int_store;
 pub mod interp;
 pub mod pixel_shuffle;
 pub mod quantize;
+pub mod refer_prep;
 pub mod unary;
+pub mod warp;
 pub mod winograd;
 pub mod winograd_input;
 pub mod winograd_output;
@@ -72,6 +76,13 @@ pub const SHADERS: &[(&str, &str)] = &[
         "winograd_output",
         include_str!("../../shaders/winograd_output.wgsl"),
     ),
+    ("refer_prep", include_str!("../../shaders/refer_prep.wgsl")),
+    (
+        "cost_volume",
+        include_str!("../../shaders/cost_volume.wgsl"),
+    ),
+    ("argmax", include_str!("../../shaders/argmax.wgsl")),
+    ("warp", include_str!("../../shaders/warp.wgsl")),
 ];
 
 /// The complete WGSL of a shader: shared helpers followed by the kernel.

@@ -77,6 +77,14 @@ pub enum Op {
     InterpNearest {
         factor: u32,
     },
+    /// RefER's alignment (RefQSR, Eqs. 4-7): `inputs[0] - warp(inputs[1])`, the reference
+    /// feature `inputs[1]` backward-warped onto the query feature `inputs[0]` by the argmax of
+    /// their cost volume over 3x3-pooled, L2-normalised codes of `bits` bits clipped to
+    /// `[-clip, clip]`.
+    RefEr {
+        bits: u32,
+        clip: f32,
+    },
 }
 
 /// Concat kernels bind a fixed number of inputs.

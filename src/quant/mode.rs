@@ -57,11 +57,6 @@ impl fmt::Display for Mode {
 }
 
 impl Mode {
-    /// Whether this build can run the mode (RefQSR's scheduler is issue 4).
-    pub fn runnable(&self) -> bool {
-        matches!(self, Mode::Fp32 | Mode::Uniform { .. })
-    }
-
     /// Whether the body runs in integers (and so needs a calibration).
     pub fn is_integer(&self) -> bool {
         !matches!(self, Mode::Fp32)

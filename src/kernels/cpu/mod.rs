@@ -2,12 +2,14 @@
 //! compare the two on random inputs with a tight, named tolerance. Together they also form the
 //! CPU reference executor of a whole graph ([`run_graph`]).
 
+mod argmax;
 mod binary;
 mod concat;
 mod conv;
 mod conv_int4;
 mod conv_int4_swar;
 mod conv_int8;
+mod cost_volume;
 mod gemm;
 mod gemm_int8;
 mod im2col_int8;
@@ -15,15 +17,19 @@ mod int_store;
 mod interp;
 mod pixel_shuffle;
 mod quantize;
+mod refer_prep;
 mod unary;
+mod warp;
 mod winograd;
 
+pub use argmax::argmax;
 pub use binary::{binary, per_channel_group, Operand};
 pub use concat::concat;
 pub use conv::conv;
 pub use conv_int4::conv_int4;
 pub use conv_int4_swar::conv_int4_swar;
 pub use conv_int8::conv_int8;
+pub use cost_volume::cost_volume;
 pub use gemm::{gemm, pointwise};
 pub use gemm_int8::gemm_int8;
 pub use im2col_int8::im2col_int8;
@@ -31,7 +37,9 @@ pub use int_store::{int_store, Store};
 pub use interp::interp;
 pub use pixel_shuffle::pixel_shuffle;
 pub use quantize::quantize;
+pub use refer_prep::refer_prep;
 pub use unary::unary;
+pub use warp::warp;
 pub use winograd::{winograd, winograd_input, winograd_output};
 
 use crate::model::{Graph, Op, Rhs};
@@ -190,6 +198,18 @@ pub fn run_graph_with(graph: &Graph, inputs: &[&Tensor]) -> Tensor {
             }
             Op::PixelShuffle { factor } => pixel_shuffle(x, *factor as usize),
             Op::InterpNearest { factor } => interp(x, *factor as usize),
+            Op::RefEr { bits, clip } => {
+                let fr = get(node.inputs[1]);
+                let cells = crate::exec::refer_cells(x.h, x.w);
+                let q = refer_prep(&x.data, x.n, x.c, x.h, x.w, *bits, *clip);
+                let r = refer_prep(&fr.data, x.n, x.c, x.h, x.w, *bits, *clip);
+                let e = cost_volume(&q, &r, x.n, cells, x.groups());
+                let best = argmax(&e, x.n, cells);
+                Tensor {
+                    data: warp(&x.data, &fr.data, &best, x.n, x.c, x.h, x.w),
+                    ..x.clone()
+                }
+            }
         };
         values[node.output] = Some(out);
     }

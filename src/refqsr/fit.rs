@@ -1,0 +1,369 @@
+//! What `refqsr calibrate` fits for RefQSR: ClustBlock's activation ranges and prototypes,
+//! and for each mode RefER's conv, in closed form.
+//!
+//! RefER's 1x1 conv should turn the aligned difference `D = Fq - warp(Fr)` into the query's
+//! quantization error `F_fp32 - Fq`. On calibration images downscaled as `eval` does, the
+//! references are chosen as at inference, every model's tap features are computed on the GPU,
+//! the alignment by the CPU twins of the RefER kernels, and the conv (with bias) is the ridge
+//! least-squares solution of that regression over every query pixel: a 49 x 49 system per
+//! mode, no training framework.
+
+use std::sync::Arc;
+
+use image::imageops::{self, FilterType};
+use image::Rgb32FImage;
+
+use super::clust::{self, ClustBlock, ClustParams};
+use super::{medium, select, tap, Params, ReferParams, FORMAT, HALO, PATCH};
+use crate::error::Result;
+use crate::exec::GpuModel;
+use crate::gpu::Context;
+use crate::kernels::cpu;
+use crate::model::Graph;
+use crate::quant::calib::{search_bounds, Histogram};
+use crate::quant::{Bounds, Calibration, Mode};
+use crate::tile::Grid;
+
+/// ClustBlock classes.
+pub const CLASSES: usize = 32;
+/// Clip of RefER's pooled unit features at `bits`, in units of their RMS (1/sqrt(C)): the
+/// MSE-optimal clip of a uniform quantizer on a bell-shaped distribution grows with the bits.
+pub fn clip(bits: u32, channels: usize) -> f32 {
+    let sigmas = [1.0, 1.0, 1.0, 1.7, 2.4, 2.9, 3.3, 3.6, 4.0][bits.min(8) as usize];
+    sigmas / (channels as f32).sqrt()
+}
+
+/// Windows of every image, cut as RefQSR cuts them: (image index, grid, windows).
+fn windows(images: &[Rgb32FImage]) -> Vec<(Grid, Vec<f32>)> {
+    images
+        .iter()
+        .map(|img| {
+            let grid = Grid::new(img.width() as usize, img.height() as usize, PATCH, HALO, 0);
+            let (h, w) = grid.input_size();
+            let mut win = vec![0f32; grid.tiles.len() * h * w * 4];
+            for (t, dst) in grid.tiles.iter().zip(win.chunks_mut(h * w * 4)) {
+                grid.extract(img, *t, dst);
+            }
+            (grid, win)
+        })
+        .collect()
+}
+
+/// Fit ClustBlock on `images` (windows at native size and downscaled by `scale`).
+pub fn fit_clust(ctx: &Arc<Context>, images: &[Rgb32FImage], scale: u32) -> Result<ClustParams> {
+    let mut all = images.to_vec();
+    all.extend(images.iter().map(|i| downscale(i, scale)));
+    let float = GpuModel::new(ctx.clone(), clust::graph())?;
+    let mut ranges = [0f32; 2];
+    let mut sets = Vec::new();
+    for (grid, win) in windows(&all) {
+        let (h, w) = grid.input_size();
+        let (bh, bw) = clust::blocks(h, w);
+        let per = h * w * 4;
+        for chunk in win.chunks(per * clust::GROUP) {
+            let m = chunk.len() / per;
+            let plan = float.plan_keeping(m, bh, bw, &[1, 2])?;
+            let mut input = Vec::new();
+            let mut blocks = vec![0f32; 7 * bh * bw * 4];
+            for item in chunk.chunks(per) {
+                clust::space_to_depth(item, h, w, &mut blocks);
+                input.extend_from_slice(&blocks);
+            }
+            plan.run(&input)?;
+            for (r, v) in ranges.iter_mut().zip([1, 2]) {
+                *r = plan.read_value(v)?.iter().copied().fold(*r, f32::max);
+            }
+        }
+        sets.push((grid, win));
+    }
+    let mut params = ClustParams {
+        ranges,
+        prototypes: vec![vec![0.0; clust::FEATURES]],
+    };
+    let cb = ClustBlock::new(ctx.clone(), params.clone())?;
+    let mut descriptors = Vec::new();
+    for (grid, win) in &sets {
+        let (h, w) = grid.input_size();
+        let d = cb.descriptors(win, grid.tiles.len(), h, w)?;
+        descriptors.extend(d.chunks(clust::FEATURES).map(clust::normalise));
+    }
+    params.prototypes = clust::kmeans(&descriptors, CLASSES, 20);
+    Ok(params)
+}
+
+/// `img` downscaled by `s` as `eval` makes its inputs.
+pub fn downscale(img: &Rgb32FImage, s: u32) -> Rgb32FImage {
+    let (w, h) = ((img.width() / s).max(1), (img.height() / s).max(1));
+    imageops::resize(img, w, h, FilterType::CatmullRom)
+}
+
+/// Tap features (one Vec per window) of `model` on the windows `ids` of `win`.
+fn taps(
+    model: &GpuModel,
+    tap: usize,
+    win: &[f32],
+    ids: &[usize],
+    h: usize,
+    w: usize,
+) -> Result<Vec<Vec<f32>>> {
+    let per = h * w * 4;
+    let mut out = Vec::new();
+    for chunk in ids.chunks(8) {
+        let plan = model.plan_keeping(chunk.len(), h, w, &[tap])?;
+        let input: Vec<f32> = chunk
+            .iter()
+            .flat_map(|&i| win[i * per..(i + 1) * per].iter().copied())
+            .collect();
+        plan.run(&input)?;
+        let f = plan.read_value(tap)?;
+        out.extend(f.chunks(f.len() / chunk.len()).map(<[f32]>::to_vec));
+    }
+    Ok(out)
+}
+
+/// How well one mode's RefER fit does on its own data.
+pub struct ReferFit {
+    pub params: ReferParams,
+    /// Mean squared error of the query taps against fp32, before and after RefER.
+    pub mse: [f64; 2],
+    pub pairs: usize,
+}
+
+/// Fit RefER for each RefQSR mode of `modes` on `images` (downscaled by the model's scale).
+pub fn fit_refer(
+    ctx: &Arc<Context>,
+    graph: &Graph,
+    calib: &Calibration,
+    clust_params: &ClustParams,
+    images: &[Rgb32FImage],
+    modes: &[Mode],
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<ReferFit>> {
+    let graph = crate::quant::prepare(graph.clone());
+    let t = tap(&graph)?;
+    let c = graph.values[t].channels;
+    let lr: Vec<Rgb32FImage> = images.iter().map(|i| downscale(i, graph.scale())).collect();
+    let sets = windows(&lr);
+    let cb = ClustBlock::new(ctx.clone(), clust_params.clone())?;
+    let sels = sets
+        .iter()
+        .map(|(grid, win)| {
+            let (h, w) = grid.input_size();
+            let v = cb.logits(win, grid.tiles.len(), h, w)?;
+            Ok(select::select(
+                &v,
+                grid.tiles.len(),
+                clust_params.prototypes.len(),
+                super::DEFAULT_TAU,
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let fp32 = GpuModel::new(ctx.clone(), graph.clone())?;
+    let model = |w: u32, a: u32| {
+        let layers =
+            crate::quant::int_layers(&graph, Mode::Uniform { w, a }, calib, Bounds::Searched);
+        GpuModel::quantized(ctx.clone(), graph.clone(), layers)
+    };
+    let mut fits = Vec::new();
+    progress(0, modes.len());
+    for (k, &mode) in modes.iter().enumerate() {
+        let Mode::RefQsr { high, low } = mode else {
+            continue;
+        };
+        let reference = model(high, high)?;
+        let query = model(medium(high, low), low)?;
+        let bits = low;
+        let clip = clip(bits, c);
+        let n = c + 1;
+        let mut xtx = vec![0f64; n * n];
+        let mut xty = vec![0f64; n * c];
+        let mut sample = Vec::new();
+        let mut pairs = 0;
+        let mut before = (0f64, 0usize);
+        let mut data = Vec::new();
+        for ((grid, win), sel) in sets.iter().zip(&sels) {
+            let (h, w) = grid.input_size();
+            let queries: Vec<usize> = (0..sel.reference.len())
+                .filter(|&i| !sel.is_reference(i))
+                .collect();
+            if queries.is_empty() {
+                continue;
+            }
+            let refs: Vec<usize> = queries.iter().map(|&q| sel.reference[q]).collect();
+            let fq = taps(&query, t, win, &queries, h, w)?;
+            let fr = taps(&reference, t, win, &refs, h, w)?;
+            let ff = taps(&fp32, t, win, &queries, h, w)?;
+            for ((q, r), f) in fq.iter().zip(&fr).zip(&ff) {
+                let cells = crate::exec::refer_cells(h, w);
+                let cq = cpu::refer_prep(q, 1, c, h, w, bits, clip);
+                let cr = cpu::refer_prep(r, 1, c, h, w, bits, clip);
+                let e = cpu::cost_volume(&cq, &cr, 1, cells, c.div_ceil(4));
+                let idx = cpu::argmax(&e, 1, cells);
+                let d = cpu::warp(q, r, &idx, 1, c, h, w);
+                let plane = h * w;
+                let at =
+                    |x: &[f32], ch: usize, p: usize| x[((ch / 4) * plane + p) * 4 + ch % 4] as f64;
+                let mut xv = vec![0f64; n];
+                for p in 0..plane {
+                    for ch in 0..c {
+                        xv[ch] = at(&d, ch, p);
+                    }
+                    xv[c] = 1.0;
+                    for i in 0..n {
+                        let xi = xv[i];
+                        if xi == 0.0 {
+                            continue;
+                        }
+                        for j in 0..n {
+                            xtx[i * n + j] += xi * xv[j];
+                        }
+                        for o in 0..c {
+                            xty[i * c + o] += xi * (at(f, o, p) - at(q, o, p));
+                        }
+                    }
+                    for o in 0..c {
+                        before.0 += (at(f, o, p) - at(q, o, p)).powi(2);
+                    }
+                    before.1 += c;
+                    if p % 5 == 0 {
+                        sample.extend((0..c).map(|ch| xv[ch] as f32));
+                    }
+                }
+                data.push((d, q.clone(), f.clone(), plane));
+                pairs += 1;
+            }
+        }
+        let sol = ridge(&xtx, &xty, n, c);
+        let mut weights = vec![0f32; c * c];
+        let mut bias = vec![0f32; c];
+        for o in 0..c {
+            for i in 0..c {
+                weights[o * c + i] = sol[i * c + o] as f32;
+            }
+            bias[o] = sol[c * c + o] as f32;
+        }
+        let mut after = 0f64;
+        for (d, q, f, plane) in &data {
+            let at = |x: &[f32], ch: usize, p: usize| x[((ch / 4) * plane + p) * 4 + ch % 4] as f64;
+            for p in 0..*plane {
+                for o in 0..c {
+                    let y: f64 = bias[o] as f64
+                        + (0..c)
+                            .map(|i| weights[o * c + i] as f64 * at(d, i, p))
+                            .sum::<f64>();
+                    after += (at(f, o, p) - at(q, o, p) - y).powi(2);
+                }
+            }
+        }
+        let (lo, hi) = sample
+            .iter()
+            .fold((0f32, 0f32), |(a, b), &x| (a.min(x), b.max(x)));
+        let mut hist = Histogram::new(lo, hi.max(lo + f32::MIN_POSITIVE));
+        for &x in &sample {
+            hist.add(x, 1.0);
+        }
+        let input = search_bounds(&hist, high);
+        let count = before.1.max(1) as f64;
+        fits.push(ReferFit {
+            params: ReferParams {
+                mode: mode.to_string(),
+                clip,
+                input,
+                weights,
+                bias,
+            },
+            mse: [before.0 / count, after / count],
+            pairs,
+        });
+        progress(k + 1, modes.len());
+    }
+    Ok(fits)
+}
+
+/// Solve `(X'X + lambda I) B = X'Y` (`n` x `n`, `n` x `m`) by Cholesky, lambda a thousandth of
+/// the mean diagonal (the bias column is not shrunk).
+fn ridge(xtx: &[f64], xty: &[f64], n: usize, m: usize) -> Vec<f64> {
+    let mean = (0..n).map(|i| xtx[i * n + i]).sum::<f64>() / n as f64;
+    let mut a = xtx.to_vec();
+    for i in 0..n - 1 {
+        a[i * n + i] += 1e-3 * mean.max(1e-12);
+    }
+    a[(n - 1) * n + n - 1] += 1e-12;
+    // Cholesky: a = L L'
+    let mut l = vec![0f64; n * n];
+    for i in 0..n {
+        for j in 0..=i {
+            let s: f64 = a[i * n + j] - (0..j).map(|k| l[i * n + k] * l[j * n + k]).sum::<f64>();
+            l[i * n + j] = if i == j {
+                s.max(1e-30).sqrt()
+            } else {
+                s / l[j * n + j]
+            };
+        }
+    }
+    let mut b = xty.to_vec();
+    for col in 0..m {
+        // L z = b, then L' x = z
+        for i in 0..n {
+            let s: f64 = (0..i).map(|k| l[i * n + k] * b[k * m + col]).sum();
+            b[i * m + col] = (b[i * m + col] - s) / l[i * n + i];
+        }
+        for i in (0..n).rev() {
+            let s: f64 = (i + 1..n).map(|k| l[k * n + i] * b[k * m + col]).sum();
+            b[i * m + col] = (b[i * m + col] - s) / l[i * n + i];
+        }
+    }
+    b
+}
+
+/// ClustBlock and RefER for `modes`, as one parameters file for `graph`.
+pub fn fit(
+    ctx: &Arc<Context>,
+    graph: &Graph,
+    calib: &Calibration,
+    images: &[Rgb32FImage],
+    modes: &[Mode],
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<(Params, Vec<ReferFit>)> {
+    let clust = fit_clust(ctx, images, graph.scale())?;
+    let fits = fit_refer(ctx, graph, calib, &clust, images, modes, progress)?;
+    Ok((
+        Params {
+            format: FORMAT.into(),
+            model: graph.name.clone(),
+            clust,
+            refer: fits.iter().map(|f| f.params.clone()).collect(),
+        },
+        fits,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ridge_recovers_a_linear_map() {
+        // y = 2 x0 - x1 + 0.5, y2 = x1 + 1
+        let (n, m) = (3, 2);
+        let mut xtx = vec![0f64; n * n];
+        let mut xty = vec![0f64; n * m];
+        for k in 0..50 {
+            let x = [(k % 7) as f64 - 3.0, (k % 5) as f64 * 0.7, 1.0];
+            let y = [2.0 * x[0] - x[1] + 0.5, x[1] + 1.0];
+            for i in 0..n {
+                for j in 0..n {
+                    xtx[i * n + j] += x[i] * x[j];
+                }
+                for o in 0..m {
+                    xty[i * m + o] += x[i] * y[o];
+                }
+            }
+        }
+        let b = ridge(&xtx, &xty, n, m);
+        let want = [2.0, 0.0, -1.0, 1.0, 0.5, 1.0];
+        for (g, w) in b.iter().zip(want) {
+            assert!((g - w).abs() < 0.02, "{b:?}");
+        }
+    }
+}

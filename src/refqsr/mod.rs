@@ -1,0 +1,589 @@
+//! RefQSR (Section 3 of the paper): representative patches run at high precision, every other
+//! patch at low precision, refined by RefER from its reference's features.
+//!
+//! The image is cut into patches ([`PATCH`] pixels with [`HALO`] pixels of overlap each side,
+//! the paper's six overlapping pixels). ClustBlock ([`clust`]) gives every patch a logit
+//! vector; [`select`] picks references by Eqs. 2-3; [`schedule`] orders the work (references
+//! first, queries queued against their stored features, groups sized by the memory budget);
+//! [`RefQsr::run`] executes it. The reference body runs at (W b_high, A b_high); the query
+//! body at (W b_medium, A b_low), b_medium = round((b_high + b_low) / 2), and RefER at the tap:
+//! `F' = Fq + conv(Fq - warp(Fr))`, the conv at b_high.
+//!
+//! The tap is the body's output, the input of the upsampler (SPAN has no ResBlocks to replace
+//! as the paper does for SRResNet; its body ends in a 1x1 conv over four concatenated block
+//! outputs, so the last feature map is where one RefER sees the error of every quantized
+//! layer, and it is the only one the float tail reads). The RefER conv is 1x1, fitted by
+//! `refqsr calibrate` in closed form (ridge least squares of `F_fp32 - Fq` on the aligned
+//! difference) for each mode.
+
+pub mod clust;
+pub mod fit;
+pub mod schedule;
+pub mod select;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use image::Rgb32FImage;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::exec::{GpuModel, Plan};
+use crate::gpu::Context;
+use crate::kernels::int_conv::PackedIntConv;
+use crate::model::{Activation, Conv, Epilogue, Graph, Node, Op, Value, ValueId};
+use crate::quant::{cost, Bounds, Calibration, Mode, Quantizer};
+use crate::tile::Grid;
+
+use clust::{ClustBlock, ClustParams};
+use schedule::{Budget, Schedule};
+use select::Selection;
+
+/// Patch size (input pixels), the size the paper trains with.
+pub const PATCH: usize = 48;
+/// Overlap each side of a patch: the paper's six overlapping pixels between patches.
+pub const HALO: usize = 3;
+/// Default cosine threshold (the paper's).
+pub const DEFAULT_TAU: f32 = 0.5;
+/// Patches per dispatch at most.
+pub const MAX_GROUP: usize = 16;
+/// Format tag of the fitted parameters file.
+pub const FORMAT: &str = "refqsr-params-1";
+
+/// The paper's ablations (Table 5), for `eval`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub enum Ablation {
+    #[default]
+    None,
+    /// Queries at low precision with no refinement.
+    NoRefer,
+    /// The query's own feature as its reference.
+    SelfReference,
+    /// The same references, each query paired with a random one.
+    RandomReferences,
+}
+
+impl Ablation {
+    pub const ALL: [Ablation; 3] = [
+        Ablation::NoRefer,
+        Ablation::SelfReference,
+        Ablation::RandomReferences,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Ablation::None => "",
+            Ablation::NoRefer => "w/o RefER",
+            Ablation::SelfReference => "self-reference",
+            Ablation::RandomReferences => "random references",
+        }
+    }
+}
+
+/// RefER fitted for one mode.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReferParams {
+    /// The mode, e.g. `refqsr:8-4`.
+    pub mode: String,
+    /// Clip of the pooled, normalised features before their `b_low` codes.
+    pub clip: f32,
+    /// Quantization bounds of the difference `Fq - warp(Fr)` (the conv's input at b_high).
+    pub input: [f32; 2],
+    /// 1x1 conv `[out][in]`.
+    pub weights: Vec<f32>,
+    pub bias: Vec<f32>,
+}
+
+/// Everything `refqsr calibrate` fits for RefQSR on one model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Params {
+    pub format: String,
+    pub model: String,
+    pub clust: ClustParams,
+    pub refer: Vec<ReferParams>,
+}
+
+impl Params {
+    /// Parse and check parameters for `graph` (`origin` names the file in errors).
+    pub fn parse(text: &str, origin: &Path, graph: &Graph) -> Result<Params> {
+        let bad = |m: String| Error::Invalid(format!("{}: {m}", origin.display()));
+        let p: Params =
+            serde_json::from_str(text).map_err(|e| bad(format!("not RefQSR parameters: {e}")))?;
+        if p.format != FORMAT {
+            return Err(bad(format!("format `{}`, expected `{FORMAT}`", p.format)));
+        }
+        if p.model != graph.name {
+            return Err(bad(format!(
+                "fitted for model `{}`, not `{}`",
+                p.model, graph.name
+            )));
+        }
+        let c = graph.values[tap(graph)?].channels;
+        for r in &p.refer {
+            if r.weights.len() != c * c || r.bias.len() != c {
+                return Err(bad(format!(
+                    "RefER of {} does not have {c} channels",
+                    r.mode
+                )));
+            }
+        }
+        if p.clust.prototypes.is_empty()
+            || p.clust
+                .prototypes
+                .iter()
+                .any(|v| v.len() != clust::FEATURES)
+        {
+            return Err(bad(
+                "ClustBlock prototypes missing or of the wrong size".into()
+            ));
+        }
+        Ok(p)
+    }
+
+    pub fn load(path: &Path, graph: &Graph) -> Result<Params> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::parse(&text, path, graph)
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let text = serde_json::to_string(self).expect("params serialize");
+        crate::imageio::atomic_write(path, |w| {
+            std::io::Write::write_all(w, text.as_bytes()).map_err(|e| Error::io(path, e))
+        })
+    }
+
+    /// The RefER fit of `mode`.
+    pub fn refer(&self, mode: Mode) -> Option<&ReferParams> {
+        let name = mode.to_string();
+        self.refer.iter().find(|r| r.mode == name)
+    }
+}
+
+/// The weight bits of queries: round((high + low) / 2), halves up.
+pub fn medium(high: u32, low: u32) -> u32 {
+    (high + low).div_ceil(2)
+}
+
+/// The RefER tap of `g`: the input of its last convolution (the tail).
+pub fn tap(g: &Graph) -> Result<ValueId> {
+    g.nodes
+        .iter()
+        .rev()
+        .find_map(|n| match &n.op {
+            Op::Conv(_) => Some(n.inputs[0]),
+            _ => None,
+        })
+        .filter(|&v| v != g.input)
+        .ok_or_else(|| Error::Unsupported {
+            model: g.name.clone(),
+            message: "has no body before its last convolution for RefER to refine".into(),
+        })
+}
+
+/// `g` with RefER at `tap`: `RefEr` (inputs: the tap and the reference feature, an external
+/// value, or the tap itself for self-reference) and its 1x1 conv with the tap as residual;
+/// later nodes read the refined feature. Returns the graph, the reference value (external)
+/// and the index of the first inserted node.
+pub fn query_graph(
+    g: &Graph,
+    tap: ValueId,
+    refer: &ReferParams,
+    bits: u32,
+    self_reference: bool,
+) -> (Graph, Option<ValueId>, usize) {
+    let mut q = g.clone();
+    let c = g.values[tap].channels;
+    let scale = g.values[tap].scale;
+    let mut value = |name: &str| {
+        q.values.push(Value {
+            name: name.into(),
+            channels: c,
+            scale,
+        });
+        q.values.len() - 1
+    };
+    let fr = (!self_reference).then(|| value("refer_reference"));
+    let diff = value("refer_difference");
+    let refined = value("refer_refined");
+    let at = g
+        .nodes
+        .iter()
+        .position(|n| n.output == tap)
+        .expect("the tap is computed")
+        + 1;
+    for n in &mut q.nodes[at..] {
+        for v in &mut n.inputs {
+            if *v == tap {
+                *v = refined;
+            }
+        }
+        if let Op::Conv(cv) = &mut n.op {
+            cv.epilogue = match cv.epilogue {
+                Epilogue::Add(v) if v == tap => Epilogue::Add(refined),
+                Epilogue::SpanGate(v) if v == tap => Epilogue::SpanGate(refined),
+                e => e,
+            };
+        }
+    }
+    let nodes = [
+        Node {
+            name: "refer_align".into(),
+            op: Op::RefEr {
+                bits,
+                clip: refer.clip,
+            },
+            inputs: vec![tap, fr.unwrap_or(tap)],
+            output: diff,
+        },
+        Node {
+            name: "refer_conv".into(),
+            op: Op::Conv(refer_conv(refer, c, tap)),
+            inputs: vec![diff],
+            output: refined,
+        },
+    ];
+    q.nodes.splice(at..at, nodes);
+    (q, fr, at)
+}
+
+fn refer_conv(r: &ReferParams, c: usize, residual: ValueId) -> Conv {
+    Conv {
+        in_ch: c,
+        out_ch: c,
+        k: 1,
+        weights: r.weights.clone(),
+        bias: r.bias.clone(),
+        act: Activation::None,
+        epilogue: Epilogue::Add(residual),
+    }
+}
+
+/// What one run did.
+#[derive(Debug, Clone, Default)]
+pub struct RunStats {
+    pub patches: usize,
+    pub references: usize,
+    /// ClustBlock, 10^9 BitOPs.
+    pub clust_bitops_g: f64,
+    /// Whole network (all patches, RefER included), 10^9 BitOPs.
+    pub bitops_g: f64,
+    /// Quantized body and RefER, 10^9 BitOPs.
+    pub bitops_body_g: f64,
+    /// Mean body activation bits over the patches.
+    pub fqr: f64,
+    /// Host wall time (ms) of the stages: clustering (with selection), references, queries.
+    pub stage_ms: [f64; 3],
+    pub waves: usize,
+    pub group: usize,
+    pub peak_bytes: u64,
+}
+
+/// The RefQSR engine of one mode: ClustBlock, the query model, and the plans.
+pub struct RefQsr {
+    pub high: u32,
+    pub low: u32,
+    clust: ClustBlock,
+    query: GpuModel,
+    tap: ValueId,
+    fr: Option<ValueId>,
+    refer: Option<ReferParams>,
+    tau: f32,
+    ablation: Ablation,
+    plans: Mutex<HashMap<(bool, usize, usize, usize), Arc<Plan>>>,
+    last: Mutex<Option<RunStats>>,
+}
+
+impl RefQsr {
+    /// The engine for `Mode::RefQsr { high, low }` on the prepared graph `g`; the reference
+    /// model (`w{high}a{high}`) is the caller's.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        ctx: Arc<Context>,
+        g: &Graph,
+        (high, low): (u32, u32),
+        calib: &Calibration,
+        bounds: Bounds,
+        params: &Params,
+        tau: f32,
+        ablation: Ablation,
+    ) -> Result<Self> {
+        let mode = Mode::RefQsr { high, low };
+        let tap = tap(g)?;
+        let layers = crate::quant::int_layers(
+            g,
+            Mode::Uniform {
+                w: medium(high, low),
+                a: low,
+            },
+            calib,
+            bounds,
+        );
+        let (query, fr, refer) = if ablation == Ablation::NoRefer {
+            (
+                GpuModel::quantized(ctx.clone(), g.clone(), layers)?,
+                None,
+                None,
+            )
+        } else {
+            let r = params.refer(mode).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "no RefER fit for {mode} in the parameters of `{}` (fitted: {}): run `refqsr calibrate`",
+                    g.name,
+                    params.refer.iter().map(|r| r.mode.as_str()).collect::<Vec<_>>().join(", ")
+                ))
+            })?;
+            let (qg, fr, at) = query_graph(g, tap, r, low, ablation == Ablation::SelfReference);
+            let mut layers: std::collections::BTreeMap<usize, PackedIntConv> = layers
+                .into_iter()
+                .map(|(j, l)| (if j < at { j } else { j + 2 }, l))
+                .collect();
+            let conv = refer_conv(r, g.values[tap].channels, tap);
+            layers.insert(
+                at + 1,
+                PackedIntConv::new(&conv, high, Quantizer::new(r.input[0], r.input[1], high)),
+            );
+            (
+                GpuModel::quantized(ctx.clone(), qg, layers)?,
+                fr,
+                Some(r.clone()),
+            )
+        };
+        Ok(RefQsr {
+            high,
+            low,
+            clust: ClustBlock::new(ctx, params.clust.clone())?,
+            query,
+            tap,
+            fr,
+            refer,
+            tau,
+            ablation,
+            plans: Mutex::new(HashMap::new()),
+            last: Mutex::new(None),
+        })
+    }
+
+    /// What the last [`RefQsr::run`] did.
+    pub fn last_run(&self) -> Option<RunStats> {
+        self.last.lock().expect("stats").clone()
+    }
+
+    /// The references of the windows of `grid` over `img` (after the ablation's pairing).
+    pub fn select(&self, windows: &[f32], grid: &Grid) -> Result<Selection> {
+        let (ih, iw) = grid.input_size();
+        let n = grid.tiles.len();
+        let v = self.clust.logits(windows, n, ih, iw)?;
+        let c = self.clust.params.prototypes.len();
+        let s = select::select(&v, n, c, self.tau);
+        Ok(match self.ablation {
+            Ablation::RandomReferences => s.shuffled(n as u64),
+            _ => s,
+        })
+    }
+
+    fn plan(
+        &self,
+        model: &GpuModel,
+        query: bool,
+        batch: usize,
+        h: usize,
+        w: usize,
+    ) -> Result<Arc<Plan>> {
+        let mut plans = self.plans.lock().expect("plan cache");
+        if let Some(p) = plans.get(&(query, batch, h, w)) {
+            return Ok(p.clone());
+        }
+        if plans.len() >= 8 {
+            plans.clear();
+        }
+        let p = Arc::new(if query {
+            model.plan(batch, h, w)?
+        } else {
+            model.plan_keeping(batch, h, w, &[self.tap])?
+        });
+        plans.insert((query, batch, h, w), p.clone());
+        Ok(p)
+    }
+
+    /// The schedule of `sel` on windows of `h` x `w` within `max_memory` bytes.
+    pub fn schedule(
+        &self,
+        reference: &GpuModel,
+        sel: &Selection,
+        h: usize,
+        w: usize,
+        max_memory: u64,
+    ) -> Result<Schedule> {
+        let slot = (reference.graph.values[self.tap].channels.div_ceil(4) * h * w * 16) as u64;
+        schedule::schedule(
+            sel,
+            &Budget {
+                max_bytes: max_memory,
+                slot_bytes: if self.fr.is_some() { slot } else { 0 },
+                reference_plan: &|g| reference.memory(g, h, w).1,
+                query_plan: &|g| self.query.memory(g, h, w).1,
+                max_group: MAX_GROUP,
+            },
+        )
+    }
+
+    /// Upscale `img` cut as `grid`, references by `reference` (the `w{high}a{high}` model whose
+    /// graph this engine was built from).
+    pub fn run(
+        &self,
+        reference: &GpuModel,
+        img: &Rgb32FImage,
+        grid: &Grid,
+        max_memory: u64,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Rgb32FImage> {
+        let ctx = &reference.ctx;
+        let (ih, iw) = grid.input_size();
+        let n = grid.tiles.len();
+        let per_in = ih * iw * 4;
+        let s = reference.graph.scale() as usize;
+        let per_out = per_in * s * s;
+        let t0 = std::time::Instant::now();
+        let mut windows = vec![0f32; per_in * n];
+        for (t, dst) in grid.tiles.iter().zip(windows.chunks_mut(per_in)) {
+            grid.extract(img, *t, dst);
+        }
+        progress(0, n);
+        let sel = self.select(&windows, grid)?;
+        let plan = self.schedule(reference, &sel, ih, iw, max_memory)?;
+        let t1 = std::time::Instant::now();
+        let slot = (reference.graph.values[self.tap].channels.div_ceil(4) * ih * iw * 16) as u64;
+        let mut out = Rgb32FImage::new((grid.width * s) as u32, (grid.height * s) as u32);
+        let mut done = 0;
+        let (mut ref_ms, mut query_ms) = (0.0, 0.0);
+        for wave in &plan.waves {
+            let store = self.fr.map(|_| ctx.acquire(slot * wave.slots as u64));
+            let tr = std::time::Instant::now();
+            for group in &wave.references {
+                let p = self.plan(reference, false, group.len(), ih, iw)?;
+                let input: Vec<f32> = group
+                    .iter()
+                    .flat_map(|it| {
+                        windows[it.patch * per_in..(it.patch + 1) * per_in]
+                            .iter()
+                            .copied()
+                    })
+                    .collect();
+                let y = p.run(&input)?;
+                if let Some(store) = &store {
+                    let mut enc = ctx.device.create_command_encoder(&Default::default());
+                    for (k, it) in group.iter().enumerate() {
+                        enc.copy_buffer_to_buffer(
+                            p.kept(self.tap),
+                            k as u64 * slot,
+                            store,
+                            it.slot as u64 * slot,
+                            slot,
+                        );
+                    }
+                    ctx.queue.submit([enc.finish()]);
+                }
+                for (it, src) in group.iter().zip(y.chunks(per_out)) {
+                    grid.merge(&mut out, grid.tiles[it.patch], s, src);
+                }
+                done += group.len();
+                progress(done, n);
+            }
+            let tq = std::time::Instant::now();
+            ref_ms += (tq - tr).as_secs_f64() * 1e3;
+            for group in &wave.queries {
+                let p = self.plan(&self.query, true, group.len(), ih, iw)?;
+                if let (Some(store), Some(fr)) = (&store, self.fr) {
+                    let mut enc = ctx.device.create_command_encoder(&Default::default());
+                    for (k, it) in group.iter().enumerate() {
+                        enc.copy_buffer_to_buffer(
+                            store,
+                            it.slot as u64 * slot,
+                            p.external(fr),
+                            k as u64 * slot,
+                            slot,
+                        );
+                    }
+                    ctx.queue.submit([enc.finish()]);
+                }
+                let input: Vec<f32> = group
+                    .iter()
+                    .flat_map(|it| {
+                        windows[it.patch * per_in..(it.patch + 1) * per_in]
+                            .iter()
+                            .copied()
+                    })
+                    .collect();
+                let y = p.run(&input)?;
+                for (it, src) in group.iter().zip(y.chunks(per_out)) {
+                    grid.merge(&mut out, grid.tiles[it.patch], s, src);
+                }
+                done += group.len();
+                progress(done, n);
+            }
+            query_ms += tq.elapsed().as_secs_f64() * 1e3;
+            if let Some(store) = store {
+                ctx.release(store);
+            }
+        }
+        let stats = self.stats(
+            reference,
+            &sel,
+            &plan,
+            ih,
+            iw,
+            [(t1 - t0).as_secs_f64() * 1e3, ref_ms, query_ms],
+        );
+        *self.last.lock().expect("stats") = Some(stats);
+        Ok(out)
+    }
+
+    fn stats(
+        &self,
+        reference: &GpuModel,
+        sel: &Selection,
+        plan: &Schedule,
+        h: usize,
+        w: usize,
+        stage_ms: [f64; 3],
+    ) -> RunStats {
+        let g = &reference.graph;
+        let n = sel.reference.len();
+        let refs = sel.references().len();
+        let qn = n - refs;
+        let (hi, lo) = (self.high, self.low);
+        let r = cost(g, Mode::Uniform { w: hi, a: hi }, w, h).expect("uniform cost");
+        let q = cost(
+            g,
+            Mode::Uniform {
+                w: medium(hi, lo),
+                a: lo,
+            },
+            w,
+            h,
+        )
+        .expect("uniform cost");
+        // RefER per query: the 1x1 conv at b_high and the cost volume at b_low
+        let c = g.values[self.tap].channels as f64;
+        let cells = crate::exec::refer_cells(h, w) as f64;
+        let refer = if self.refer.is_some() {
+            ((h * w) as f64 * c * c * (hi * hi) as f64 + cells * cells * c * (lo * lo) as f64) / 1e9
+        } else {
+            0.0
+        };
+        let classes = self.clust.params.prototypes.len();
+        RunStats {
+            patches: n,
+            references: refs,
+            clust_bitops_g: clust::macs(n, h, w, classes) * 64.0 / 1e9,
+            bitops_g: refs as f64 * r.bitops_g + qn as f64 * (q.bitops_g + refer),
+            bitops_body_g: refs as f64 * r.bitops_body_g + qn as f64 * (q.bitops_body_g + refer),
+            fqr: (refs as f64 * r.fqr + qn as f64 * q.fqr) / n.max(1) as f64,
+            stage_ms,
+            waves: plan.waves.len(),
+            group: plan.group,
+            peak_bytes: plan.peak_bytes,
+        }
+    }
+}
