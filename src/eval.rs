@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::gpu::Context;
 use crate::metrics::{luma, psnr, ssim};
 use crate::quant::{cost, Bounds, Mode};
+use crate::refqsr::Ablation;
 use crate::upscaler::load_graph;
 use crate::{Options, Upscaler};
 
@@ -28,6 +29,12 @@ pub struct Row {
     pub bitops_body_g: f64,
     pub fqr: f64,
     pub images: usize,
+    /// RefQSR: the ablation this row runs (`None` = the method itself).
+    pub ablation: Option<Ablation>,
+    /// RefQSR: share of patches that were references.
+    pub ref_share: Option<f64>,
+    /// RefQSR: ClustBlock's own 10^9 BitOPs per image.
+    pub clust_bitops_g: Option<f64>,
 }
 
 /// One mode on one image (summed over images, then divided).
@@ -38,6 +45,8 @@ struct Score {
     bitops: f64,
     bitops_body: f64,
     fqr: f64,
+    ref_share: f64,
+    clust_bitops: f64,
 }
 
 impl std::ops::AddAssign for Score {
@@ -47,6 +56,8 @@ impl std::ops::AddAssign for Score {
         self.bitops += o.bitops;
         self.bitops_body += o.bitops_body;
         self.fqr += o.fqr;
+        self.ref_share += o.ref_share;
+        self.clust_bitops += o.clust_bitops;
     }
 }
 
@@ -75,20 +86,26 @@ pub fn evaluate(
 ) -> Result<Report> {
     let graph = load_graph(opts.model.as_deref(), opts.scale)?;
     let ctx = Context::new(opts.adapter.as_deref())?;
-    let mut variants: Vec<(Mode, Option<Bounds>)> = Vec::new();
+    let mut variants: Vec<(Mode, Option<Bounds>, Option<Ablation>)> = Vec::new();
     for &m in modes {
         if m.is_integer() {
-            variants.extend(bounds.iter().map(|&b| (m, Some(b))));
+            for &b in bounds {
+                variants.push((m, Some(b), None));
+                if matches!(m, Mode::RefQsr { .. }) {
+                    variants.extend(Ablation::ALL.iter().map(|&a| (m, Some(b), Some(a))));
+                }
+            }
         } else {
-            variants.push((m, None));
+            variants.push((m, None, None));
         }
     }
     let ups = variants
         .iter()
-        .map(|&(mode, b)| {
+        .map(|&(mode, b, ablation)| {
             let o = Options {
                 mode,
                 bounds: b.unwrap_or_default(),
+                ablation: ablation.unwrap_or_default(),
                 ..opts.clone()
             };
             Upscaler::with_graph(ctx.clone(), graph.clone(), &o)
@@ -131,9 +148,12 @@ pub fn evaluate(
     let rows = variants
         .iter()
         .zip(sums)
-        .map(|(&(mode, bounds), sum)| Row {
+        .map(|(&(mode, bounds, ablation), sum)| Row {
             mode,
             bounds,
+            ablation,
+            ref_share: matches!(mode, Mode::RefQsr { .. }).then_some(sum.ref_share / n),
+            clust_bitops_g: matches!(mode, Mode::RefQsr { .. }).then_some(sum.clust_bitops / n),
             psnr_y: sum.psnr / n,
             ssim_y: sum.ssim / n,
             bitops_g: sum.bitops / n,
@@ -170,32 +190,54 @@ fn score(ups: &[Upscaler], path: &Path, s: u32) -> Result<Vec<Score>> {
                 other => other,
             })?;
             let sr_y = luma(&sr).shave(shave);
-            let c = cost(up.graph(), up.mode(), (w / s) as usize, (h / s) as usize)
-                .expect("cost of a runnable mode");
+            let (lw, lh) = ((w / s) as usize, (h / s) as usize);
+            let (bitops, bitops_body, fqr, ref_share, clust_bitops) = match up.last_refqsr_run() {
+                Some(r) => (
+                    r.bitops_g + r.clust_bitops_g,
+                    r.bitops_body_g,
+                    r.fqr,
+                    r.references as f64 / r.patches as f64,
+                    r.clust_bitops_g,
+                ),
+                None => {
+                    let c = cost(up.graph(), up.mode(), lw, lh).expect("cost of a uniform mode");
+                    (c.bitops_g, c.bitops_body_g, c.fqr, 1.0, 0.0)
+                }
+            };
             Ok(Score {
                 psnr: psnr(&sr_y, &hr_y),
                 ssim: ssim(&sr_y, &hr_y),
-                bitops: c.bitops_g,
-                bitops_body: c.bitops_body_g,
-                fqr: c.fqr,
+                bitops,
+                bitops_body,
+                fqr,
+                ref_share,
+                clust_bitops,
             })
         })
         .collect()
 }
 
-/// The table in the shape of the paper's Table 2.
+/// The table in the shape of the paper's Table 2 (RefQSR rows add their reference share and
+/// ClustBlock's BitOPs, and the Table 5 ablations).
 pub fn markdown(rows: &[Row], scale: u32) -> String {
-    let mut t = format!("| mode (x{scale}) | bounds | PSNR-Y (dB) | SSIM-Y | BitOPs (G) | body BitOPs (G) | FQR | images |\n|---|---|---|---|---|---|---|---|\n");
+    let mut t = format!("| mode (x{scale}) | bounds | PSNR-Y (dB) | SSIM-Y | BitOPs (G) | body BitOPs (G) | FQR | references | clustering BitOPs (G) | images |\n|---|---|---|---|---|---|---|---|---|---|\n");
     for r in rows {
+        let mode = match r.ablation {
+            Some(a) => format!("{} {}", r.mode, a.name()),
+            None => r.mode.to_string(),
+        };
         t += &format!(
-            "| {} | {} | {:.3} | {:.4} | {:.1} | {:.1} | {:.2} | {} |\n",
-            r.mode,
+            "| {} | {} | {:.3} | {:.4} | {:.1} | {:.2} | {:.2} | {} | {} | {} |\n",
+            mode,
             r.bounds.map_or("-".into(), |b| b.to_string()),
             r.psnr_y,
             r.ssim_y,
             r.bitops_g,
             r.bitops_body_g,
             r.fqr,
+            r.ref_share
+                .map_or("-".into(), |x| format!("{:.0}%", 100.0 * x)),
+            r.clust_bitops_g.map_or("-".into(), |x| format!("{x:.3}")),
             r.images
         );
     }

@@ -51,9 +51,14 @@ enum Command {
         /// ncnn model: path to its .param (the .bin beside it). Default: shipped SPAN.
         #[arg(short, long)]
         model: Option<PathBuf>,
-        /// Tile size in input pixels (default: the largest that fits the adapter).
+        /// Tile size in input pixels (default: the largest that fits the adapter; RefQSR's
+        /// patch size in refqsr modes, default 48).
         #[arg(short, long)]
         tile: Option<usize>,
+        /// Device memory the tensors may use, in MiB (default 1024); RefQSR's groups and its
+        /// store of reference features stay within it.
+        #[arg(long, value_name = "MIB")]
+        max_memory: Option<u64>,
         /// Adapter index or name part, as listed by `refqsr adapters`.
         #[arg(long)]
         adapter: Option<String>,
@@ -126,6 +131,7 @@ fn main() -> ExitCode {
             scale,
             model,
             tile,
+            max_memory,
             adapter,
             mirror,
             quant,
@@ -136,6 +142,7 @@ fn main() -> ExitCode {
                 model,
                 scale,
                 tile,
+                max_memory: max_memory.map(|m| m << 20),
                 adapter,
                 mirror,
                 mode: quant.mode,
@@ -316,6 +323,9 @@ fn eval(
                     "bitops_body_g": r.bitops_body_g,
                     "fqr": r.fqr,
                     "images": r.images,
+                    "ablation": r.ablation.map(|a| a.name()),
+                    "reference_share": r.ref_share,
+                    "clustering_bitops_g": r.clust_bitops_g,
                 })
             })
             .collect();

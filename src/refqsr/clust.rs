@@ -67,14 +67,14 @@ pub fn graph() -> Graph {
         c * (std::f32::consts::PI * (2 * i + 1) as f32 * u as f32 / 6.0).cos()
     };
     let mut w1 = vec![0f32; 64 * 27];
-    for s in 0..3 {
+    for (s, ts) in t.iter().enumerate() {
         for u in 0..3 {
             for v in 0..3 {
                 let k = s * 9 + u * 3 + v;
                 for c in 0..3 {
                     for dy in 0..3 {
                         for dx in 0..3 {
-                            let w = t[s][c] * dct(u, dy) * dct(v, dx);
+                            let w = ts[c] * dct(u, dy) * dct(v, dx);
                             w1[(2 * k) * 27 + c * 9 + dy * 3 + dx] = w;
                             w1[(2 * k + 1) * 27 + c * 9 + dy * 3 + dx] = -w;
                         }
@@ -364,7 +364,7 @@ mod tests {
         let mut xs = Vec::new();
         for i in 0..30 {
             let e = (i % 3) as usize;
-            let mut v = vec![0.05f32; 4];
+            let mut v = [0.05f32; 4];
             v[e] = 1.0;
             let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
             xs.push(v.iter().map(|x| x / n).collect::<Vec<_>>());

@@ -205,8 +205,8 @@ pub fn fit_refer(
                     |x: &[f32], ch: usize, p: usize| x[((ch / 4) * plane + p) * 4 + ch % 4] as f64;
                 let mut xv = vec![0f64; n];
                 for p in 0..plane {
-                    for ch in 0..c {
-                        xv[ch] = at(&d, ch, p);
+                    for (ch, x) in xv[..c].iter_mut().enumerate() {
+                        *x = at(&d, ch, p);
                     }
                     xv[c] = 1.0;
                     for i in 0..n {

@@ -279,6 +279,9 @@ pub struct RunStats {
     pub peak_bytes: u64,
 }
 
+/// A cached plan: (query model?, batch, height, width).
+type PlanKey = (bool, usize, usize, usize);
+
 /// The RefQSR engine of one mode: ClustBlock, the query model, and the plans.
 pub struct RefQsr {
     pub high: u32,
@@ -290,7 +293,7 @@ pub struct RefQsr {
     refer: Option<ReferParams>,
     tau: f32,
     ablation: Ablation,
-    plans: Mutex<HashMap<(bool, usize, usize, usize), Arc<Plan>>>,
+    plans: Mutex<HashMap<PlanKey, Arc<Plan>>>,
     last: Mutex<Option<RunStats>>,
 }
 

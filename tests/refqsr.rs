@@ -1,0 +1,145 @@
+//! RefQSR end to end on the shipped SPAN x4 and its shipped parameters: the reference path is
+//! the uniform high-precision model, the plan's properties hold on real images, and odd
+//! images run.
+
+mod common;
+
+use image::{imageops, Rgb, Rgb32FImage};
+use refqsr::quant::Mode;
+use refqsr::refqsr::Ablation;
+use refqsr::{Options, Upscaler};
+
+fn upscaler(mode: &str, f: impl FnOnce(&mut Options)) -> Upscaler {
+    let mut o = Options {
+        mode: mode.parse::<Mode>().unwrap(),
+        ..Options::default()
+    };
+    f(&mut o);
+    Upscaler::with_graph(
+        common::ctx(),
+        refqsr::upscaler::load_graph(None, Some(4)).unwrap(),
+        &o,
+    )
+    .unwrap()
+}
+
+fn photo(path: &str, x: u32, y: u32, w: u32, h: u32) -> Rgb32FImage {
+    let img = refqsr::imageio::read(std::path::Path::new(path))
+        .unwrap()
+        .to_rgb32f();
+    imageops::crop_imm(&img, x, y, w, h).to_image()
+}
+
+fn run(up: &Upscaler, img: &Rgb32FImage) -> Rgb32FImage {
+    let out = up.upscale_rgb(img, &mut |_, _| {}).unwrap();
+    assert_eq!(
+        (out.width(), out.height()),
+        (img.width() * 4, img.height() * 4)
+    );
+    assert!(out.as_raw().iter().all(|x| x.is_finite()));
+    out
+}
+
+fn psnr(a: &Rgb32FImage, b: &Rgb32FImage) -> f64 {
+    let mse = a
+        .as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(x, y)| ((x.clamp(0.0, 1.0) - y.clamp(0.0, 1.0)) as f64).powi(2))
+        .sum::<f64>()
+        / a.as_raw().len() as f64;
+    10.0 * (1.0 / mse.max(1e-20)).log10()
+}
+
+/// The uniform model cut into the same patches as RefQSR cuts the image.
+fn w8a8_patched() -> Upscaler {
+    upscaler("w8a8", |o| {
+        o.tile = Some(refqsr::refqsr::PATCH);
+        o.halo = Some(refqsr::refqsr::HALO);
+    })
+}
+
+#[test]
+fn with_every_patch_a_reference_refqsr_8_4_is_w8a8() {
+    let img = photo("assets/images/coffee.png", 200, 100, 150, 110);
+    let all_refs = upscaler("refqsr:8-4", |o| o.tau = Some(2.0));
+    let a = run(&all_refs, &img);
+    let stats = all_refs.last_refqsr_run().unwrap();
+    assert_eq!(stats.references, stats.patches);
+    assert!(stats.patches >= 6, "{stats:?}");
+    let b = run(&w8a8_patched(), &img);
+    assert!(
+        a.as_raw() == b.as_raw(),
+        "refqsr:8-4 with tau 2 differs from w8a8"
+    );
+}
+
+#[test]
+fn queries_borrow_from_references_and_the_plan_is_stable() {
+    let img = photo("assets/images/astronaut.png", 0, 0, 200, 160);
+    let up = upscaler("refqsr:8-4", |_| {});
+    let a = run(&up, &img);
+    let s = up.last_refqsr_run().unwrap();
+    eprintln!("{s:?}");
+    assert!(s.references < s.patches && s.references > 0, "{s:?}");
+    // the same plan and output every run
+    let b = run(&up, &img);
+    let t = up.last_refqsr_run().unwrap();
+    assert_eq!(
+        (s.references, s.waves, s.group),
+        (t.references, t.waves, t.group)
+    );
+    assert!(a.as_raw() == b.as_raw());
+    // a small budget: more waves and smaller groups, the same output, within the budget
+    let budget = s.peak_bytes / 3;
+    let tight = upscaler("refqsr:8-4", |o| o.max_memory = Some(budget));
+    let c = run(&tight, &img);
+    let u = tight.last_refqsr_run().unwrap();
+    assert!(u.peak_bytes <= budget, "{u:?}");
+    assert!(u.group < s.group || u.waves > s.waves, "{u:?} vs {s:?}");
+    assert!(
+        a.as_raw() == c.as_raw(),
+        "output depends on the memory budget"
+    );
+    // close to w8a8 and far from nothing
+    let w8 = run(&w8a8_patched(), &img);
+    let p = psnr(&a, &w8);
+    assert!(p > 30.0, "refqsr:8-4 vs w8a8: {p:.2} dB");
+}
+
+#[test]
+fn odd_images_run() {
+    let up = upscaler("refqsr:8-4", |_| {});
+    let w8 = w8a8_patched();
+    // one patch: a reference, so exactly w8a8
+    for (w, h) in [(1, 1), (7, 3)] {
+        let img = photo("assets/images/chelsea.png", 100, 100, w, h);
+        let a = run(&up, &img);
+        assert_eq!(up.last_refqsr_run().unwrap().patches, 1);
+        assert!(a.as_raw() == run(&w8, &img).as_raw(), "{w}x{h}");
+    }
+    // a flat colour: every patch alike, one reference (w6a4 itself is 28.5 dB from fp32 on
+    // this image: four-bit activations see no texture to hide their steps in)
+    let flat = Rgb32FImage::from_pixel(150, 100, Rgb([0.3, 0.55, 0.8]));
+    let a = run(&up, &flat);
+    let s = up.last_refqsr_run().unwrap();
+    assert_eq!(s.references, 1, "{s:?}");
+    assert!(psnr(&a, &run(&w8, &flat)) > 25.0);
+    // one patch wide
+    let tall = photo("assets/images/chelsea.png", 200, 0, 40, 300);
+    let a = run(&up, &tall);
+    assert!(psnr(&a, &run(&w8, &tall)) > 25.0);
+}
+
+#[test]
+fn ablations_run() {
+    let img = photo("assets/images/chelsea.png", 100, 50, 150, 150);
+    let base = run(&upscaler("refqsr:8-4", |_| {}), &img);
+    for a in Ablation::ALL {
+        let up = upscaler("refqsr:8-4", |o| o.ablation = a);
+        let out = run(&up, &img);
+        assert!(psnr(&out, &base) > 25.0, "{}", a.name());
+        let s = up.last_refqsr_run().unwrap();
+        assert!(s.references < s.patches, "{}: {s:?}", a.name());
+    }
+}
