@@ -243,6 +243,20 @@ fn upscale(input: &Path, output: &Path, opts: Options) -> refqsr::Result<ExitCod
             b.set_position(done as u64);
         })?;
         b.finish_and_clear();
+        if let Some(r) = up.last_refqsr_run() {
+            eprintln!(
+                "refqsr: {} patches, {} references ({:.0}%); clustering {:.0} ms, references {:.0} ms, queries with RefER {:.0} ms; {} wave(s) of groups of {}, {} MiB",
+                r.patches,
+                r.references,
+                100.0 * r.references as f64 / r.patches as f64,
+                r.stage_ms[0],
+                r.stage_ms[1],
+                r.stage_ms[2],
+                r.waves,
+                r.group,
+                r.peak_bytes >> 20
+            );
+        }
         eprintln!("refqsr: wrote {}", output.display());
         return Ok(ExitCode::SUCCESS);
     }
