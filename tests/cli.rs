@@ -280,13 +280,35 @@ fn eval_reports_the_paper_metrics() {
         stderr.contains("unknown mode `fp16`") && stderr.contains("wXaY"),
         "{stderr}"
     );
+    // RefQSR rows: the method, its three ablations, the share of references
     let out = refqsr()
-        .args(["eval", "--hr", "hr", "--modes", "refqsr:8-4"])
+        .args([
+            "eval",
+            "--hr",
+            "hr",
+            "--modes",
+            "refqsr:8-4",
+            "--json",
+            "r.json",
+        ])
         .current_dir(&d)
         .output()
         .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not implemented"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("r.json")).unwrap()).unwrap();
+    let rows = json["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 4, "{json}");
+    let ablations: Vec<_> = rows.iter().map(|r| r["ablation"].clone()).collect();
+    assert_eq!(ablations[0], serde_json::Value::Null);
+    assert!(ablations.contains(&serde_json::json!("self-reference")));
+    let share = rows[0]["reference_share"].as_f64().unwrap();
+    assert!(share > 0.0 && share <= 1.0, "{share}");
+    assert!(rows[0]["clustering_bitops_g"].as_f64().unwrap() > 0.0);
     std::fs::remove_dir_all(&d).unwrap();
 }
 
