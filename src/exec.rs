@@ -281,14 +281,10 @@ impl GpuModel {
             };
         buffers[g.input] = Some(take(sizes[g.input], &mut owned, &mut free));
         // Values read but produced by no node are external inputs, filled by `run_with`.
-        let produced: std::collections::HashSet<ValueId> =
-            g.nodes.iter().map(|n| n.output).collect();
         let mut externals = Vec::new();
-        for v in g.nodes.iter().flat_map(|n| n.reads()) {
-            if v != g.input && !produced.contains(&v) && buffers[v].is_none() {
-                buffers[v] = Some(take(sizes[v], &mut owned, &mut free));
-                externals.push((v, sizes[v]));
-            }
+        for v in self.externals() {
+            buffers[v] = Some(take(sizes[v], &mut owned, &mut free));
+            externals.push((v, sizes[v]));
         }
         let mut last = last;
         for &(v, _) in &externals {

@@ -131,6 +131,16 @@ impl Grid {
         }
     }
 
+    /// Every window of `img`, one C4HW batch item each, in tile order.
+    pub fn extract_all(&self, img: &Rgb32FImage) -> Vec<f32> {
+        let (ih, iw) = self.input_size();
+        let mut out = vec![0f32; self.tiles.len() * ih * iw * 4];
+        for (t, dst) in self.tiles.iter().zip(out.chunks_mut(ih * iw * 4)) {
+            self.extract(img, *t, dst);
+        }
+        out
+    }
+
     /// Copy the core of an upscaled window (one C4HW batch item, `scale` times the window)
     /// into `out`.
     pub fn merge(&self, out: &mut Rgb32FImage, t: Tile, scale: usize, src: &[f32]) {

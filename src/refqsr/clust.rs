@@ -156,6 +156,19 @@ pub fn space_to_depth(src: &[f32], h: usize, w: usize, dst: &mut [f32]) {
     }
 }
 
+/// [`space_to_depth`] of every window in `windows` (RGB C4HW items of `h` x `w`): the
+/// ClustBlock input of the group.
+pub fn blocks_input(windows: &[f32], h: usize, w: usize) -> Vec<f32> {
+    let (bh, bw) = blocks(h, w);
+    let per = 7 * bh * bw * 4;
+    let items = windows.len() / (h * w * 4);
+    let mut out = vec![0f32; items * per];
+    for (src, dst) in windows.chunks(h * w * 4).zip(out.chunks_mut(per)) {
+        space_to_depth(src, h, w, dst);
+    }
+    out
+}
+
 /// Mean of each channel over the positions at least two from the border (all positions when
 /// there are none): global average pooling of the unpadded convs. `x` is one C4HW item.
 pub fn pool(x: &[f32], bh: usize, bw: usize) -> Vec<f32> {
@@ -290,15 +303,10 @@ impl ClustBlock {
         let (bh, bw) = blocks(h, w);
         let per = h * w * 4;
         let mut out = Vec::with_capacity(n * FEATURES);
-        let mut blocks_in = vec![0f32; 7 * bh * bw * 4];
         for start in (0..n).step_by(GROUP) {
             let m = GROUP.min(n - start);
             let plan = self.model.plan(m, bh, bw)?;
-            let mut input = Vec::with_capacity(m * blocks_in.len());
-            for i in start..start + m {
-                space_to_depth(&windows[i * per..(i + 1) * per], h, w, &mut blocks_in);
-                input.extend_from_slice(&blocks_in);
-            }
+            let input = blocks_input(&windows[start * per..(start + m) * per], h, w);
             let y = plan.run(&input)?;
             for item in y.chunks(y.len() / m) {
                 out.extend(pool(item, bh, bw));

@@ -33,17 +33,13 @@ pub fn clip(bits: u32, channels: usize) -> f32 {
     sigmas / (channels as f32).sqrt()
 }
 
-/// Windows of every image, cut as RefQSR cuts them: (image index, grid, windows).
+/// Windows of every image, cut as RefQSR cuts them: (grid, windows).
 fn windows(images: &[Rgb32FImage]) -> Vec<(Grid, Vec<f32>)> {
     images
         .iter()
         .map(|img| {
             let grid = Grid::new(img.width() as usize, img.height() as usize, PATCH, HALO, 0);
-            let (h, w) = grid.input_size();
-            let mut win = vec![0f32; grid.tiles.len() * h * w * 4];
-            for (t, dst) in grid.tiles.iter().zip(win.chunks_mut(h * w * 4)) {
-                grid.extract(img, *t, dst);
-            }
+            let win = grid.extract_all(img);
             (grid, win)
         })
         .collect()
@@ -63,13 +59,7 @@ pub fn fit_clust(ctx: &Arc<Context>, images: &[Rgb32FImage], scale: u32) -> Resu
         for chunk in win.chunks(per * clust::GROUP) {
             let m = chunk.len() / per;
             let plan = float.plan_keeping(m, bh, bw, &[1, 2])?;
-            let mut input = Vec::new();
-            let mut blocks = vec![0f32; 7 * bh * bw * 4];
-            for item in chunk.chunks(per) {
-                clust::space_to_depth(item, h, w, &mut blocks);
-                input.extend_from_slice(&blocks);
-            }
-            plan.run(&input)?;
+            plan.run(&clust::blocks_input(chunk, h, w))?;
             for (r, v) in ranges.iter_mut().zip([1, 2]) {
                 *r = plan.read_value(v)?.iter().copied().fold(*r, f32::max);
             }
@@ -158,7 +148,24 @@ pub fn fit_refer(
             ))
         })
         .collect::<Result<Vec<_>>>()?;
+    // the fp32 taps of the queries do not depend on the mode: computed once
     let fp32 = GpuModel::new(ctx.clone(), graph.clone())?;
+    let queries: Vec<Vec<usize>> = sels
+        .iter()
+        .map(|sel| {
+            (0..sel.reference.len())
+                .filter(|&i| !sel.is_reference(i))
+                .collect()
+        })
+        .collect();
+    let exact = sets
+        .iter()
+        .zip(&queries)
+        .map(|((grid, win), q)| {
+            let (h, w) = grid.input_size();
+            taps(&fp32, t, win, q, h, w)
+        })
+        .collect::<Result<Vec<_>>>()?;
     let model = |w: u32, a: u32| {
         let layers =
             crate::quant::int_layers(&graph, Mode::Uniform { w, a }, calib, Bounds::Searched);
@@ -181,19 +188,17 @@ pub fn fit_refer(
         let mut pairs = 0;
         let mut before = (0f64, 0usize);
         let mut data = Vec::new();
-        for ((grid, win), sel) in sets.iter().zip(&sels) {
+        for (((grid, win), sel), (queries, ff)) in
+            sets.iter().zip(&sels).zip(queries.iter().zip(&exact))
+        {
             let (h, w) = grid.input_size();
-            let queries: Vec<usize> = (0..sel.reference.len())
-                .filter(|&i| !sel.is_reference(i))
-                .collect();
             if queries.is_empty() {
                 continue;
             }
             let refs: Vec<usize> = queries.iter().map(|&q| sel.reference[q]).collect();
-            let fq = taps(&query, t, win, &queries, h, w)?;
+            let fq = taps(&query, t, win, queries, h, w)?;
             let fr = taps(&reference, t, win, &refs, h, w)?;
-            let ff = taps(&fp32, t, win, &queries, h, w)?;
-            for ((q, r), f) in fq.iter().zip(&fr).zip(&ff) {
+            for ((q, r), f) in fq.iter().zip(&fr).zip(ff) {
                 let cells = crate::exec::refer_cells(h, w);
                 let cq = cpu::refer_prep(q, 1, c, h, w, bits, clip);
                 let cr = cpu::refer_prep(r, 1, c, h, w, bits, clip);

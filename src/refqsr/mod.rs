@@ -409,6 +409,11 @@ impl RefQsr {
         Ok(p)
     }
 
+    /// Bytes of one reference's tap features in a `h` x `w` window (one store slot).
+    fn slot_bytes(&self, h: usize, w: usize) -> u64 {
+        (self.query.graph.values[self.tap].channels.div_ceil(4) * h * w * 16) as u64
+    }
+
     /// The schedule of `sel` on windows of `h` x `w` within `max_memory` bytes.
     pub fn schedule(
         &self,
@@ -418,7 +423,7 @@ impl RefQsr {
         w: usize,
         max_memory: u64,
     ) -> Result<Schedule> {
-        let slot = (reference.graph.values[self.tap].channels.div_ceil(4) * h * w * 16) as u64;
+        let slot = self.slot_bytes(h, w);
         schedule::schedule(
             sel,
             &Budget {
@@ -448,47 +453,52 @@ impl RefQsr {
         let s = reference.graph.scale() as usize;
         let per_out = per_in * s * s;
         let t0 = std::time::Instant::now();
-        let mut windows = vec![0f32; per_in * n];
-        for (t, dst) in grid.tiles.iter().zip(windows.chunks_mut(per_in)) {
-            grid.extract(img, *t, dst);
-        }
+        let windows = grid.extract_all(img);
         progress(0, n);
         let sel = self.select(&windows, grid)?;
         let plan = self.schedule(reference, &sel, ih, iw, max_memory)?;
         let t1 = std::time::Instant::now();
-        let slot = (reference.graph.values[self.tap].channels.div_ceil(4) * ih * iw * 16) as u64;
+        let slot = self.slot_bytes(ih, iw);
         let mut out = Rgb32FImage::new((grid.width * s) as u32, (grid.height * s) as u32);
         let mut done = 0;
         let (mut ref_ms, mut query_ms) = (0.0, 0.0);
+        // gather a group's windows, run them, merge their cores
+        let run_group = |p: &Plan, group: &[schedule::Item], out: &mut Rgb32FImage| {
+            let input: Vec<f32> = group
+                .iter()
+                .flat_map(|it| {
+                    windows[it.patch * per_in..(it.patch + 1) * per_in]
+                        .iter()
+                        .copied()
+                })
+                .collect();
+            let y = p.run(&input)?;
+            for (it, src) in group.iter().zip(y.chunks(per_out)) {
+                grid.merge(out, grid.tiles[it.patch], s, src);
+            }
+            Ok::<(), Error>(())
+        };
+        // one slot-sized copy per (from offset, to offset), on the device
+        let copy_slots =
+            |from: &wgpu::Buffer, to: &wgpu::Buffer, at: &mut dyn Iterator<Item = (u64, u64)>| {
+                let mut enc = ctx.device.create_command_encoder(&Default::default());
+                for (src, dst) in at {
+                    enc.copy_buffer_to_buffer(from, src * slot, to, dst * slot, slot);
+                }
+                ctx.queue.submit([enc.finish()]);
+            };
         for wave in &plan.waves {
             let store = self.fr.map(|_| ctx.acquire(slot * wave.slots as u64));
             let tr = std::time::Instant::now();
             for group in &wave.references {
                 let p = self.plan(reference, false, group.len(), ih, iw)?;
-                let input: Vec<f32> = group
-                    .iter()
-                    .flat_map(|it| {
-                        windows[it.patch * per_in..(it.patch + 1) * per_in]
-                            .iter()
-                            .copied()
-                    })
-                    .collect();
-                let y = p.run(&input)?;
+                run_group(&p, group, &mut out)?;
                 if let Some(store) = &store {
-                    let mut enc = ctx.device.create_command_encoder(&Default::default());
-                    for (k, it) in group.iter().enumerate() {
-                        enc.copy_buffer_to_buffer(
-                            p.kept(self.tap),
-                            k as u64 * slot,
-                            store,
-                            it.slot as u64 * slot,
-                            slot,
-                        );
-                    }
-                    ctx.queue.submit([enc.finish()]);
-                }
-                for (it, src) in group.iter().zip(y.chunks(per_out)) {
-                    grid.merge(&mut out, grid.tiles[it.patch], s, src);
+                    let at = group
+                        .iter()
+                        .enumerate()
+                        .map(|(k, it)| (k as u64, it.slot as u64));
+                    copy_slots(p.kept(self.tap), store, &mut at.into_iter());
                 }
                 done += group.len();
                 progress(done, n);
@@ -498,30 +508,13 @@ impl RefQsr {
             for group in &wave.queries {
                 let p = self.plan(&self.query, true, group.len(), ih, iw)?;
                 if let (Some(store), Some(fr)) = (&store, self.fr) {
-                    let mut enc = ctx.device.create_command_encoder(&Default::default());
-                    for (k, it) in group.iter().enumerate() {
-                        enc.copy_buffer_to_buffer(
-                            store,
-                            it.slot as u64 * slot,
-                            p.external(fr),
-                            k as u64 * slot,
-                            slot,
-                        );
-                    }
-                    ctx.queue.submit([enc.finish()]);
+                    let at = group
+                        .iter()
+                        .enumerate()
+                        .map(|(k, it)| (it.slot as u64, k as u64));
+                    copy_slots(store, p.external(fr), &mut at.into_iter());
                 }
-                let input: Vec<f32> = group
-                    .iter()
-                    .flat_map(|it| {
-                        windows[it.patch * per_in..(it.patch + 1) * per_in]
-                            .iter()
-                            .copied()
-                    })
-                    .collect();
-                let y = p.run(&input)?;
-                for (it, src) in group.iter().zip(y.chunks(per_out)) {
-                    grid.merge(&mut out, grid.tiles[it.patch], s, src);
-                }
+                run_group(&p, group, &mut out)?;
                 done += group.len();
                 progress(done, n);
             }
