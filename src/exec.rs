@@ -13,6 +13,7 @@ use crate::kernels::int_conv::{GpuIntConv, PackedIntConv};
 use crate::kernels::winograd::{self, GpuWinograd, PackedWinograd};
 use crate::kernels::{self, Dispatch, Step};
 use crate::model::{Activation, Graph, Op, Rhs, ValueId};
+use crate::profile::{Profiler, Segment, Stage};
 
 /// A graph whose weights live on the device.
 pub struct GpuModel {
@@ -243,6 +244,31 @@ impl GpuModel {
         last
     }
 
+    /// The profile stage of each node: the last convolution and what follows it are the tail,
+    /// a convolution of RefER's aligned difference is RefER's conv, the rest is the body.
+    fn node_stages(&self) -> Vec<Stage> {
+        let g = &self.graph;
+        let tail_from = g
+            .nodes
+            .iter()
+            .rposition(|n| matches!(n.op, Op::Conv(_)))
+            .unwrap_or(g.nodes.len());
+        let from_refer = |v: ValueId| {
+            g.nodes
+                .iter()
+                .any(|n| n.output == v && matches!(n.op, Op::RefEr { .. }))
+        };
+        g.nodes
+            .iter()
+            .enumerate()
+            .map(|(j, n)| match n.op {
+                Op::Conv(_) if from_refer(n.inputs[0]) => Stage::ReferConv,
+                _ if j >= tail_from => Stage::Tail,
+                _ => Stage::Body,
+            })
+            .collect()
+    }
+
     /// Build the plan for `batch` inputs of `h` x `w`.
     pub fn plan(&self, batch: usize, h: usize, w: usize) -> Result<Plan> {
         self.plan_keeping(batch, h, w, &[])
@@ -305,6 +331,8 @@ impl GpuModel {
             .then(|| int_sizes.map(|size| take(size, &mut owned, &mut Vec::new())));
         let packed = self.packed_values(keep);
         let mut steps: Vec<Step> = Vec::new();
+        let mut stages: Vec<Stage> = Vec::new();
+        let node_stages = self.node_stages();
         let b = batch as u32;
         for (j, node) in g.nodes.iter().enumerate() {
             let out = take(sizes[node.output], &mut owned, &mut free);
@@ -476,6 +504,11 @@ impl GpuModel {
                 (Op::Conv(_), _) => unreachable!("conv nodes have conv resources"),
             };
             steps.extend(launches.into_iter().map(Step::Launch));
+            match node.op {
+                Op::RefEr { .. } => stages.extend(REFER_STAGES),
+                _ => stages.resize(steps.len(), node_stages[j]),
+            }
+            debug_assert_eq!(stages.len(), steps.len(), "{label}: one stage per step");
             buffers[node.output] = Some(out);
             for v in node.reads() {
                 if last[v] == j {
@@ -518,11 +551,21 @@ impl GpuModel {
             output,
             output_bytes: sizes[g.output],
             steps,
+            stages,
             owned,
             peak_bytes: self.memory(batch, h, w).1,
         })
     }
 }
+
+/// The stages of RefER's five launches, in the order the `Op::RefEr` arm records them.
+const REFER_STAGES: [Stage; 5] = [
+    Stage::ReferPrep,
+    Stage::ReferPrep,
+    Stage::CostVolume,
+    Stage::Argmax,
+    Stage::Warp,
+];
 
 /// Pooled cells RefER compares in a `h` x `w` feature map (one per 3x3 block).
 pub fn refer_cells(h: usize, w: usize) -> usize {
@@ -556,6 +599,8 @@ pub struct Plan {
     output: Arc<wgpu::Buffer>,
     output_bytes: u64,
     steps: Vec<Step>,
+    /// The stage of each step, for profiles.
+    stages: Vec<Stage>,
     owned: Vec<Arc<wgpu::Buffer>>,
     /// Device memory the plan's tensors need at their peak.
     pub peak_bytes: u64,
@@ -606,6 +651,78 @@ impl Plan {
         encoder.copy_buffer_to_buffer(&self.output, 0, &staging, 0, self.output_bytes);
         ctx.queue.submit([encoder.finish()]);
         ctx.map_read(&staging)
+    }
+
+    /// [`Plan::run_profiled`] when there is a profiler, else [`Plan::run`].
+    pub fn run_maybe_profiled(
+        &self,
+        input: &[f32],
+        prof: Option<&Profiler>,
+        body: Stage,
+    ) -> Result<Vec<f32>> {
+        match prof {
+            Some(p) => self.run_profiled(input, p, body),
+            None => self.run(input),
+        }
+    }
+
+    /// [`Plan::run`] measured by `prof`: the body's steps count as `body` (or, when `body` is
+    /// [`Stage::ClustBlock`], every step and both transfers do), the others as their own stage.
+    pub fn run_profiled(&self, input: &[f32], prof: &Profiler, body: Stage) -> Result<Vec<f32>> {
+        assert_eq!(
+            input.len() as u64 * 4,
+            self.input_bytes,
+            "input size does not match the plan"
+        );
+        let ctx = &self.ctx;
+        let whole = body == Stage::ClustBlock;
+        let pick = |s: Stage| match s {
+            _ if whole => Stage::ClustBlock,
+            Stage::Body => body,
+            s => s,
+        };
+        let staging = prof.host(pick(Stage::Upload), || {
+            use wgpu::util::DeviceExt;
+            ctx.device
+                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some("input upload"),
+                    contents: bytemuck::cast_slice(input),
+                    usage: wgpu::BufferUsages::COPY_SRC,
+                })
+        });
+        let readback = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("output readback"),
+            size: self.output_bytes,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut segments: Vec<Segment> = vec![(
+            pick(Stage::Upload),
+            Box::new(|enc: &mut wgpu::CommandEncoder| {
+                enc.copy_buffer_to_buffer(&staging, 0, &self.input, 0, self.input_bytes)
+            }),
+        )];
+        let mut i = 0;
+        while i < self.steps.len() {
+            let stage = self.stages[i];
+            let end = (i..self.steps.len())
+                .find(|&k| self.stages[k] != stage)
+                .unwrap_or(self.steps.len());
+            let steps = &self.steps[i..end];
+            segments.push((
+                pick(stage),
+                Box::new(move |enc: &mut wgpu::CommandEncoder| kernels::encode(steps, enc)),
+            ));
+            i = end;
+        }
+        segments.push((
+            pick(Stage::Download),
+            Box::new(|enc: &mut wgpu::CommandEncoder| {
+                enc.copy_buffer_to_buffer(&self.output, 0, &readback, 0, self.output_bytes)
+            }),
+        ));
+        prof.submit(ctx, segments)?;
+        prof.host(pick(Stage::Download), || ctx.map_read(&readback))
     }
 
     /// The buffer of value `v`, kept by [`GpuModel::plan_keeping`]: C4HW, batch item `n` at

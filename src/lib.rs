@@ -22,6 +22,8 @@ pub mod upscaler;
 
 pub use upscaler::{Options, Upscaler};
 pub mod batch;
+pub mod bench;
 pub mod metrics;
+pub mod profile;
 pub mod quant;
 pub mod refqsr;

@@ -92,6 +92,52 @@ enum Command {
     },
     /// List the GPU adapters wgpu can see.
     Adapters,
+    /// Latency of whole upscales per adapter, mode and size, with a per-stage split,
+    /// throughput against the adapter's measured peak and peak device memory; or, with
+    /// --compare, one table across bench files (refqsr's and benches/ncnn_peer.py's).
+    Bench {
+        /// `all`, or an adapter index or name part as listed by `refqsr adapters` (default:
+        /// the best one).
+        #[arg(long)]
+        adapter: Option<String>,
+        /// Comma-separated modes: fp32, wXaY, refqsr:H-L; `all` for every shipped one.
+        #[arg(long, default_value = "fp32,w8a8,w4a4,refqsr:8-4")]
+        modes: String,
+        /// Comma-separated input sizes, WxH (default: 256x256,960x540,1920x1080; 256x256 on
+        /// software adapters).
+        #[arg(long)]
+        sizes: Option<String>,
+        /// Timed runs per mode and size.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Untimed runs before them.
+        #[arg(long, default_value_t = 1)]
+        warmup: usize,
+        /// Write the results (format: BENCHMARKS.md).
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+        /// Draw the modes side by side per adapter (SVG).
+        #[arg(long, value_name = "FILE.svg")]
+        plot: Option<PathBuf>,
+        /// Measure nothing: read these bench files and print one table across them.
+        #[arg(long, value_name = "FILE", num_args = 1..)]
+        compare: Vec<PathBuf>,
+        /// The image the inputs are cut from (centre crops, or resizes when smaller).
+        #[arg(long, default_value = refqsr::bench::DEFAULT_IMAGE)]
+        image: PathBuf,
+        /// ncnn model: path to its .param (the .bin beside it). Default: shipped SPAN.
+        #[arg(short, long)]
+        model: Option<PathBuf>,
+        /// Upscaling factor (picks the shipped model; must match -m).
+        #[arg(short, long)]
+        scale: Option<u32>,
+        /// Time the stages with host clocks even where the adapter has GPU timestamps.
+        #[arg(long)]
+        host_clock: bool,
+        /// Measure the adapter's peak again instead of reading the cached figure.
+        #[arg(long)]
+        fresh_peak: bool,
+    },
     /// The paper's metrics on a folder of HR images: PSNR-Y, SSIM-Y, BitOPs and FQR per mode.
     Eval {
         /// Folder of high-resolution images (searched recursively).
@@ -175,6 +221,43 @@ fn main() -> ExitCode {
             },
         ),
         Command::Adapters => adapters(),
+        Command::Bench {
+            adapter,
+            modes,
+            sizes,
+            runs,
+            warmup,
+            json,
+            plot,
+            compare,
+            image,
+            model,
+            scale,
+            host_clock,
+            fresh_peak,
+        } => {
+            if compare.is_empty() {
+                bench(
+                    &modes,
+                    sizes.as_deref(),
+                    json.as_deref(),
+                    plot.as_deref(),
+                    refqsr::bench::Config {
+                        adapter,
+                        runs,
+                        warmup,
+                        model,
+                        scale,
+                        image,
+                        host_clock,
+                        peak_cache: (!fresh_peak).then(refqsr::bench::peak::cache_dir),
+                        ..Default::default()
+                    },
+                )
+            } else {
+                bench_compare(&compare, plot.as_deref())
+            }
+        }
         Command::Eval {
             hr,
             scale,
@@ -434,6 +517,131 @@ fn calibrate(
         path.display()
     );
     Ok(if skipped == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn bench(
+    modes: &str,
+    sizes: Option<&str>,
+    json: Option<&Path>,
+    plot: Option<&Path>,
+    mut cfg: refqsr::bench::Config,
+) -> refqsr::Result<ExitCode> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    cfg.modes = if modes.trim() == "all" {
+        refqsr::quant::Mode::parse_list(
+            "fp32,w8a8,w6a4,w4a4,w4a3,refqsr:8-5,refqsr:8-4,refqsr:8-3,refqsr:4-3,refqsr:4-2",
+        )?
+    } else {
+        refqsr::quant::Mode::parse_list(modes)?
+    };
+    cfg.sizes = sizes.map(refqsr::bench::parse_sizes).transpose()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        // The first Ctrl-C ends the bench after the run in progress; a second one quits.
+        let _ = ctrlc::set_handler(move || {
+            if stop.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+            eprintln!("\nrefqsr: stopping after the run in progress (Ctrl-C again to quit now)");
+        });
+    }
+    let b = bar(0, "{spinner} [{bar:30}] {pos}/{len} runs {elapsed} {msg}");
+    let mut skipped = 0;
+    let file = refqsr::bench::run(
+        &cfg,
+        &mut |e| {
+            match e {
+            refqsr::bench::Event::Total(n) => b.set_length(n),
+            refqsr::bench::Event::Adapter {
+                ctx,
+                peak,
+                peak_cached,
+                sizes_note,
+            } => b.suspend(|| {
+                eprintln!("refqsr: bench on {}", ctx.describe());
+                eprintln!("refqsr: packed int8 dot product: {}", ctx.int_dot);
+                if let Some(p) = peak {
+                    eprintln!(
+                        "refqsr: measured peak: fp32 FMA {:.1} GFLOPS, packed int8 dot {:.1} GOPS{}",
+                        p.fp32_gflops,
+                        p.int8_gops,
+                        if peak_cached { " (cached)" } else { "" }
+                    );
+                }
+                if let Some(n) = sizes_note {
+                    eprintln!("refqsr: {n}");
+                }
+            }),
+            refqsr::bench::Event::Begin(what) => b.set_message(what),
+            refqsr::bench::Event::Tick => b.inc(1),
+            refqsr::bench::Event::Done(r) => b.suspend(|| {
+                eprintln!(
+                    "refqsr: {} {}x{}: median {:.1} ms (min {:.1}, max {:.1}, {} runs)",
+                    r.mode, r.width, r.height, r.median_ms, r.min_ms, r.max_ms, r.runs
+                )
+            }),
+            refqsr::bench::Event::Skipped(why) => {
+                skipped += 1;
+                b.suspend(|| eprintln!("refqsr: skipped: {why}"))
+            }
+            refqsr::bench::Event::Warning(why) => b.suspend(|| eprintln!("refqsr: warning: {why}")),
+        }
+        },
+        &stop,
+    )?;
+    b.finish_and_clear();
+    report(&file.results, plot)?;
+    if file.partial {
+        eprintln!("refqsr: interrupted: the results above are what was measured so far");
+    }
+    if let Some(path) = json {
+        refqsr::bench::save(&file, path)?;
+        eprintln!("refqsr: wrote {}", path.display());
+    }
+    Ok(if file.partial {
+        // the shell's code for "ended by Ctrl-C"
+        ExitCode::from(130)
+    } else if skipped > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Print the latency and stage tables, and draw the plot.
+fn report(records: &[refqsr::bench::Record], plot: Option<&Path>) -> refqsr::Result<()> {
+    if records.is_empty() {
+        eprintln!("refqsr: nothing was measured");
+        return Ok(());
+    }
+    print!("{}", refqsr::bench::record::latency_table(records));
+    let stages = refqsr::bench::record::stage_table(records);
+    if !stages.is_empty() {
+        println!("\nStages of one profiled run, ms:\n\n{stages}");
+    }
+    if let Some(path) = plot {
+        refqsr::bench::plot::plot(records, path)?;
+        eprintln!("refqsr: wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn bench_compare(files: &[PathBuf], plot: Option<&Path>) -> refqsr::Result<ExitCode> {
+    let (records, skipped) = refqsr::bench::compare(files);
+    for why in &skipped {
+        eprintln!("refqsr: skipped {why}");
+    }
+    if records.is_empty() {
+        return Err(refqsr::Error::Invalid("no bench file could be read".into()));
+    }
+    report(&records, plot)?;
+    Ok(if skipped.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::exec::{GpuModel, Plan};
 use crate::gpu::Context;
 use crate::model::Graph;
+use crate::profile::{Profiler, Stage};
 use crate::quant::{Bounds, Calibration, Mode};
 use crate::refqsr::{Ablation, RefQsr};
 use crate::tile::Grid;
@@ -402,6 +403,16 @@ impl Upscaler {
         img: &Rgb32FImage,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Rgb32FImage> {
+        self.upscale_rgb_profiled(img, progress, None)
+    }
+
+    /// [`Upscaler::upscale_rgb`], each stage measured by `prof` if given.
+    pub fn upscale_rgb_profiled(
+        &self,
+        img: &Rgb32FImage,
+        progress: &mut dyn FnMut(usize, usize),
+        prof: Option<&Profiler>,
+    ) -> Result<Rgb32FImage> {
         let (w, h) = (img.width() as usize, img.height() as usize);
         if w == 0 || h == 0 {
             return Err(Error::Invalid("image has no pixels".into()));
@@ -409,7 +420,7 @@ impl Upscaler {
         let s = self.scale() as usize;
         let grid = self.grid(w, h)?;
         if let Some(r) = &self.refqsr {
-            return r.run(&self.model, img, &grid, self.max_memory, progress);
+            return r.run(&self.model, img, &grid, self.max_memory, progress, prof);
         }
         let (ih, iw) = grid.input_size();
         let mut batch = 1;
@@ -428,7 +439,7 @@ impl Upscaler {
             for (t, dst) in chunk.iter().zip(input.chunks_mut(per_in)) {
                 grid.extract(img, *t, dst);
             }
-            let result = plan.run(&input)?;
+            let result = plan.run_maybe_profiled(&input, prof, Stage::Body)?;
             for (t, src) in chunk.iter().zip(result.chunks(per_out)) {
                 grid.merge(&mut out, *t, s, src);
             }

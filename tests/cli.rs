@@ -386,3 +386,123 @@ fn calibrate_then_upscale_any_model_in_integer_modes() {
     }
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+#[test]
+fn bench_writes_results_that_compare_reads_and_skips_bad_files() {
+    let d = tempdir("bench");
+    let out = refqsr()
+        .args([
+            "bench",
+            "--modes",
+            "fp32,refqsr:8-4",
+            "--sizes",
+            "144x96",
+            "--runs",
+            "2",
+            "--warmup",
+            "0",
+            "--json",
+            "b.json",
+            "--plot",
+            "b.svg",
+            "--image",
+        ])
+        .arg(asset("images/astronaut.png"))
+        .env("REFQSR_CACHE_DIR", &d)
+        .current_dir(&d)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("measured peak"), "{stderr}");
+    for want in ["| fp32 |", "| refqsr:8-4 |", "cost_volume", "query_body"] {
+        assert!(stdout.contains(want), "no `{want}` in:\n{stdout}");
+    }
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("b.json")).unwrap()).unwrap();
+    assert_eq!(file["schema"], "refqsr-bench-1");
+    let r = &file["results"][1];
+    for field in [
+        "adapter",
+        "model",
+        "date",
+        "tool_version",
+        "memory_bytes",
+        "gops",
+    ] {
+        assert!(!r[field].is_null(), "{field} missing in {r}");
+    }
+    assert_eq!(r["mode"], "refqsr:8-4");
+    assert!(r["adapter"]["int_dot"].is_string() && r["adapter"]["driver"].is_string());
+    let svg = std::fs::read_to_string(d.join("b.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("refqsr:8-4"));
+
+    // another version's file and a file with a field missing are named and skipped
+    std::fs::write(
+        d.join("old.json"),
+        r#"{"schema": "refqsr-bench-0", "results": []}"#,
+    )
+    .unwrap();
+    let mut broken = file.clone();
+    broken["results"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("median_ms");
+    std::fs::write(d.join("broken.json"), broken.to_string()).unwrap();
+    let out = refqsr()
+        .args([
+            "bench",
+            "--compare",
+            "old.json",
+            "b.json",
+            "broken.json",
+            "missing.json",
+        ])
+        .current_dir(&d)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(!out.status.success(), "skipped files make a failing exit");
+    assert!(
+        stdout.contains("| refqsr:8-4 |"),
+        "the good file is still reported:\n{stdout}"
+    );
+    for (file, why) in [
+        ("old.json", "refqsr-bench-0"),
+        ("broken.json", "median_ms"),
+        ("missing.json", "missing.json"),
+    ] {
+        assert!(
+            stderr.lines().any(|l| l.contains(file) && l.contains(why)),
+            "{file} not named with `{why}`:\n{stderr}"
+        );
+    }
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn bench_refuses_unknown_adapters_and_empty_sizes() {
+    let out = refqsr()
+        .args(["bench", "--adapter", "no-such-gpu", "--sizes", "16x16"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("no-such-gpu") && stderr.contains("0: "),
+        "the adapters are listed:\n{stderr}"
+    );
+    let out = refqsr()
+        .args(["bench", "--sizes", "0x256"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("0x256"), "{stderr}");
+}

@@ -26,6 +26,8 @@ pub struct Context {
     pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
     modules: Mutex<HashMap<&'static str, Arc<wgpu::ShaderModule>>>,
     pool: Mutex<BufferPool>,
+    /// Bytes of every weight and uniform buffer created so far (see [`Context::uploaded`]).
+    uploaded: std::sync::atomic::AtomicU64,
     dummy: wgpu::Buffer,
 }
 
@@ -49,6 +51,23 @@ impl Context {
             Some(w) => adapter::select(adapters, w)?,
         };
         Self::from_adapter(chosen)
+    }
+
+    /// The adapters `wanted` names: `all` of them (best first), or the one an index or name
+    /// part picks (see [`Context::new`]). With `all`, an adapter that fails to open is an
+    /// error in its place, so the others still run.
+    pub fn open_all(wanted: Option<&str>) -> Result<Vec<Result<Arc<Context>>>> {
+        match wanted {
+            Some(w) if w.eq_ignore_ascii_case("all") => {
+                let instance = adapter::instance();
+                let adapters = adapter::ranked(&instance);
+                if adapters.is_empty() {
+                    return Err(Error::NoAdapter);
+                }
+                Ok(adapters.into_iter().map(Self::from_adapter).collect())
+            }
+            w => Ok(vec![Ok(Self::new(w)?)]),
+        }
     }
 
     fn from_adapter(adapter: wgpu::Adapter) -> Result<Arc<Context>> {
@@ -92,6 +111,7 @@ impl Context {
             pipelines: Mutex::new(HashMap::new()),
             modules: Mutex::new(HashMap::new()),
             pool: Mutex::new(BufferPool::default()),
+            uploaded: Default::default(),
             dummy,
         }))
     }
@@ -188,6 +208,29 @@ impl Context {
         self.pool.lock().expect("pool").release(buffer);
     }
 
+    /// Highest bytes of pooled tensors in use at once since the last
+    /// [`Context::reset_peak_memory`].
+    pub fn peak_tensor_memory(&self) -> u64 {
+        self.pool.lock().expect("pool").peak()
+    }
+
+    /// Start measuring [`Context::peak_tensor_memory`] afresh.
+    pub fn reset_peak_memory(&self) {
+        self.pool.lock().expect("pool").reset_peak();
+    }
+
+    /// Bytes of weight and uniform buffers created on this device so far (never freed while a
+    /// model lives): the difference across building a model is that model's weights.
+    pub fn uploaded(&self) -> u64 {
+        self.uploaded.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Count `bytes` of a weight or uniform buffer created outside [`Context::upload`].
+    pub(crate) fn note_upload(&self, bytes: u64) {
+        self.uploaded
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// A small buffer for bindings a specialization never reads.
     pub fn dummy(&self) -> &wgpu::Buffer {
         &self.dummy
@@ -204,6 +247,7 @@ impl Context {
         } else {
             bytes
         };
+        self.note_upload(contents.len() as u64);
         self.device
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: Some(label),
@@ -215,6 +259,7 @@ impl Context {
     /// A uniform buffer holding `data`.
     pub fn uniform<T: bytemuck::Pod>(&self, label: &str, data: &T) -> wgpu::Buffer {
         use wgpu::util::DeviceExt;
+        self.note_upload(std::mem::size_of::<T>() as u64);
         self.device
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: Some(label),

@@ -6,6 +6,10 @@ use std::collections::HashMap;
 #[derive(Default)]
 pub struct BufferPool {
     free: HashMap<u64, Vec<wgpu::Buffer>>,
+    /// Bytes handed out and not yet given back, and their high-water mark since the last
+    /// [`BufferPool::reset_peak`]: the tensors' share of device memory.
+    live: u64,
+    peak: u64,
 }
 
 /// Round sizes up so that slightly different shapes share buffers.
@@ -23,6 +27,8 @@ fn bucket(size: u64) -> u64 {
 impl BufferPool {
     pub fn acquire(&mut self, device: &wgpu::Device, size: u64) -> wgpu::Buffer {
         let b = bucket(size);
+        self.live += b;
+        self.peak = self.peak.max(self.live);
         if let Some(buf) = self.free.get_mut(&b).and_then(Vec::pop) {
             return buf;
         }
@@ -37,6 +43,17 @@ impl BufferPool {
     }
 
     pub fn release(&mut self, buffer: wgpu::Buffer) {
+        self.live = self.live.saturating_sub(buffer.size());
         self.free.entry(buffer.size()).or_default().push(buffer);
+    }
+
+    /// Highest live bytes since the last reset.
+    pub fn peak(&self) -> u64 {
+        self.peak
+    }
+
+    /// Start a new high-water mark from the bytes live now.
+    pub fn reset_peak(&mut self) {
+        self.peak = self.live;
     }
 }

@@ -18,6 +18,8 @@ pub mod im2col_int8;
 pub mod int_conv;
 pub mod int_store;
 pub mod interp;
+pub mod peak_dot;
+pub mod peak_fma;
 pub mod pixel_shuffle;
 pub mod quantize;
 pub mod refer_prep;
@@ -83,6 +85,8 @@ pub const SHADERS: &[(&str, &str)] = &[
     ),
     ("argmax", include_str!("../../shaders/argmax.wgsl")),
     ("warp", include_str!("../../shaders/warp.wgsl")),
+    ("peak_fma", include_str!("../../shaders/peak_fma.wgsl")),
+    ("peak_dot", include_str!("../../shaders/peak_dot.wgsl")),
 ];
 
 /// The complete WGSL of a shader: shared helpers followed by the kernel.
@@ -132,6 +136,7 @@ impl UniformSlices {
             let src: &[u8] = bytemuck::cast_slice(s);
             bytes[at..at + src.len()].copy_from_slice(src);
         }
+        ctx.note_upload(size);
         let buffer = ctx
             .device
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {

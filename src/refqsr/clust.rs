@@ -32,6 +32,7 @@ use crate::exec::GpuModel;
 use crate::gpu::Context;
 use crate::kernels::int_conv::PackedIntConv;
 use crate::model::{Activation, Conv, Epilogue, Graph, Node, Op, Value};
+use crate::profile::{Profiler, Stage};
 use crate::quant::Quantizer;
 
 /// Channels of the descriptor (the third conv's output).
@@ -299,7 +300,14 @@ impl ClustBlock {
 
     /// Pooled descriptors (`n` x [`FEATURES`]) of `n` RGB windows of `h` x `w` (C4HW, one
     /// channel group each), [`GROUP`] windows per dispatch.
-    pub fn descriptors(&self, windows: &[f32], n: usize, h: usize, w: usize) -> Result<Vec<f32>> {
+    pub fn descriptors(
+        &self,
+        windows: &[f32],
+        n: usize,
+        h: usize,
+        w: usize,
+        prof: Option<&Profiler>,
+    ) -> Result<Vec<f32>> {
         let (bh, bw) = blocks(h, w);
         let per = h * w * 4;
         let mut out = Vec::with_capacity(n * FEATURES);
@@ -307,7 +315,7 @@ impl ClustBlock {
             let m = GROUP.min(n - start);
             let plan = self.model.plan(m, bh, bw)?;
             let input = blocks_input(&windows[start * per..(start + m) * per], h, w);
-            let y = plan.run(&input)?;
+            let y = plan.run_maybe_profiled(&input, prof, Stage::ClustBlock)?;
             for item in y.chunks(y.len() / m) {
                 out.extend(pool(item, bh, bw));
             }
@@ -316,8 +324,15 @@ impl ClustBlock {
     }
 
     /// ClustBlock's output `V` (`n` x classes) for `n` windows.
-    pub fn logits(&self, windows: &[f32], n: usize, h: usize, w: usize) -> Result<Vec<f32>> {
-        let d = self.descriptors(windows, n, h, w)?;
+    pub fn logits(
+        &self,
+        windows: &[f32],
+        n: usize,
+        h: usize,
+        w: usize,
+        prof: Option<&Profiler>,
+    ) -> Result<Vec<f32>> {
+        let d = self.descriptors(windows, n, h, w, prof)?;
         Ok(d.chunks(FEATURES)
             .flat_map(|x| logits(&normalise(x), &self.params.prototypes))
             .collect())

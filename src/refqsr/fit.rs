@@ -74,7 +74,7 @@ pub fn fit_clust(ctx: &Arc<Context>, images: &[Rgb32FImage], scale: u32) -> Resu
     let mut descriptors = Vec::new();
     for (grid, win) in &sets {
         let (h, w) = grid.input_size();
-        let d = cb.descriptors(win, grid.tiles.len(), h, w)?;
+        let d = cb.descriptors(win, grid.tiles.len(), h, w, None)?;
         descriptors.extend(d.chunks(clust::FEATURES).map(clust::normalise));
     }
     params.prototypes = clust::kmeans(&descriptors, CLASSES, 20);
@@ -139,7 +139,7 @@ pub fn fit_refer(
         .iter()
         .map(|(grid, win)| {
             let (h, w) = grid.input_size();
-            let v = cb.logits(win, grid.tiles.len(), h, w)?;
+            let v = cb.logits(win, grid.tiles.len(), h, w, None)?;
             Ok(select::select(
                 &v,
                 grid.tiles.len(),

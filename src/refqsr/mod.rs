@@ -33,6 +33,7 @@ use crate::exec::{GpuModel, Plan};
 use crate::gpu::Context;
 use crate::kernels::int_conv::PackedIntConv;
 use crate::model::{Activation, Conv, Epilogue, Graph, Node, Op, Value, ValueId};
+use crate::profile::{Profiler, Stage};
 use crate::quant::{cost, Bounds, Calibration, Mode, Quantizer};
 use crate::tile::Grid;
 
@@ -373,10 +374,15 @@ impl RefQsr {
     }
 
     /// The references of the windows of `grid` over `img` (after the ablation's pairing).
-    pub fn select(&self, windows: &[f32], grid: &Grid) -> Result<Selection> {
+    pub fn select(
+        &self,
+        windows: &[f32],
+        grid: &Grid,
+        prof: Option<&Profiler>,
+    ) -> Result<Selection> {
         let (ih, iw) = grid.input_size();
         let n = grid.tiles.len();
-        let v = self.clust.logits(windows, n, ih, iw)?;
+        let v = self.clust.logits(windows, n, ih, iw, prof)?;
         let c = self.clust.params.prototypes.len();
         let s = select::select(&v, n, c, self.tau);
         Ok(match self.ablation {
@@ -437,7 +443,7 @@ impl RefQsr {
     }
 
     /// Upscale `img` cut as `grid`, references by `reference` (the `w{high}a{high}` model whose
-    /// graph this engine was built from).
+    /// graph this engine was built from), measured by `prof` if given.
     pub fn run(
         &self,
         reference: &GpuModel,
@@ -445,6 +451,7 @@ impl RefQsr {
         grid: &Grid,
         max_memory: u64,
         progress: &mut dyn FnMut(usize, usize),
+        prof: Option<&Profiler>,
     ) -> Result<Rgb32FImage> {
         let ctx = &reference.ctx;
         let (ih, iw) = grid.input_size();
@@ -455,7 +462,7 @@ impl RefQsr {
         let t0 = std::time::Instant::now();
         let windows = grid.extract_all(img);
         progress(0, n);
-        let sel = self.select(&windows, grid)?;
+        let sel = self.select(&windows, grid, prof)?;
         let plan = self.schedule(reference, &sel, ih, iw, max_memory)?;
         let t1 = std::time::Instant::now();
         let slot = self.slot_bytes(ih, iw);
@@ -463,7 +470,7 @@ impl RefQsr {
         let mut done = 0;
         let (mut ref_ms, mut query_ms) = (0.0, 0.0);
         // gather a group's windows, run them, merge their cores
-        let run_group = |p: &Plan, group: &[schedule::Item], out: &mut Rgb32FImage| {
+        let run_group = |p: &Plan, group: &[schedule::Item], out: &mut Rgb32FImage, body| {
             let input: Vec<f32> = group
                 .iter()
                 .flat_map(|it| {
@@ -472,33 +479,49 @@ impl RefQsr {
                         .copied()
                 })
                 .collect();
-            let y = p.run(&input)?;
+            let y = p.run_maybe_profiled(&input, prof, body)?;
             for (it, src) in group.iter().zip(y.chunks(per_out)) {
                 grid.merge(out, grid.tiles[it.patch], s, src);
             }
             Ok::<(), Error>(())
         };
         // one slot-sized copy per (from offset, to offset), on the device
-        let copy_slots =
-            |from: &wgpu::Buffer, to: &wgpu::Buffer, at: &mut dyn Iterator<Item = (u64, u64)>| {
-                let mut enc = ctx.device.create_command_encoder(&Default::default());
+        let copy_slots = |from: &wgpu::Buffer,
+                          to: &wgpu::Buffer,
+                          at: &mut dyn Iterator<Item = (u64, u64)>,
+                          stage: Stage| {
+            let record = |enc: &mut wgpu::CommandEncoder| {
                 for (src, dst) in at {
                     enc.copy_buffer_to_buffer(from, src * slot, to, dst * slot, slot);
                 }
-                ctx.queue.submit([enc.finish()]);
             };
+            match prof {
+                Some(p) => p.submit(ctx, vec![(stage, Box::new(record))]),
+                None => {
+                    let mut enc = ctx.device.create_command_encoder(&Default::default());
+                    record(&mut enc);
+                    ctx.queue.submit([enc.finish()]);
+                    Ok(())
+                }
+            }
+        };
         for wave in &plan.waves {
             let store = self.fr.map(|_| ctx.acquire(slot * wave.slots as u64));
             let tr = std::time::Instant::now();
             for group in &wave.references {
                 let p = self.plan(reference, false, group.len(), ih, iw)?;
-                run_group(&p, group, &mut out)?;
+                run_group(&p, group, &mut out, Stage::ReferenceBody)?;
                 if let Some(store) = &store {
                     let at = group
                         .iter()
                         .enumerate()
                         .map(|(k, it)| (k as u64, it.slot as u64));
-                    copy_slots(p.kept(self.tap), store, &mut at.into_iter());
+                    copy_slots(
+                        p.kept(self.tap),
+                        store,
+                        &mut at.into_iter(),
+                        Stage::ReferenceBody,
+                    )?;
                 }
                 done += group.len();
                 progress(done, n);
@@ -512,9 +535,9 @@ impl RefQsr {
                         .iter()
                         .enumerate()
                         .map(|(k, it)| (it.slot as u64, k as u64));
-                    copy_slots(store, p.external(fr), &mut at.into_iter());
+                    copy_slots(store, p.external(fr), &mut at.into_iter(), Stage::QueryBody)?;
                 }
-                run_group(&p, group, &mut out)?;
+                run_group(&p, group, &mut out, Stage::QueryBody)?;
                 done += group.len();
                 progress(done, n);
             }
