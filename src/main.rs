@@ -553,6 +553,7 @@ fn bench(
     }
     let b = bar(0, "{spinner} [{bar:30}] {pos}/{len} runs {elapsed} {msg}");
     let mut skipped = 0;
+    let mut began = std::time::Instant::now();
     let file = refqsr::bench::run(
         &cfg,
         &mut |e| {
@@ -578,12 +579,22 @@ fn bench(
                     eprintln!("refqsr: {n}");
                 }
             }),
-            refqsr::bench::Event::Begin(what) => b.set_message(what),
+            refqsr::bench::Event::Begin(what) => {
+                began = std::time::Instant::now();
+                b.set_message(what)
+            }
             refqsr::bench::Event::Tick => b.inc(1),
             refqsr::bench::Event::Done(r) => b.suspend(|| {
                 eprintln!(
-                    "refqsr: {} {}x{}: median {:.1} ms (min {:.1}, max {:.1}, {} runs)",
-                    r.mode, r.width, r.height, r.median_ms, r.min_ms, r.max_ms, r.runs
+                    "refqsr: {} {}x{}: median {:.1} ms (min {:.1}, max {:.1}, {} runs); {:.1} s with set-up, warm-up and profile",
+                    r.mode,
+                    r.width,
+                    r.height,
+                    r.median_ms,
+                    r.min_ms,
+                    r.max_ms,
+                    r.runs,
+                    began.elapsed().as_secs_f64()
                 )
             }),
             refqsr::bench::Event::Skipped(why) => {

@@ -77,7 +77,7 @@ impl PackedIntConv {
             .chunks(per)
             .map(|w| zero * w.iter().map(|&v| v as i32).sum::<i32>())
             .collect();
-        let (gemm, kernel) = Self::layout(c.k, c.in_ch, c.out_ch, act.bits, &codes, &corr);
+        let (gemm, kernel) = Self::layout(c.k, c.in_ch, c.out_ch, w_bits, act.bits, &codes, &corr);
         PackedIntConv {
             k: c.k,
             in_ch: c.in_ch,
@@ -92,17 +92,24 @@ impl PackedIntConv {
         }
     }
 
-    /// The weights' layout and kernel: nibble input where the activations fit 4 bits and
-    /// `conv_int4` takes the shape, else bytes.
+    /// The weights' layout and kernel: nibble input where weights and activations fit 4 bits
+    /// and `conv_int4` takes the shape, else bytes.
+    ///
+    /// Wider weights (w6a4, RefQSR 8-4's queries) take the byte kernels although their
+    /// activations would fit nibbles: their sums overflow the 16-bit lanes of the SWAR kernel,
+    /// and `conv_int4` without SWAR, which unpacks every nibble word into two byte words
+    /// before its dot products, measured 1.3-1.5x slower than `conv_int8`/`gemm_int8` on
+    /// lavapipe (`refqsr bench --modes w6a4`, BENCHMARKS.md).
     fn layout(
         k: usize,
         in_ch: usize,
         out_ch: usize,
+        w_bits: u32,
         a_bits: u32,
         codes: &[i8],
         corr: &[i32],
     ) -> (PackedGemmInt8, IntKernel) {
-        if a_bits <= 4 && (k == 1 || k == 3) {
+        if a_bits <= 4 && w_bits <= 4 && (k == 1 || k == 3) {
             let cp = in_ch.next_multiple_of(8);
             let padded = pad_in_channels(codes, out_ch, in_ch, k * k, cp);
             let gemm = PackedGemmInt8::conv(k, cp, out_ch, &padded, corr);
