@@ -506,3 +506,64 @@ fn bench_refuses_unknown_adapters_and_empty_sizes() {
     assert!(!out.status.success());
     assert!(stderr.contains("0x256"), "{stderr}");
 }
+
+#[test]
+fn ctrl_c_reports_what_was_measured_so_far() {
+    use std::io::{BufRead, BufReader};
+    let d = tempdir("interrupt");
+    let mut child = refqsr()
+        .args([
+            "bench",
+            "--modes",
+            "fp32,w8a8",
+            "--sizes",
+            "48x48",
+            "--runs",
+            "200",
+            "--warmup",
+            "0",
+            "--json",
+            "b.json",
+            "--image",
+        ])
+        .arg(asset("images/astronaut.png"))
+        .env("REFQSR_CACHE_DIR", &d)
+        .current_dir(&d)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // interrupt once the measurement is under way
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    while !seen.contains("measured peak") {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "bench ended early:\n{seen}"
+        );
+        seen += &line;
+    }
+    std::thread::sleep(std::time::Duration::from_millis(4000));
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(130), "{seen}{rest}");
+    assert!(rest.contains("interrupted"), "{rest}");
+    assert!(
+        stdout.contains("| fp32 |") && !stdout.contains("| w8a8 |"),
+        "{stdout}"
+    );
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("b.json")).unwrap()).unwrap();
+    assert_eq!(file["partial"], true);
+    let runs = file["results"][0]["runs"].as_u64().unwrap();
+    assert!((1..2000).contains(&runs), "{runs} runs");
+    std::fs::remove_dir_all(&d).unwrap();
+}
