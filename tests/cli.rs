@@ -519,7 +519,7 @@ fn ctrl_c_reports_what_was_measured_so_far() {
             "--sizes",
             "48x48",
             "--runs",
-            "200",
+            "2000",
             "--warmup",
             "0",
             "--json",
