@@ -24,11 +24,7 @@ const PALETTE: [RGBColor; 10] = [
 
 /// Where a record goes on the x axis: its tool and device.
 fn group(r: &Record) -> String {
-    if r.tool == "refqsr" {
-        format!("{} ({})", r.adapter.name, r.adapter.backend)
-    } else {
-        format!("{} {} ({})", r.tool, r.adapter.name, r.adapter.backend)
-    }
+    format!("{} on {} ({})", r.tool, r.adapter.name, r.adapter.backend)
 }
 
 fn first_seen<T: PartialEq + Clone>(items: impl Iterator<Item = T>) -> Vec<T> {
@@ -64,7 +60,7 @@ pub fn plot(records: &[Record], path: &Path) -> Result<()> {
             .iter()
             .filter(|m| rows.iter().any(|r| &r.mode == *m))
             .collect();
-        let top = rows.iter().map(|r| r.max_ms).fold(0.0, f64::max) * 1.15;
+        let top = rows.iter().map(|r| r.max_ms).fold(0.0, f64::max) * 1.45; // headroom for the legend
         let n = groups.len();
         let mut chart = ChartBuilder::on(panel)
             .caption(
@@ -96,20 +92,31 @@ pub fn plot(records: &[Record], path: &Path) -> Result<()> {
             .y_desc("ms")
             .draw()
             .map_err(|e| fail(&e))?;
-        let slot = 0.8 / here.len() as f64;
-        for (k, mode) in here.iter().enumerate() {
+        // a bar per mode within each group, as wide as the group's own count of modes allows
+        let place = |r: &Record| {
+            let g = groups.iter().position(|x| *x == group(r)).expect("grouped");
+            let mine = first_seen(
+                rows.iter()
+                    .filter(|o| group(o) == groups[g])
+                    .map(|o| &o.mode),
+            );
+            let slot = 0.8 / mine.len() as f64;
+            let k = mine.iter().position(|m| *m == &r.mode).expect("listed");
+            (g as f64 + 1.0 - 0.4 + k as f64 * slot, slot)
+        };
+        for mode in &here {
             let colour =
                 PALETTE[modes.iter().position(|m| m == *mode).unwrap_or(0) % PALETTE.len()];
-            let bars: Vec<(f64, &Record)> = rows
+            let bars: Vec<(f64, f64, &Record)> = rows
                 .iter()
                 .filter(|r| &&r.mode == mode)
                 .map(|r| {
-                    let g = groups.iter().position(|x| *x == group(r)).expect("grouped");
-                    (g as f64 + 1.0 - 0.4 + k as f64 * slot, *r)
+                    let (x, slot) = place(r);
+                    (x, slot, *r)
                 })
                 .collect();
             chart
-                .draw_series(bars.iter().map(|&(x, r)| {
+                .draw_series(bars.iter().map(|&(x, slot, r)| {
                     Rectangle::new([(x, 0.0), (x + slot * 0.9, r.median_ms)], colour.filled())
                 }))
                 .map_err(|e| fail(&e))?
@@ -118,13 +125,13 @@ pub fn plot(records: &[Record], path: &Path) -> Result<()> {
                     Rectangle::new([(x, y - 5), (x + 10, y + 5)], colour.filled())
                 });
             chart
-                .draw_series(bars.iter().map(|&(x, r)| {
+                .draw_series(bars.iter().map(|&(x, slot, r)| {
                     let c = x + slot * 0.45;
                     PathElement::new(vec![(c, r.min_ms), (c, r.max_ms)], BLACK.stroke_width(1))
                 }))
                 .map_err(|e| fail(&e))?;
             chart
-                .draw_series(bars.iter().map(|&(x, r)| {
+                .draw_series(bars.iter().map(|&(x, _, r)| {
                     Text::new(
                         format!("{:.0}", r.median_ms),
                         (x, r.max_ms.max(r.median_ms) + top * 0.02),
