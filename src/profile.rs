@@ -199,7 +199,7 @@ impl Profiler {
                 enc.resolve_query_set(set, 0..n, resolve, 0);
                 enc.copy_buffer_to_buffer(resolve, 0, read, 0, n as u64 * 8);
                 ctx.queue.submit([enc.finish()]);
-                let ticks = map_u64(ctx, read, n as usize)?;
+                let ticks: Vec<u64> = ctx.map_as(read, n as u64 * 8)?;
                 for (i, stage) in stages.into_iter().enumerate() {
                     // Some drivers reorder or reset counters; a negative span counts as zero.
                     let span = ticks[i + 1].saturating_sub(ticks[i]);
@@ -224,26 +224,4 @@ impl Profiler {
         }
         Ok(())
     }
-}
-
-fn map_u64(ctx: &Context, buf: &wgpu::Buffer, n: usize) -> Result<Vec<u64>> {
-    let slice = buf.slice(..n as u64 * 8);
-    let (tx, rx) = std::sync::mpsc::channel();
-    slice.map_async(wgpu::MapMode::Read, move |r| {
-        let _ = tx.send(r);
-    });
-    ctx.device
-        .poll(wgpu::PollType::wait_indefinitely())
-        .map_err(|e| Error::Gpu(format!("waiting for the device: {e}")))?;
-    rx.recv()
-        .map_err(|_| Error::Gpu("timestamp readback dropped".into()))?
-        .map_err(|e| Error::Gpu(format!("mapping timestamps: {e}")))?;
-    let out = {
-        let view = slice
-            .get_mapped_range()
-            .map_err(|e| Error::Gpu(format!("mapping: {e}")))?;
-        bytemuck::cast_slice::<u8, u64>(&view).to_vec()
-    };
-    buf.unmap();
-    Ok(out)
 }

@@ -284,7 +284,13 @@ impl Context {
 
     /// Map a MAP_READ buffer and copy it out as f32s.
     pub fn map_read(&self, staging: &wgpu::Buffer) -> Result<Vec<f32>> {
-        let slice = staging.slice(..);
+        self.map_as(staging, staging.size())
+    }
+
+    /// Wait for the device, map the first `bytes` of a MAP_READ buffer and copy them out as
+    /// `T`s.
+    pub fn map_as<T: bytemuck::Pod>(&self, staging: &wgpu::Buffer, bytes: u64) -> Result<Vec<T>> {
+        let slice = staging.slice(..bytes);
         let (tx, rx) = std::sync::mpsc::channel();
         slice.map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
@@ -299,7 +305,7 @@ impl Context {
             let view = slice
                 .get_mapped_range()
                 .map_err(|e| Error::Gpu(format!("mapping: {e}")))?;
-            bytemuck::cast_slice::<u8, f32>(&view).to_vec()
+            bytemuck::cast_slice::<u8, T>(&view).to_vec()
         };
         staging.unmap();
         Ok(out)
