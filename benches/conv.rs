@@ -20,13 +20,7 @@ use refqsr::quant::Quantizer;
 fn submit_and_wait(ctx: &Context, steps: &[Step]) {
     let mut encoder = ctx.device.create_command_encoder(&Default::default());
     encode(steps, &mut encoder);
-    let index = ctx.queue.submit([encoder.finish()]);
-    ctx.device
-        .poll(wgpu::PollType::Wait {
-            submission_index: Some(index),
-            timeout: None,
-        })
-        .unwrap();
+    ctx.submit_and_wait(encoder.finish()).unwrap();
 }
 
 fn conv_graph(in_ch: usize, out_ch: usize, k: usize, act: Activation) -> Graph {

@@ -615,11 +615,7 @@ impl Plan {
     /// [`Plan::run`] for graphs that also read values no node produces (given as
     /// (value, C4HW data) pairs).
     pub fn run_with(&self, input: &[f32], externals: &[(ValueId, &[f32])]) -> Result<Vec<f32>> {
-        assert_eq!(
-            input.len() as u64 * 4,
-            self.input_bytes,
-            "input size does not match the plan"
-        );
+        self.check_input(input);
         let ctx = &self.ctx;
         ctx.queue
             .write_buffer(&self.input, 0, bytemuck::cast_slice(input));
@@ -642,15 +638,28 @@ impl Plan {
                 label: Some("plan"),
             });
         self.encode(&mut encoder);
-        let staging = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        let staging = self.readback();
+        encoder.copy_buffer_to_buffer(&self.output, 0, &staging, 0, self.output_bytes);
+        ctx.queue.submit([encoder.finish()]);
+        ctx.map_read(&staging)
+    }
+
+    fn check_input(&self, input: &[f32]) {
+        assert_eq!(
+            input.len() as u64 * 4,
+            self.input_bytes,
+            "input size does not match the plan"
+        );
+    }
+
+    /// A host-readable buffer the size of the output, for one run to copy it into.
+    fn readback(&self) -> wgpu::Buffer {
+        self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("output readback"),
             size: self.output_bytes,
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
-        });
-        encoder.copy_buffer_to_buffer(&self.output, 0, &staging, 0, self.output_bytes);
-        ctx.queue.submit([encoder.finish()]);
-        ctx.map_read(&staging)
+        })
     }
 
     /// [`Plan::run_profiled`] when there is a profiler, else [`Plan::run`].
@@ -669,11 +678,7 @@ impl Plan {
     /// [`Plan::run`] measured by `prof`: the body's steps count as `body` (or, when `body` is
     /// [`Stage::ClustBlock`], every step and both transfers do), the others as their own stage.
     pub fn run_profiled(&self, input: &[f32], prof: &Profiler, body: Stage) -> Result<Vec<f32>> {
-        assert_eq!(
-            input.len() as u64 * 4,
-            self.input_bytes,
-            "input size does not match the plan"
-        );
+        self.check_input(input);
         let ctx = &self.ctx;
         let whole = body == Stage::ClustBlock;
         let pick = |s: Stage| match s {
@@ -690,12 +695,7 @@ impl Plan {
                     usage: wgpu::BufferUsages::COPY_SRC,
                 })
         });
-        let readback = ctx.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("output readback"),
-            size: self.output_bytes,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
+        let readback = self.readback();
         let mut segments: Vec<Segment> = vec![(
             pick(Stage::Upload),
             Box::new(|enc: &mut wgpu::CommandEncoder| {
@@ -768,14 +768,7 @@ impl Plan {
                 label: Some("plan"),
             });
         self.encode(&mut encoder);
-        let index = ctx.queue.submit([encoder.finish()]);
-        ctx.device
-            .poll(wgpu::PollType::Wait {
-                submission_index: Some(index),
-                timeout: None,
-            })
-            .map_err(|e| Error::Gpu(format!("waiting for the device: {e}")))?;
-        Ok(())
+        ctx.submit_and_wait(encoder.finish())
     }
 
     /// Host wall time (ms) of each step run on its own, submitted and waited for one at a
@@ -789,13 +782,7 @@ impl Plan {
             let t = std::time::Instant::now();
             let mut encoder = ctx.device.create_command_encoder(&Default::default());
             kernels::encode(step, &mut encoder);
-            let index = ctx.queue.submit([encoder.finish()]);
-            ctx.device
-                .poll(wgpu::PollType::Wait {
-                    submission_index: Some(index),
-                    timeout: None,
-                })
-                .map_err(|e| Error::Gpu(format!("waiting for the device: {e}")))?;
+            ctx.submit_and_wait(encoder.finish())?;
             out.push((step[0].label().to_string(), t.elapsed().as_secs_f64() * 1e3));
         }
         Ok(out)

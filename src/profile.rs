@@ -5,7 +5,7 @@
 use std::cell::RefCell;
 use std::time::Instant;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::gpu::Context;
 
 /// A stage of an upscale. Uniform modes use [`Stage::Body`]; RefQSR splits the body into its
@@ -211,13 +211,7 @@ impl Profiler {
                     let t = Instant::now();
                     let mut enc = ctx.device.create_command_encoder(&Default::default());
                     record(&mut enc);
-                    let index = ctx.queue.submit([enc.finish()]);
-                    ctx.device
-                        .poll(wgpu::PollType::Wait {
-                            submission_index: Some(index),
-                            timeout: None,
-                        })
-                        .map_err(|e| Error::Gpu(format!("waiting for the device: {e}")))?;
+                    ctx.submit_and_wait(enc.finish())?;
                     self.add(stage, t.elapsed().as_secs_f64() * 1e3);
                 }
             }

@@ -420,14 +420,14 @@ pub fn compare(paths: &[PathBuf]) -> (Vec<Record>, Vec<String>) {
     (record::merge(&all), skipped)
 }
 
-/// Write `file` as JSON to `path` atomically (a temporary file beside it, then a rename), so a
-/// reader never sees half a file.
+/// Write `file` as JSON to `path` atomically ([`crate::imageio::atomic_write`]), so a reader
+/// never sees half a file.
 pub fn save(file: &BenchFile, path: &std::path::Path) -> Result<()> {
     let text = serde_json::to_string_pretty(file)
         .map_err(|e| Error::Invalid(format!("serializing the results: {e}")))?;
-    let tmp = path.with_extension("json.partial");
-    std::fs::write(&tmp, text + "\n").map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    crate::imageio::atomic_write(path, |w| {
+        std::io::Write::write_all(w, (text + "\n").as_bytes()).map_err(|e| Error::io(path, e))
+    })
 }
 
 #[cfg(test)]

@@ -145,13 +145,7 @@ fn time(ctx: &Context, d: &Dispatch, repeats: u32) -> Result<Duration> {
     }
     let commands = encoder.finish();
     let start = Instant::now();
-    let index = ctx.queue.submit([commands]);
-    ctx.device
-        .poll(wgpu::PollType::Wait {
-            submission_index: Some(index),
-            timeout: None,
-        })
-        .map_err(|e| Error::Gpu(format!("waiting for the device: {e}")))?;
+    ctx.submit_and_wait(commands)?;
     Ok(start.elapsed())
 }
 
@@ -186,13 +180,11 @@ pub fn cached(ctx: &Context, dir: &Path) -> Result<(Peak, bool)> {
     table.insert(key.clone(), peak);
     let json = serde_json::to_vec_pretty(&table).expect("a map of numbers serializes");
     // A cache that cannot be written (a read-only home) only costs a measurement next time.
-    let _ = std::fs::create_dir_all(dir).and_then(|()| {
-        // a temporary file renamed over the old one: a reader (or a crash) never sees half a
-        // file
-        let tmp = dir.join(format!("peak.json.{}.tmp", std::process::id()));
-        std::fs::write(&tmp, &json)?;
-        std::fs::rename(&tmp, &path)
-    });
+    if std::fs::create_dir_all(dir).is_ok() {
+        let _ = crate::imageio::atomic_write(&path, |w| {
+            std::io::Write::write_all(w, &json).map_err(|e| Error::io(&path, e))
+        });
+    }
     // serde_json's default parser may miss a double by an ulp: return the value as the next
     // call will read it, so that every call agrees
     let stored: BTreeMap<String, Peak> =

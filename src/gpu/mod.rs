@@ -282,6 +282,18 @@ impl Context {
         self.map_read(&staging)
     }
 
+    /// Submit `commands` and wait until the device has run them.
+    pub fn submit_and_wait(&self, commands: wgpu::CommandBuffer) -> Result<()> {
+        let index = self.queue.submit([commands]);
+        self.device
+            .poll(wgpu::PollType::Wait {
+                submission_index: Some(index),
+                timeout: None,
+            })
+            .map_err(|e| Error::Gpu(format!("waiting for the device: {e}")))?;
+        Ok(())
+    }
+
     /// Map a MAP_READ buffer and copy it out as f32s.
     pub fn map_read(&self, staging: &wgpu::Buffer) -> Result<Vec<f32>> {
         self.map_as(staging, staging.size())
