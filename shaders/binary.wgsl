@@ -38,6 +38,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         case 2u: { r = x * y; }
         case 3u: { r = x / y; }
         case 4u: { r = y - x; }
+        case 5u: { r = max(x, y); }
+        case 6u: { r = min(x, y); }
         default: { r = x + y; }
     }
     dst[i] = mask_lanes(r, g, params.channels);

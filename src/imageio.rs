@@ -33,15 +33,63 @@ pub fn output_format(path: &Path) -> Result<ImageFormat> {
     }
 }
 
-/// Decode an image file (format from its content, not its name).
+/// A decoded image with what its file said about it beyond the pixels.
+pub struct Decoded {
+    /// The pixels, already turned upright by the file's EXIF orientation.
+    pub image: DynamicImage,
+    /// The embedded ICC colour profile, if any (written back into PNG, JPEG and WebP outputs:
+    /// refqsr works on the encoded values and does not convert colour spaces).
+    pub icc: Option<Vec<u8>>,
+}
+
+/// Decode an image file (format from its content, not its name), upright.
 pub fn read(path: &Path) -> Result<DynamicImage> {
+    read_with_metadata(path).map(|d| d.image)
+}
+
+/// [`read`], keeping the ICC profile. EXIF orientation is applied, so a portrait phone photo
+/// comes out portrait.
+pub fn read_with_metadata(path: &Path) -> Result<Decoded> {
+    use image::ImageDecoder;
     let reader = image::ImageReader::open(path)
         .map_err(|e| Error::io(path, e))?
         .with_guessed_format()
         .map_err(|e| Error::io(path, e))?;
-    reader
-        .decode()
-        .map_err(|e| Error::image(path, format!("cannot decode: {e}")))
+    let bad = |e: image::ImageError| Error::image(path, format!("cannot decode: {e}"));
+    let mut decoder = reader.into_decoder().map_err(bad)?;
+    // Metadata that cannot be read is not worth failing an image for.
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let icc = decoder.icc_profile().ok().flatten();
+    let mut image = DynamicImage::from_decoder(decoder).map_err(bad)?;
+    image.apply_orientation(orientation);
+    Ok(Decoded { image, icc })
+}
+
+/// How hard the encoder works, as realesrgan-ncnn-vulkan's and upscayl-bin's `-c`: 0 (the
+/// default) is the best picture, 100 the smallest file. JPEG quality is `100 - c` (at least
+/// 1); PNG stays lossless and `c` picks the zlib effort (0 fast ... 100 best); WebP output is
+/// lossless (the image crate has no lossy WebP encoder), so `c` does not change it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Compression(pub u8);
+
+impl Compression {
+    fn jpeg_quality(self) -> u8 {
+        if self.0 == 0 {
+            95
+        } else {
+            100u8.saturating_sub(self.0).max(1)
+        }
+    }
+
+    fn png(self) -> image::codecs::png::CompressionType {
+        use image::codecs::png::CompressionType;
+        match self.0 {
+            0 => CompressionType::Fast,
+            c => CompressionType::Level((1 + (c.min(100) as u32 * 8) / 100) as u8),
+        }
+    }
 }
 
 /// Give the upscaled colour the input's channel layout and depth: alpha (upscaled bicubic),
@@ -85,6 +133,18 @@ pub fn restore_format(input: &DynamicImage, rgb: Rgb32FImage) -> DynamicImage {
 /// Encode `img` to `path` through a temporary file in the same folder, renamed into place
 /// only once it is complete: a failure never leaves a partial file behind.
 pub fn write(img: &DynamicImage, path: &Path, format: ImageFormat) -> Result<()> {
+    write_with(img, path, format, Compression::default(), None)
+}
+
+/// [`write`] with an encoder effort and an ICC profile to embed.
+pub fn write_with(
+    img: &DynamicImage,
+    path: &Path,
+    format: ImageFormat,
+    compression: Compression,
+    icc: Option<&[u8]>,
+) -> Result<()> {
+    use image::ImageEncoder;
     // JPEG holds neither alpha nor 16 bits; WebP (lossless) holds 8-bit RGB(A).
     let converted;
     let img = match format {
@@ -106,13 +166,38 @@ pub fn write(img: &DynamicImage, path: &Path, format: ImageFormat) -> Result<()>
         }
         _ => img,
     };
+    let failed = |e: image::ImageError| Error::image(path, format!("cannot encode: {e}"));
+    // An encoder that cannot embed a profile still writes the picture.
+    fn with_icc<E: ImageEncoder>(mut e: E, icc: Option<&[u8]>) -> E {
+        if let Some(p) = icc {
+            let _ = e.set_icc_profile(p.to_vec());
+        }
+        e
+    }
     atomic_write(path, |w| match format {
         ImageFormat::Jpeg => img
-            .write_with_encoder(image::codecs::jpeg::JpegEncoder::new_with_quality(w, 95))
-            .map_err(|e| Error::image(path, format!("cannot encode: {e}"))),
-        _ => img
-            .write_to(w, format)
-            .map_err(|e| Error::image(path, format!("cannot encode: {e}"))),
+            .write_with_encoder(with_icc(
+                image::codecs::jpeg::JpegEncoder::new_with_quality(w, compression.jpeg_quality()),
+                icc,
+            ))
+            .map_err(failed),
+        ImageFormat::Png => img
+            .write_with_encoder(with_icc(
+                image::codecs::png::PngEncoder::new_with_quality(
+                    w,
+                    compression.png(),
+                    image::codecs::png::FilterType::Adaptive,
+                ),
+                icc,
+            ))
+            .map_err(failed),
+        ImageFormat::WebP => img
+            .write_with_encoder(with_icc(
+                image::codecs::webp::WebPEncoder::new_lossless(w),
+                icc,
+            ))
+            .map_err(failed),
+        _ => img.write_to(w, format).map_err(failed),
     })
 }
 

@@ -17,6 +17,7 @@ pub mod model;
 
 pub use error::{Error, Result};
 pub mod imageio;
+pub mod job;
 pub mod tile;
 pub mod upscaler;
 

@@ -3,6 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod ncnn_cli;
+
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use refqsr::{Options, Upscaler};
@@ -169,6 +171,14 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // A first argument that is a flag means realesrgan-ncnn-vulkan's command line.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if args.first().is_some_and(|a| {
+        let a = a.to_string_lossy();
+        a.starts_with('-') && !matches!(a.as_ref(), "--help" | "--version" | "-V")
+    }) {
+        return ncnn_cli::main(args);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Upscale {
@@ -318,57 +328,80 @@ fn upscale(input: &Path, output: &Path, opts: Options) -> refqsr::Result<ExitCod
         up.mode(),
         up.context().describe()
     );
-    if input.is_file() {
+    let job = refqsr::job::Job::new(input, output);
+    let folder = input.is_dir();
+    let b = if folder {
+        let n = refqsr::job::items(&job)?.len() as u64;
+        bar(n, "{spinner} [{bar:30}] {pos}/{len} images {elapsed} {msg}")
+    } else {
         let b = bar(0, "{spinner} {msg} [{bar:30}] {pos}/{len} tiles {elapsed}");
         b.set_message(input.display().to_string());
-        up.upscale_file_with_progress(input, output, &mut |done, total| {
-            b.set_length(total as u64);
-            b.set_position(done as u64);
-        })?;
-        b.finish_and_clear();
-        if let Some(r) = up.last_refqsr_run() {
-            eprintln!(
-                "refqsr: {} patches, {} references ({:.0}%); clustering {:.0} ms, references {:.0} ms, queries with RefER {:.0} ms; {} wave(s) of groups of {}, {} MiB",
-                r.patches,
-                r.references,
-                100.0 * r.references as f64 / r.patches as f64,
-                r.stage_ms[0],
-                r.stage_ms[1],
-                r.stage_ms[2],
-                r.waves,
-                r.group,
-                r.peak_bytes >> 20
-            );
-        }
-        eprintln!("refqsr: wrote {}", output.display());
-        return Ok(ExitCode::SUCCESS);
-    }
-    let jobs = refqsr::batch::collect(input, output)?;
-    let b = bar(
-        jobs.len() as u64,
-        "{spinner} [{bar:30}] {pos}/{len} images {elapsed} {msg}",
-    );
-    let mut failed = 0;
-    for (src, dst) in &jobs {
-        b.set_message(src.display().to_string());
-        if let Err(e) = refqsr::batch::prepare(dst).and_then(|_| up.upscale_file(src, dst)) {
-            b.suspend(|| eprintln!("refqsr: error: {e}"));
-            failed += 1;
-        }
-        b.inc(1);
-    }
+        b
+    };
+    let summary = refqsr::job::run(&job, &[&up], &Bar { bar: &b, folder })?;
     b.finish_and_clear();
+    if let (false, Some(r)) = (folder, up.last_refqsr_run()) {
+        eprintln!(
+            "refqsr: {} patches, {} references ({:.0}%); clustering {:.0} ms, references {:.0} ms, queries with RefER {:.0} ms; {} wave(s) of groups of {}, {} MiB",
+            r.patches,
+            r.references,
+            100.0 * r.references as f64 / r.patches as f64,
+            r.stage_ms[0],
+            r.stage_ms[1],
+            r.stage_ms[2],
+            r.waves,
+            r.group,
+            r.peak_bytes >> 20
+        );
+    }
+    if !folder {
+        return match summary.failed.into_iter().next() {
+            Some((_, e)) => Err(e),
+            None => {
+                eprintln!("refqsr: wrote {}", output.display());
+                Ok(ExitCode::SUCCESS)
+            }
+        };
+    }
+    let total = summary.written.len() + summary.failed.len();
     eprintln!(
-        "refqsr: {} of {} images upscaled into {}",
-        jobs.len() - failed,
-        jobs.len(),
+        "refqsr: {} of {total} images upscaled into {}",
+        summary.written.len(),
         output.display()
     );
-    Ok(if failed == 0 {
+    Ok(if summary.failed.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// `refqsr upscale`'s progress: tiles of one image, or images of a folder.
+struct Bar<'a> {
+    bar: &'a ProgressBar,
+    folder: bool,
+}
+
+impl refqsr::job::Events for Bar<'_> {
+    fn progress(&self, item: &refqsr::job::Item, done: usize, total: usize) {
+        if self.folder {
+            if done == 0 {
+                self.bar.set_message(item.src.display().to_string());
+            }
+        } else {
+            self.bar.set_length(total as u64);
+            self.bar.set_position(done as u64);
+        }
+    }
+
+    fn finished(&self, _item: &refqsr::job::Item, result: &refqsr::Result<()>) {
+        if self.folder {
+            if let Err(e) = result {
+                self.bar.suspend(|| eprintln!("refqsr: error: {e}"));
+            }
+            self.bar.inc(1);
+        }
+    }
 }
 
 fn eval(

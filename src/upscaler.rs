@@ -449,6 +449,58 @@ impl Upscaler {
         Ok(out)
     }
 
+    /// Test-time augmentation (realesrgan-ncnn-vulkan's `-x`): the eight flips and transposes
+    /// of `img` are each upscaled, turned back and averaged. Eight times the work; `progress`
+    /// counts the tiles of all eight passes.
+    pub fn upscale_rgb_tta(
+        &self,
+        img: &Rgb32FImage,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Rgb32FImage> {
+        use image::imageops::{flip_horizontal, flip_vertical};
+        let transpose = |i: &Rgb32FImage| flip_horizontal(&image::imageops::rotate90(i));
+        // (transpose, flip h, flip v): forward transposes first; the inverse flips first.
+        let forward = |i: &Rgb32FImage, (t, fh, fv): (bool, bool, bool)| {
+            let mut x = if t { transpose(i) } else { i.clone() };
+            if fh {
+                x = flip_horizontal(&x);
+            }
+            if fv {
+                x = flip_vertical(&x);
+            }
+            x
+        };
+        let inverse = |i: &Rgb32FImage, (t, fh, fv): (bool, bool, bool)| {
+            let mut x = i.clone();
+            if fv {
+                x = flip_vertical(&x);
+            }
+            if fh {
+                x = flip_horizontal(&x);
+            }
+            if t {
+                transpose(&x)
+            } else {
+                x
+            }
+        };
+        let mut sum: Option<Rgb32FImage> = None;
+        for k in 0..8usize {
+            let tf = (k & 4 != 0, k & 2 != 0, k & 1 != 0);
+            let mut pass = |done: usize, total: usize| {
+                progress(k * total + done, 8 * total);
+            };
+            let out = inverse(&self.upscale_rgb(&forward(img, tf), &mut pass)?, tf);
+            match &mut sum {
+                None => sum = Some(out),
+                Some(s) => s.iter_mut().zip(out.iter()).for_each(|(a, b)| *a += b),
+            }
+        }
+        let mut avg = sum.expect("eight passes");
+        avg.iter_mut().for_each(|v| *v *= 0.125);
+        Ok(avg)
+    }
+
     /// Per-step host timings (ms) of the first batch of windows of `img` (see
     /// [`Plan::profile`]).
     pub fn profile_rgb(&self, img: &Rgb32FImage) -> Result<Vec<(String, f64)>> {
@@ -467,9 +519,25 @@ impl Upscaler {
         img: &DynamicImage,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<DynamicImage> {
+        self.upscale_image_with(img, false, progress)
+    }
+
+    /// [`Upscaler::upscale_image`], with test-time augmentation when `tta` is set (see
+    /// [`Upscaler::upscale_rgb_tta`]).
+    pub fn upscale_image_with(
+        &self,
+        img: &DynamicImage,
+        tta: bool,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<DynamicImage> {
         // The networks were trained on sRGB-encoded values in [0, 1], so that is what they get
         // (DESIGN.md's "linear RGB" would shift every colour they see).
-        let rgb = self.upscale_rgb(&img.to_rgb32f(), progress)?;
+        let rgb = img.to_rgb32f();
+        let rgb = if tta {
+            self.upscale_rgb_tta(&rgb, progress)?
+        } else {
+            self.upscale_rgb(&rgb, progress)?
+        };
         Ok(crate::imageio::restore_format(img, rgb))
     }
 

@@ -213,6 +213,8 @@ fn binary_matches_cpu_twin() {
         BinaryKind::Mul,
         BinaryKind::Div,
         BinaryKind::RSub,
+        BinaryKind::Max,
+        BinaryKind::Min,
     ] {
         for (c, h, w) in [(3, 5, 7), (48, 4, 4), (6, 1, 9)] {
             let a = rng.tensor(2, c, h, w);

@@ -64,6 +64,10 @@ pub fn fuse(graph: Graph) -> Graph {
                 break;
             }
             let j = users_t[0];
+            // the graph's output itself: nothing to fuse into
+            if j == usize::MAX {
+                break;
+            }
             let user = nodes[j].as_ref().expect("live user");
             match &user.op {
                 Op::Act(a) if conv.act == Activation::None => {

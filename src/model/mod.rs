@@ -67,7 +67,9 @@ pub enum Op {
     },
     /// A standalone activation (unfused).
     Act(Activation),
-    /// Channel concatenation of all inputs (at most [`MAX_CONCAT_INPUTS`]).
+    /// Channel concatenation of all inputs: any number when every input has a multiple of 4
+    /// channels (whole channel groups are copied), else at most [`MAX_CONCAT_INPUTS`] (the
+    /// loader chains longer ones).
     Concat,
     /// Depth to space (ncnn mode 0 = PyTorch `PixelShuffle`).
     PixelShuffle {
@@ -87,7 +89,7 @@ pub enum Op {
     },
 }
 
-/// Concat kernels bind a fixed number of inputs.
+/// The concat kernel binds a fixed number of inputs.
 pub const MAX_CONCAT_INPUTS: usize = 4;
 
 /// A 2-D convolution with stride 1 and "same" zero padding, plus its fused epilogue.
@@ -168,6 +170,8 @@ pub enum BinaryKind {
     Div,
     /// `b - a`
     RSub,
+    Max,
+    Min,
 }
 
 impl BinaryKind {
@@ -178,6 +182,8 @@ impl BinaryKind {
             BinaryKind::Mul => 2,
             BinaryKind::Div => 3,
             BinaryKind::RSub => 4,
+            BinaryKind::Max => 5,
+            BinaryKind::Min => 6,
         }
     }
 }

@@ -29,6 +29,7 @@ pub const SUPPORTED_LAYERS: &[&str] = &[
     "PReLU",
     "Split",
     "Concat",
+    "Eltwise",
     "PixelShuffle",
     "Interp",
 ];
@@ -173,7 +174,9 @@ fn parse_param(text: &str) -> Result<Vec<Layer>, String> {
         };
         let nb = count(toks[2])?;
         let nt = count(toks[3])?;
-        if toks.len() < 4 + nb + nt {
+        // Counts come from the file: a huge one must not wrap the sum below.
+        let named = nb.checked_add(nt).and_then(|s| s.checked_add(4));
+        if named.is_none_or(|end| toks.len() < end) {
             return Err(format!(
                 "line {n}: layer `{}` declares {nb} inputs and {nt} outputs but names only {}",
                 toks[1],
@@ -279,11 +282,20 @@ impl BinReader<'_> {
     }
 
     fn f32s(&mut self, n: usize, what: &str) -> Result<Vec<f32>, LoadError> {
-        let bytes = self.take(n * 4, what)?;
+        let bytes = self.take(Self::bytes(n, 4, what)?, what)?;
         Ok(bytes
             .chunks_exact(4)
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect())
+    }
+
+    /// `n` items of `size` bytes, or an error when a count read from the file overflows.
+    fn bytes(n: usize, size: usize, what: &str) -> Result<usize, LoadError> {
+        n.checked_mul(size).ok_or_else(|| {
+            LoadError::Bin(format!(
+                "{what}: {n} items of {size} bytes overflow the address space"
+            ))
+        })
     }
 
     /// ncnn's `ModelBin::load(w, 0)`: a 4-byte tag says how the data is stored.
@@ -292,7 +304,7 @@ impl BinReader<'_> {
         let tag = u32::from_le_bytes([tag_bytes[0], tag_bytes[1], tag_bytes[2], tag_bytes[3]]);
         match tag {
             TAG_FP16 => {
-                let bytes = self.take(n * 2, what)?;
+                let bytes = self.take(Self::bytes(n, 2, what)?, what)?;
                 let out = bytes
                     .chunks_exact(2)
                     .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
@@ -406,17 +418,32 @@ impl Builder<'_> {
         channels: usize,
         scale: u32,
     ) -> Result<(), LoadError> {
+        self.push_as(&layer.name, &layer.tops[0], op, inputs, channels, scale)
+            .map(|_| ())
+    }
+
+    /// A node named `name` producing blob `blob` (layers that the loader splits into several
+    /// nodes name the inner ones `LAYER#k`).
+    fn push_as(
+        &mut self,
+        name: &str,
+        blob: &str,
+        op: Op,
+        inputs: Vec<ValueId>,
+        channels: usize,
+        scale: u32,
+    ) -> Result<ValueId, LoadError> {
         for &i in &inputs {
             *self.consumed.entry(i).or_default() += 1;
         }
-        let output = self.define(&layer.tops[0], channels, scale)?;
+        let output = self.define(blob, channels, scale)?;
         self.nodes.push(Node {
-            name: layer.name.clone(),
+            name: name.to_string(),
             op,
             inputs,
             output,
         });
-        Ok(())
+        Ok(output)
     }
 
     fn add(&mut self, l: &Layer) -> Result<(), LoadError> {
@@ -440,7 +467,13 @@ impl Builder<'_> {
                     return perr("only 1-D to 3-D MemoryData is supported");
                 }
                 let (w, h, c) = (w.max(1) as usize, h.max(1) as usize, c.max(1) as usize);
-                let data = self.bin.f32s(w * h * c, "MemoryData")?;
+                let n = w
+                    .checked_mul(h)
+                    .and_then(|wh| wh.checked_mul(c))
+                    .ok_or_else(|| {
+                        LoadError::Param(format!("MemoryData of {w}x{h}x{c} overflows"))
+                    })?;
+                let data = self.bin.f32s(n, "MemoryData")?;
                 if self.blobs.contains_key(&l.tops[0]) || self.constants.contains_key(&l.tops[0]) {
                     return perr(format!("blob `{}` is produced twice", l.tops[0]));
                 }
@@ -490,6 +523,7 @@ impl Builder<'_> {
                 self.push(l, Op::Act(act), vec![v], channels, scale)
             }
             "BinaryOp" => self.binary(l),
+            "Eltwise" => self.eltwise(l),
             "Concat" => {
                 if l.tops.len() != 1 || l.bottoms.is_empty() {
                     return perr("Concat needs inputs and one output");
@@ -498,13 +532,6 @@ impl Builder<'_> {
                 if axis != 0 && axis != -3 {
                     return perr(format!(
                         "Concat along axis {axis}: only the channel axis (0) is supported"
-                    ));
-                }
-                if l.bottoms.len() > super::MAX_CONCAT_INPUTS {
-                    return perr(format!(
-                        "Concat of {} inputs: at most {} are supported",
-                        l.bottoms.len(),
-                        super::MAX_CONCAT_INPUTS
                     ));
                 }
                 let ins: Vec<ValueId> = l
@@ -516,8 +543,38 @@ impl Builder<'_> {
                 if ins.iter().any(|&i| self.values[i].scale != scale) {
                     return perr("Concat of tensors with different spatial sizes");
                 }
-                let channels = ins.iter().map(|&i| self.values[i].channels).sum();
-                self.push(l, Op::Concat, ins, channels, scale)
+                let aligned = ins.iter().all(|&i| self.values[i].channels % 4 == 0);
+                if aligned || ins.len() <= super::MAX_CONCAT_INPUTS {
+                    let channels = ins.iter().map(|&i| self.values[i].channels).sum();
+                    return self.push(l, Op::Concat, ins, channels, scale);
+                }
+                // Concatenation is associative: a chain of kernel-sized concats.
+                let mut acc = ins[0];
+                let mut rest = &ins[1..];
+                let mut k = 0;
+                while !rest.is_empty() {
+                    let n = rest.len().min(super::MAX_CONCAT_INPUTS - 1);
+                    let part: Vec<ValueId> = std::iter::once(acc)
+                        .chain(rest[..n].iter().copied())
+                        .collect();
+                    rest = &rest[n..];
+                    let channels = part.iter().map(|&i| self.values[i].channels).sum();
+                    let blob = if rest.is_empty() {
+                        l.tops[0].clone()
+                    } else {
+                        format!("{}#{k}", l.tops[0])
+                    };
+                    acc = self.push_as(
+                        &format!("{}#{k}", l.name),
+                        &blob,
+                        Op::Concat,
+                        part,
+                        channels,
+                        scale,
+                    )?;
+                    k += 1;
+                }
+                Ok(())
             }
             "PixelShuffle" => {
                 l.expect_io(1, 1)?;
@@ -644,10 +701,12 @@ impl Builder<'_> {
             1 => BinaryKind::Sub,
             2 => BinaryKind::Mul,
             3 => BinaryKind::Div,
+            4 => BinaryKind::Max,
+            5 => BinaryKind::Min,
             7 => BinaryKind::RSub,
             t => {
                 return perr(format!(
-                    "BinaryOp type {t} is not supported (add, sub, mul, div, rsub are)"
+                    "BinaryOp type {t} is not supported (add, sub, mul, div, max, min, rsub are)"
                 ))
             }
         };
@@ -702,7 +761,7 @@ impl Builder<'_> {
             (Some(c), None) => {
                 // constant (op) tensor: swap operands.
                 let kind = match kind {
-                    BinaryKind::Add | BinaryKind::Mul => kind,
+                    BinaryKind::Add | BinaryKind::Mul | BinaryKind::Max | BinaryKind::Min => kind,
                     BinaryKind::Sub => BinaryKind::RSub,
                     BinaryKind::RSub => BinaryKind::Sub,
                     BinaryKind::Div => return perr("constant / tensor is not supported"),
@@ -724,6 +783,98 @@ impl Builder<'_> {
         };
         let s = self.values[tensor].scale;
         self.push(l, Op::Binary { kind, rhs }, vec![tensor], channels, s)
+    }
+
+    /// ncnn's Eltwise: the product, sum or maximum of any number of same-shaped tensors, the
+    /// sum weighted by `coeffs` when the layer has them (ncnn ignores them for the others).
+    /// Lowered to a chain of binary nodes, with a scalar multiply for each coefficient that is
+    /// not 1, in ncnn's order: `((c0 a0 + c1 a1) + c2 a2) + ...`.
+    fn eltwise(&mut self, l: &Layer) -> Result<(), LoadError> {
+        if l.tops.len() != 1 || l.bottoms.is_empty() {
+            return perr("Eltwise needs inputs and one output");
+        }
+        let kind = match l.int(0, 1)? {
+            0 => BinaryKind::Mul,
+            1 => BinaryKind::Add,
+            2 => BinaryKind::Max,
+            t => {
+                return perr(format!(
+                    "Eltwise operation {t} is not supported (0 prod, 1 sum, 2 max are)"
+                ))
+            }
+        };
+        let ins: Vec<ValueId> = l
+            .bottoms
+            .iter()
+            .map(|b| self.value(b))
+            .collect::<Result<_, _>>()?;
+        let (c, s) = (self.values[ins[0]].channels, self.values[ins[0]].scale);
+        if ins
+            .iter()
+            .any(|&i| self.values[i].channels != c || self.values[i].scale != s)
+        {
+            return perr("Eltwise of tensors with different channel counts or sizes");
+        }
+        let coeffs = if kind == BinaryKind::Add {
+            l.array(1)
+        } else {
+            Vec::new()
+        };
+        if !coeffs.is_empty() && coeffs.len() != ins.len() {
+            return perr(format!(
+                "Eltwise has {} coefficients for {} inputs",
+                coeffs.len(),
+                ins.len()
+            ));
+        }
+        if let Some(bad) = coeffs.iter().find(|v| !v.is_finite()) {
+            return perr(format!("Eltwise coefficient {bad} is not finite"));
+        }
+        let top = l.tops[0].clone();
+        let mut hidden = 0;
+        let mut next = |last: bool| {
+            hidden += 1;
+            let blob = if last {
+                top.clone()
+            } else {
+                format!("{top}#{hidden}")
+            };
+            (format!("{}#{hidden}", l.name), blob)
+        };
+        let n = ins.len();
+        let mut terms = Vec::with_capacity(n);
+        for (i, &v) in ins.iter().enumerate() {
+            let coeff = coeffs.get(i).copied().unwrap_or(1.0);
+            if coeff == 1.0 {
+                terms.push(v);
+                continue;
+            }
+            let (name, blob) = next(n == 1);
+            let op = Op::Binary {
+                kind: BinaryKind::Mul,
+                rhs: Rhs::Scalar(coeff),
+            };
+            terms.push(self.push_as(&name, &blob, op, vec![v], c, s)?);
+        }
+        if n == 1 {
+            if terms[0] == ins[0] {
+                // a single input with no coefficient: the output is the input
+                if self.blobs.insert(top.clone(), ins[0]).is_some() {
+                    return perr(format!("blob `{top}` is produced twice"));
+                }
+            }
+            return Ok(());
+        }
+        let mut acc = terms[0];
+        for (i, &t) in terms.iter().enumerate().skip(1) {
+            let (name, blob) = next(i + 1 == n);
+            let op = Op::Binary {
+                kind,
+                rhs: Rhs::Tensor,
+            };
+            acc = self.push_as(&name, &blob, op, vec![acc, t], c, s)?;
+        }
+        Ok(())
     }
 
     fn finish(self) -> Result<Graph, String> {

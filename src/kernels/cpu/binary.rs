@@ -28,6 +28,8 @@ pub fn binary(a: &Tensor, b: Operand<'_>, kind: BinaryKind) -> Tensor {
             BinaryKind::Mul => x[l] * y[l],
             BinaryKind::Div => x[l] / y[l],
             BinaryKind::RSub => y[l] - x[l],
+            BinaryKind::Max => x[l].max(y[l]),
+            BinaryKind::Min => x[l].min(y[l]),
         });
         out.set_vec4(i, mask_lanes(r, g, a.c));
     }

@@ -123,6 +123,21 @@ impl Tensor {
         }
         t
     }
+
+    /// The planar NCHW data (the inverse of [`Tensor::from_nchw`]).
+    pub fn to_nchw(&self) -> Vec<f32> {
+        let mut v = Vec::with_capacity(self.n * self.c * self.h * self.w);
+        for b in 0..self.n {
+            for ch in 0..self.c {
+                for y in 0..self.h {
+                    for x in 0..self.w {
+                        v.push(self.get(b, ch, y, x));
+                    }
+                }
+            }
+        }
+        v
+    }
 }
 
 /// `mask_lanes` of `common.wgsl`: lanes of group `g` past the real channels become zero.
