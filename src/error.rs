@@ -21,6 +21,10 @@ pub enum Error {
     #[error("GPU error: {0}")]
     Gpu(String),
 
+    /// The device (or the host) ran out of memory; callers retry with smaller tiles.
+    #[error("out of memory: {0}")]
+    OutOfMemory(String),
+
     /// A model file is malformed or uses something we do not support.
     #[error("{}: {message}", path.display())]
     Model { path: PathBuf, message: String },

@@ -640,7 +640,7 @@ impl Plan {
         self.encode(&mut encoder);
         let staging = self.readback();
         encoder.copy_buffer_to_buffer(&self.output, 0, &staging, 0, self.output_bytes);
-        ctx.queue.submit([encoder.finish()]);
+        ctx.submit(encoder.finish());
         ctx.map_read(&staging)
     }
 
@@ -805,12 +805,12 @@ impl Plan {
 }
 
 impl Drop for Plan {
+    /// Every buffer the plan took goes back to the pool, its input, output, kept and external
+    /// buffers included (`owned` lists each once; a `wgpu::Buffer` clone is the same buffer).
     fn drop(&mut self) {
         self.steps.clear();
         for b in self.owned.drain(..) {
-            if let Ok(b) = Arc::try_unwrap(b) {
-                self.ctx.release(b);
-            }
+            self.ctx.release((*b).clone());
         }
     }
 }

@@ -155,6 +155,9 @@ pub fn items(job: &Job) -> Result<Vec<Item>> {
 pub trait Events: Sync {
     /// Tiles of `item` done so far (starts at 0 of `total`, ends at `total` of `total`).
     fn progress(&self, _item: &Item, _done: usize, _total: usize) {}
+    /// Something the upscale had to do differently, such as an out-of-memory retry with
+    /// smaller tiles.
+    fn note(&self, _item: &Item, _message: &str) {}
     /// The network's output is resampled to the asked-for size.
     fn resizing(&self, _item: &Item, _from: (u32, u32), _to: (u32, u32)) {}
     /// `item` is written, or failed with this error (nothing was written then).
@@ -241,12 +244,14 @@ pub fn run(job: &Job, upscalers: &[&Upscaler], events: &dyn Events) -> Result<Su
                     let target = job.size.target(w, h, up.scale());
                     check_output(item, target)?;
                     let mut progress = |done, total| events.progress(item, done, total);
-                    let img = up
-                        .upscale_image_with(&d.image, job.tta, &mut progress)
-                        .map_err(|e| match e {
-                            Error::Invalid(m) => Error::image(&item.src, m),
-                            other => other,
-                        })?;
+                    let img = up.upscale_image_with(&d.image, job.tta, &mut progress);
+                    for n in up.take_notes() {
+                        events.note(item, &n);
+                    }
+                    let img = img.map_err(|e| match e {
+                        Error::Invalid(m) => Error::image(&item.src, m),
+                        other => other,
+                    })?;
                     let from = (img.width(), img.height());
                     let img = if from != target {
                         events.resizing(item, from, target);

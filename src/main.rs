@@ -394,6 +394,11 @@ impl refqsr::job::Events for Bar<'_> {
         }
     }
 
+    fn note(&self, item: &refqsr::job::Item, message: &str) {
+        self.bar
+            .suspend(|| eprintln!("refqsr: note: {}: {message}", item.src.display()));
+    }
+
     fn finished(&self, _item: &refqsr::job::Item, result: &refqsr::Result<()>) {
         if self.folder {
             if let Err(e) = result {

@@ -353,6 +353,10 @@ impl Events for Report {
         say(&format!("{pct:.2}%\n"));
     }
 
+    fn note(&self, item: &Item, message: &str) {
+        say(&format!("refqsr: {}: {message}\n", item.src.display()));
+    }
+
     fn resizing(&self, _item: &Item, from: (u32, u32), to: (u32, u32)) {
         say(&format!(
             "Resizing image from {}x{} to {}x{}\n",

@@ -198,7 +198,7 @@ impl Profiler {
                 let n = stages.len() as u32 + 1;
                 enc.resolve_query_set(set, 0..n, resolve, 0);
                 enc.copy_buffer_to_buffer(resolve, 0, read, 0, n as u64 * 8);
-                ctx.queue.submit([enc.finish()]);
+                ctx.submit(enc.finish());
                 let ticks: Vec<u64> = ctx.map_as(read, n as u64 * 8)?;
                 for (i, stage) in stages.into_iter().enumerate() {
                     // Some drivers reorder or reset counters; a negative span counts as zero.

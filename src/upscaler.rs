@@ -72,8 +72,9 @@ pub struct Options {
     pub calibration: Option<PathBuf>,
     /// Searched (default) or min/max quantization bounds.
     pub bounds: Bounds,
-    /// Overlap (input pixels) each side of a tile; `None` = the receptive-field radius (the
-    /// output then does not depend on the tiling), or [`crate::refqsr::HALO`] in RefQSR modes.
+    /// Overlap (input pixels) each side of a tile; `None` = [`default_halo`] of the
+    /// receptive-field radius (the output then does not depend on the tiling, for networks
+    /// that see at most [`MAX_HALO`] pixels), or [`crate::refqsr::HALO`] in RefQSR modes.
     pub halo: Option<usize>,
     /// RefQSR's cosine threshold; `None` = [`crate::refqsr::DEFAULT_TAU`].
     pub tau: Option<f32>,
@@ -82,6 +83,27 @@ pub struct Options {
     /// RefQSR parameters (ClustBlock and RefER); `None` = the shipped ones for a shipped
     /// model, else `MODEL.refqsr.json` beside the model.
     pub refqsr_params: Option<PathBuf>,
+}
+
+/// The largest receptive-field radius used as the tile overlap. A window must reach as far as
+/// the network can see for the tiled output to equal the untiled one, which SPAN (radius 21),
+/// Real-ESRGAN compact models (18-34) and the like afford.
+pub const MAX_HALO: usize = 48;
+
+/// The overlap of deeper networks. Their theoretical reach is far larger (realesrgan-x4plus:
+/// 351 convolutions, radius 358) than what they use: realesrgan-ncnn-vulkan pads its tiles by
+/// 10 pixels. A 48-pixel halo measured 16 tiles of 160x160 for a 256x256 input on lavapipe
+/// (its 128 MiB binding limit caps the windows, since x4plus keeps 64 channels at 4x), over
+/// 10 minutes; with this one the output depends on the tiling only by float noise.
+pub const DEEP_HALO: usize = 16;
+
+/// The default tile overlap for a network that sees `radius` input pixels around each output.
+pub fn default_halo(radius: usize) -> usize {
+    if radius <= MAX_HALO {
+        radius
+    } else {
+        DEEP_HALO
+    }
 }
 
 /// Default mirrored border (see `tile.rs`): none. DESIGN.md asks for mirrored borders, but
@@ -101,6 +123,7 @@ pub struct Upscaler {
     max_memory: u64,
     mirror: usize,
     plans: Mutex<HashMap<(usize, usize, usize), Arc<Plan>>>,
+    notes: Mutex<Vec<String>>,
     /// The RefQSR engine in RefQSR modes (`model` is then its reference model).
     refqsr: Option<Box<RefQsr>>,
 }
@@ -248,7 +271,7 @@ impl Upscaler {
         let halo = opts.halo.unwrap_or(if refqsr_mode {
             crate::refqsr::HALO
         } else {
-            graph.receptive_radius()
+            default_halo(graph.receptive_radius())
         });
         let tile = opts.tile.or(refqsr_mode.then_some(crate::refqsr::PATCH));
         let mut fallback = None;
@@ -300,6 +323,7 @@ impl Upscaler {
             max_memory: opts.max_memory.unwrap_or(1 << 30),
             mirror: opts.mirror.unwrap_or(DEFAULT_MIRROR),
             plans: Mutex::new(HashMap::new()),
+            notes: Mutex::new(Vec::new()),
             refqsr,
         })
     }
@@ -344,32 +368,56 @@ impl Upscaler {
 
     /// The windows an image of `width` x `height` is cut into.
     pub fn grid(&self, width: usize, height: usize) -> Result<Grid> {
+        self.grid_within(width, height, self.max_memory)
+    }
+
+    fn grid_within(&self, width: usize, height: usize, budget: u64) -> Result<Grid> {
         Ok(Grid::new(
             width,
             height,
-            self.tile_size(width, height)?,
+            self.tile_size_within(width, height, budget)?,
             self.halo,
             self.mirror,
         ))
     }
 
-    fn fits(&self, batch: usize, h: usize, w: usize) -> bool {
+    fn fits(&self, batch: usize, h: usize, w: usize, budget: u64) -> bool {
         let (largest, peak) = self.model.memory(batch, h, w);
-        largest <= self.model.ctx.max_binding() && peak <= self.max_memory
+        largest <= self.model.ctx.max_binding() && peak <= budget
     }
 
     /// The tile core size used for a `width` x `height` image.
     pub fn tile_size(&self, width: usize, height: usize) -> Result<usize> {
+        self.tile_size_within(width, height, self.max_memory)
+    }
+
+    fn tile_size_within(&self, width: usize, height: usize, budget: u64) -> Result<usize> {
         let h2 = 2 * self.halo;
         // window size for a core of t: never more than the mirrored image itself
         let win = |t: usize, len: usize| (t + h2).min(len + 2 * self.mirror);
+        let binding = self.model.ctx.max_binding();
+        // Which limit refuses a tile: the adapter's binding size or the memory budget.
+        let refusal = |t: usize| {
+            let (largest, peak) = self.model.memory(1, win(t, height), win(t, width));
+            if largest > binding {
+                format!(
+                    "a {t}-pixel tile needs a {} MiB tensor, over this adapter's {} MiB binding limit",
+                    largest.div_ceil(1 << 20),
+                    binding >> 20
+                )
+            } else {
+                format!(
+                    "a {t}-pixel tile needs {} MiB of tensors, over the memory budget of {} MiB (--max-memory)",
+                    peak.div_ceil(1 << 20),
+                    budget >> 20
+                )
+            }
+        };
         if let Some(t) = self.tile {
-            let (th, tw) = (win(t, height), win(t, width));
-            if !self.fits(1, th, tw) {
+            if !self.fits(1, win(t, height), win(t, width), budget) {
                 return Err(Error::Invalid(format!(
-                    "tile {t} does not fit this adapter (binding limit {} MiB, memory budget {} MiB): use a smaller -t",
-                    self.model.ctx.max_binding() >> 20,
-                    self.max_memory >> 20
+                    "tile {t} does not fit: {}; use a smaller -t",
+                    refusal(t)
                 )));
             }
             return Ok(t);
@@ -377,10 +425,17 @@ impl Upscaler {
         TILE_CANDIDATES
             .iter()
             .copied()
-            .find(|&t| self.fits(1, win(t, height), win(t, width)))
+            .find(|&t| self.fits(1, win(t, height), win(t, width), budget))
             .ok_or_else(|| {
-                Error::Invalid("even a 16-pixel tile does not fit this adapter's limits".into())
+                let floor = *TILE_CANDIDATES.last().expect("candidates");
+                Error::Invalid(format!("no tile fits: {}", refusal(floor)))
             })
+    }
+
+    /// What the last upscale had to do differently (out-of-memory retries), for the caller to
+    /// report; taken once.
+    pub fn take_notes(&self) -> Vec<String> {
+        std::mem::take(&mut *self.notes.lock().expect("notes"))
     }
 
     fn plan(&self, batch: usize, h: usize, w: usize) -> Result<Arc<Plan>> {
@@ -388,8 +443,9 @@ impl Upscaler {
         if let Some(p) = plans.get(&(batch, h, w)) {
             return Ok(p.clone());
         }
-        // Keep the cache small: a new image size usually means the old plans are done.
-        if plans.len() >= 4 {
+        // Keep the cache small: one image needs a plan for its full batches and one for the
+        // rest; a new image size usually means the old plans are done.
+        if plans.len() >= 2 {
             plans.clear();
         }
         let p = Arc::new(self.model.plan(batch, h, w)?);
@@ -417,17 +473,75 @@ impl Upscaler {
         if w == 0 || h == 0 {
             return Err(Error::Invalid("image has no pixels".into()));
         }
-        let s = self.scale() as usize;
-        let grid = self.grid(w, h)?;
-        if let Some(r) = &self.refqsr {
-            return r.run(&self.model, img, &grid, self.max_memory, progress, prof);
-        }
+        // Out of device memory: retry the image within half the budget (smaller tiles, fewer
+        // per batch, smaller RefQSR groups) down to the smallest tile; the next image starts
+        // again from the full budget.
+        let mut budget = self.max_memory;
+        let result = loop {
+            match self.upscale_within(img, progress, prof, budget) {
+                Err(Error::OutOfMemory(why)) => {
+                    self.plans.lock().expect("plan cache").clear();
+                    self.model.ctx.trim_pool(0);
+                    // the largest budget below this one that changes the work's shape
+                    let before = self.shape_within(w, h, budget);
+                    let mut smaller = budget / 2;
+                    while smaller > 0 && self.shape_within(w, h, smaller) == before {
+                        smaller /= 2;
+                    }
+                    match (before, self.shape_within(w, h, smaller)) {
+                        (Some((t0, b0)), Some((t, b))) if smaller > 0 => {
+                            self.notes.lock().expect("notes").push(format!(
+                                "out of device memory ({why}) with {t0}-pixel tiles, {b0} at a time; retrying with {t}-pixel tiles, {b} at a time"
+                            ));
+                            budget = smaller;
+                        }
+                        _ => {
+                            break Err(Error::OutOfMemory(format!(
+                                "{why}; even the smallest tiles do not fit (use a smaller -t or --max-memory)"
+                            )))
+                        }
+                    }
+                }
+                other => break other,
+            }
+        };
+        self.model.ctx.trim_pool(self.max_memory);
+        result
+    }
+
+    /// (tile size, tiles per batch) of a `w` x `h` image within `budget`; `None` if no tile
+    /// fits.
+    fn shape_within(&self, w: usize, h: usize, budget: u64) -> Option<(usize, usize)> {
+        let grid = self.grid_within(w, h, budget).ok()?;
         let (ih, iw) = grid.input_size();
+        let t = self.tile_size_within(w, h, budget).ok()?;
+        Some((t, self.batch_within(grid.tiles.len(), ih, iw, budget)))
+    }
+
+    fn batch_within(&self, tiles: usize, ih: usize, iw: usize, budget: u64) -> usize {
         let mut batch = 1;
-        while batch < grid.tiles.len().min(16) && self.fits(batch + 1, ih, iw) {
+        while batch < tiles.min(16) && self.fits(batch + 1, ih, iw, budget) {
             batch += 1;
         }
-        let mut out = Rgb32FImage::new((w * s) as u32, (h * s) as u32);
+        batch
+    }
+
+    fn upscale_within(
+        &self,
+        img: &Rgb32FImage,
+        progress: &mut dyn FnMut(usize, usize),
+        prof: Option<&Profiler>,
+        budget: u64,
+    ) -> Result<Rgb32FImage> {
+        let (w, h) = (img.width() as usize, img.height() as usize);
+        let s = self.scale() as usize;
+        let grid = self.grid_within(w, h, budget)?;
+        if let Some(r) = &self.refqsr {
+            return r.run(&self.model, img, &grid, budget, progress, prof);
+        }
+        let (ih, iw) = grid.input_size();
+        let batch = self.batch_within(grid.tiles.len(), ih, iw, budget);
+        let mut out = host_image((w * s) as u32, (h * s) as u32)?;
         let per_in = ih * iw * 4;
         let per_out = per_in * s * s;
         let total = grid.tiles.len();
@@ -561,4 +675,24 @@ impl Upscaler {
         })?;
         crate::imageio::write(&out, output, format)
     }
+}
+
+/// A zeroed `w` x `h` RGB f32 image, or [`Error::OutOfMemory`] when the host cannot hold it
+/// (instead of aborting the process).
+fn host_image(w: u32, h: u32) -> Result<Rgb32FImage> {
+    let n = (w as usize)
+        .checked_mul(h as usize)
+        .and_then(|p| p.checked_mul(3))
+        .ok_or_else(|| {
+            Error::OutOfMemory(format!("a {w}x{h} image overflows the address space"))
+        })?;
+    let mut v: Vec<f32> = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| {
+        Error::OutOfMemory(format!(
+            "host memory: a {w}x{h} output needs {} MiB",
+            (n * 4) >> 20
+        ))
+    })?;
+    v.resize(n, 0.0);
+    Ok(Rgb32FImage::from_raw(w, h, v).expect("sized buffer"))
 }

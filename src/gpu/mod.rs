@@ -29,6 +29,47 @@ pub struct Context {
     /// Bytes of every weight and uniform buffer created so far (see [`Context::uploaded`]).
     uploaded: std::sync::atomic::AtomicU64,
     dummy: wgpu::Buffer,
+    /// GPU errors reported outside an error scope, and device loss, until the next
+    /// [`Context::check`].
+    faults: Arc<Mutex<Faults>>,
+    /// Faults injected for tests (`REFQSR_FAULT`, see [`Fault`]).
+    inject: Vec<Fault>,
+}
+
+/// What the device reported since the last [`Context::check`].
+#[derive(Default)]
+struct Faults {
+    /// (out of memory, message)
+    errors: Vec<(bool, String)>,
+    lost: Option<String>,
+}
+
+/// A fault tests inject through the environment variable `REFQSR_FAULT` (a comma-separated
+/// list), so the error paths run on a healthy device as they would on a failing one:
+/// - `oom-above:BYTES`: every tensor buffer larger than BYTES fails as out of device memory;
+/// - `lose-device`: the device is lost before the first submission;
+/// - `self-check`: the integer self-check sees a wrong result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    OomAbove(u64),
+    LoseDevice,
+    SelfCheck,
+}
+
+impl Fault {
+    fn from_env() -> Vec<Fault> {
+        let Ok(v) = std::env::var("REFQSR_FAULT") else {
+            return Vec::new();
+        };
+        v.split(',')
+            .filter_map(|f| match f.trim().split_once(':') {
+                Some(("oom-above", n)) => n.parse().ok().map(Fault::OomAbove),
+                None if f.trim() == "lose-device" => Some(Fault::LoseDevice),
+                None if f.trim() == "self-check" => Some(Fault::SelfCheck),
+                _ => None,
+            })
+            .collect()
+    }
 }
 
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -93,7 +134,21 @@ impl Context {
                 info.name, info.backend
             ))
         })?;
-        device.on_uncaptured_error(Arc::new(|e| eprintln!("refqsr: GPU error: {e}")));
+        // Errors outside a scope are collected, and turned into the failure of whatever runs
+        // next by `check`: a failed submission must never be read back as an image.
+        let faults = Arc::new(Mutex::new(Faults::default()));
+        let f = faults.clone();
+        device.on_uncaptured_error(Arc::new(move |e| {
+            let oom = matches!(e, wgpu::Error::OutOfMemory { .. });
+            f.lock().expect("faults").errors.push((oom, e.to_string()));
+        }));
+        let f = faults.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            if let Ok(mut f) = f.lock() {
+                f.lost = Some(format!("{reason:?}: {message}"));
+            }
+        });
+        let inject = Fault::from_env();
         let dummy = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("unused binding"),
             size: 256,
@@ -113,6 +168,8 @@ impl Context {
             pool: Mutex::new(BufferPool::default()),
             uploaded: Default::default(),
             dummy,
+            faults,
+            inject,
         }))
     }
 
@@ -198,9 +255,79 @@ impl Context {
         Ok(module)
     }
 
-    /// A storage buffer from the pool (contents undefined).
+    /// A storage buffer from the pool (contents undefined). A failed allocation is reported
+    /// by the next [`Context::check`] as [`Error::OutOfMemory`].
     pub fn acquire(&self, size: u64) -> wgpu::Buffer {
+        if let Some(limit) = self.inject.iter().find_map(|f| match f {
+            Fault::OomAbove(n) => Some(*n),
+            _ => None,
+        }) {
+            if size > limit {
+                self.faults.lock().expect("faults").errors.push((
+                    true,
+                    format!("injected: a {size}-byte buffer does not fit (limit {limit})"),
+                ));
+                return self.pool.lock().expect("pool").acquire(&self.device, 256);
+            }
+        }
         self.pool.lock().expect("pool").acquire(&self.device, size)
+    }
+
+    /// Whether tests asked for `fault` (see [`Fault`]).
+    pub fn injected(&self, fault: Fault) -> bool {
+        self.inject.contains(&fault)
+    }
+
+    /// Fail if the device reported anything since the last check: device loss, out of
+    /// memory (as [`Error::OutOfMemory`], which callers retry smaller), or any other GPU
+    /// error, named with `stage`. Everything that reads results back calls it after waiting.
+    pub fn check(&self, stage: &str) -> Result<()> {
+        let mut f = self.faults.lock().expect("faults");
+        if let Some(lost) = &f.lost {
+            return Err(Error::Gpu(format!(
+                "{stage}: the GPU device was lost ({lost}); nothing was written"
+            )));
+        }
+        let errors = std::mem::take(&mut f.errors);
+        drop(f);
+        if errors.is_empty() {
+            return Ok(());
+        }
+        // The first error says what went wrong; the rest usually follow from it.
+        let first = errors
+            .iter()
+            .find(|(oom, _)| *oom)
+            .unwrap_or(&errors[0])
+            .1
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string();
+        let text = match errors.len() {
+            1 => first,
+            n => format!("{first} (and {} more)", n - 1),
+        };
+        if errors.iter().any(|(oom, _)| *oom) {
+            Err(Error::OutOfMemory(format!("{stage}: {text}")))
+        } else {
+            Err(Error::Gpu(format!("{stage}: {text}")))
+        }
+    }
+
+    /// Drop free pooled buffers until the pool's free and live bytes together are within
+    /// `budget`: a folder of mixed sizes does not keep every size's buffers on the device.
+    pub fn trim_pool(&self, budget: u64) {
+        self.pool.lock().expect("pool").trim(budget);
+    }
+
+    /// Bytes of tensor buffers handed out and not given back.
+    pub fn live_tensor_memory(&self) -> u64 {
+        self.pool.lock().expect("pool").live()
+    }
+
+    /// Bytes of free tensor buffers the pool keeps for reuse.
+    pub fn pooled_memory(&self) -> u64 {
+        self.pool.lock().expect("pool").free_bytes()
     }
 
     /// Give a buffer back to the pool for reuse.
@@ -278,20 +405,42 @@ impl Context {
         });
         let mut encoder = self.device.create_command_encoder(&Default::default());
         encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, size);
-        self.queue.submit([encoder.finish()]);
+        self.submit(encoder.finish());
         self.map_read(&staging)
     }
 
-    /// Submit `commands` and wait until the device has run them.
+    /// Submit `commands` and wait until the device has run them; any error the device
+    /// reported on the way fails the call (see [`Context::check`]).
     pub fn submit_and_wait(&self, commands: wgpu::CommandBuffer) -> Result<()> {
+        self.lose_if_injected();
         let index = self.queue.submit([commands]);
         self.device
             .poll(wgpu::PollType::Wait {
                 submission_index: Some(index),
                 timeout: None,
             })
-            .map_err(|e| Error::Gpu(format!("waiting for the device: {e}")))?;
-        Ok(())
+            .map_err(|e| {
+                self.check("waiting for the device")
+                    .err()
+                    .unwrap_or(Error::Gpu(format!("waiting for the device: {e}")))
+            })?;
+        self.check("running on the GPU")
+    }
+
+    /// Submit `commands` without waiting (a readback waits), losing the device first when a
+    /// test injected that.
+    pub fn submit(&self, commands: wgpu::CommandBuffer) {
+        self.lose_if_injected();
+        self.queue.submit([commands]);
+    }
+
+    fn lose_if_injected(&self) {
+        if self.injected(Fault::LoseDevice) {
+            let mut f = self.faults.lock().expect("faults");
+            if f.lost.is_none() {
+                f.lost = Some("injected: device lost".into());
+            }
+        }
     }
 
     /// Map a MAP_READ buffer and copy it out as f32s.
@@ -307,9 +456,11 @@ impl Context {
         slice.map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
         });
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Gpu(format!("waiting for the device: {e}")))?;
+        let waited = self.device.poll(wgpu::PollType::wait_indefinitely());
+        // Whatever the device reported while running the work read back here comes first:
+        // a readback after a failure would be garbage or zeros.
+        self.check("running on the GPU")?;
+        waited.map_err(|e| Error::Gpu(format!("waiting for the device: {e}")))?;
         rx.recv()
             .map_err(|_| Error::Gpu("readback callback dropped".into()))?
             .map_err(|e| Error::Gpu(format!("mapping the readback buffer: {e}")))?;

@@ -47,6 +47,34 @@ impl BufferPool {
         self.free.entry(buffer.size()).or_default().push(buffer);
     }
 
+    /// Bytes handed out and not given back.
+    pub fn live(&self) -> u64 {
+        self.live
+    }
+
+    /// Bytes of free buffers kept for reuse.
+    pub fn free_bytes(&self) -> u64 {
+        self.free.iter().map(|(s, v)| s * v.len() as u64).sum()
+    }
+
+    /// Drop free buffers, largest first, until free and live bytes fit `budget`.
+    pub fn trim(&mut self, budget: u64) {
+        let mut sizes: Vec<u64> = self.free.keys().copied().collect();
+        sizes.sort_unstable_by(|a, b| b.cmp(a));
+        for s in sizes {
+            while self.live + self.free_bytes() > budget {
+                let Some(list) = self.free.get_mut(&s) else {
+                    break;
+                };
+                let Some(b) = list.pop() else { break };
+                b.destroy();
+            }
+            if self.free.get(&s).is_some_and(Vec::is_empty) {
+                self.free.remove(&s);
+            }
+        }
+    }
+
     /// Highest live bytes since the last reset.
     pub fn peak(&self) -> u64 {
         self.peak

@@ -355,11 +355,13 @@ impl GpuIntConv {
     }
 }
 
-/// Run small known integer convolutions (8 -> 8 channels, 3x3, 5 x 7 pixels, codes across the
-/// whole range: one at 8 bits through `conv_int8`, one at 4 bits through `conv_int4`) on the
-/// device and compare their i32 sums with the CPU twins bit for bit: some drivers advertise
-/// integer dot products and compute them wrong. Runs once per device; `Err` says what
-/// differed.
+/// Run small known integer convolutions on the device and compare them with the CPU twins:
+/// 8 -> 8 channels on 5 x 7 pixels, codes across the whole range, a 3x3 at 8 bits through
+/// `conv_int8`, a 3x3 at 4 bits through `conv_int4`, a 1x1 at 8 bits through `gemm_int8`
+/// (their i32 sums bit for bit), and the 3x3 at 8 bits writing the next layer's packed
+/// codes through the requantizing store (each code within one step of the twin's: the float
+/// rounding before requantization may differ by an ulp). Some drivers advertise integer dot
+/// products and compute them wrong. Runs once per device; `Err` says what differed.
 pub fn self_check(ctx: &Context) -> std::result::Result<(), String> {
     ctx.int_check.get_or_init(|| check(ctx)).clone()
 }
@@ -367,6 +369,9 @@ pub fn self_check(ctx: &Context) -> std::result::Result<(), String> {
 fn check(ctx: &Context) -> std::result::Result<(), String> {
     use crate::kernels::cpu;
     use crate::model::{Activation, Epilogue};
+    if ctx.injected(crate::gpu::Fault::SelfCheck) {
+        return Err("the integer self-check failed (injected fault)".into());
+    }
     let (c, h, w) = (8usize, 5usize, 7usize);
     // a fixed pseudo-random pattern: deterministic, so a failure reproduces
     let mut s = 0x2545_f491_4f6c_dd1du64;
@@ -376,15 +381,16 @@ fn check(ctx: &Context) -> std::result::Result<(), String> {
         s ^= s << 17;
         (s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
     };
-    let conv = Conv {
+    let mut conv = |k: usize| Conv {
         in_ch: c,
         out_ch: c,
-        k: 3,
-        weights: (0..c * c * 9).map(|_| next()).collect(),
+        k,
+        weights: (0..c * c * k * k).map(|_| next()).collect(),
         bias: vec![0.0; c],
         act: Activation::None,
         epilogue: Epilogue::None,
     };
+    let (conv3, conv1) = (conv(3), conv(1));
     let x = cpu::Tensor::from_nchw(
         1,
         c,
@@ -393,29 +399,60 @@ fn check(ctx: &Context) -> std::result::Result<(), String> {
         &(0..c * h * w).map(|_| 1.2 * next()).collect::<Vec<_>>(),
     );
     let fail = |e: crate::error::Error| e.to_string();
-    for bits in [8, 4] {
-        let p = PackedIntConv::new(&conv, bits, Quantizer::new(-1.0, 1.0, bits));
-        let want: Vec<i32> = p
-            .twin_sums(&cpu::quantize(&x, &p.act, p.nibbles()), 1, h, w)
-            .concat();
+    // (conv, bits, requantize into an 8-bit next layer)
+    for (conv, bits, requantize) in [
+        (&conv3, 8, false),
+        (&conv3, 4, false),
+        (&conv1, 8, false),
+        (&conv3, 8, true),
+    ] {
+        let p = PackedIntConv::new(conv, bits, Quantizer::new(-1.0, 1.0, bits));
+        let sums = p.twin_sums(&cpu::quantize(&x, &p.act, p.nibbles()), 1, h, w);
+        let next_layer = PackedIntConv::new(&conv3, 8, Quantizer::new(-2.0, 2.0, 8));
+        let want: Vec<u32> = if requantize {
+            cpu::int_store(
+                &sums,
+                cpu::Store::Packed {
+                    epilogue: &p.epilogue,
+                    scales: &p.scales,
+                    residual: None,
+                    next: &next_layer.act,
+                    nibbles: next_layer.nibbles(),
+                },
+                1,
+                c,
+                h,
+                w,
+            )
+        } else {
+            sums.concat().iter().map(|&v| v as u32).collect()
+        };
         let gpu = GpuIntConv::new(ctx, p.clone()).map_err(fail)?;
         let (nw, nc) = p.scratch_words(1, h * w);
         let src = ctx.upload("self-check input", &x.data);
         let bytes = (want.len() * 4) as u64;
-        let (packed, col_buf, sums) = (
-            ctx.acquire(nw as u64 * 4),
-            ctx.acquire(nc as u64 * 4),
+        let (packed, col_buf, out) = (
+            ctx.acquire(nw.max(1) as u64 * 4),
+            ctx.acquire(nc.max(1) as u64 * 4),
             ctx.acquire(bytes),
         );
-        ctx.queue
-            .write_buffer(&sums, 0, bytemuck::cast_slice(&vec![i32::MIN; want.len()]));
+        ctx.queue.write_buffer(
+            &out,
+            0,
+            bytemuck::cast_slice(&vec![0xdead_beefu32; want.len()]),
+        );
+        let output = if requantize {
+            IntOutput::Packed(&out, &next_layer)
+        } else {
+            IntOutput::Sums(&out)
+        };
         let steps = gpu
             .dispatch(
                 ctx,
                 "self-check",
                 IntInput::Float(&src),
                 None,
-                IntOutput::Sums(&sums),
+                output,
                 [&packed, &col_buf],
                 1,
                 h as u32,
@@ -425,17 +462,36 @@ fn check(ctx: &Context) -> std::result::Result<(), String> {
         let steps: Vec<super::Step> = steps.into_iter().map(super::Step::Launch).collect();
         let mut encoder = ctx.device.create_command_encoder(&Default::default());
         super::encode(&steps, &mut encoder);
-        ctx.queue.submit([encoder.finish()]);
-        let got = ctx.read(&sums, bytes).map_err(fail)?;
-        for b in [packed, col_buf, sums] {
+        ctx.submit(encoder.finish());
+        let got = ctx.read(&out, bytes).map_err(fail)?;
+        for b in [packed, col_buf, out] {
             ctx.release(b);
         }
-        let got: &[i32] = bytemuck::cast_slice(&got);
-        if let Some(i) = got.iter().zip(&want).position(|(a, b)| a != b) {
+        let got: &[u32] = bytemuck::cast_slice(&got);
+        let what = if requantize {
+            "requantizing store"
+        } else {
+            "convolution"
+        };
+        let bad = if requantize {
+            // byte lanes within one code step
+            got.iter().zip(&want).position(|(a, b)| {
+                a.to_le_bytes()
+                    .iter()
+                    .zip(b.to_le_bytes())
+                    .any(|(x, y)| (*x as i8 as i32 - y as i8 as i32).abs() > 1)
+            })
+        } else {
+            got.iter().zip(&want).position(|(a, b)| a != b)
+        };
+        if let Some(i) = bad {
             return Err(format!(
-                "the {bits}-bit integer self-check convolution ({:?}) differs from the CPU at \
-                 sum {i}: {} instead of {}",
-                p.kernel, got[i], want[i]
+                "the {bits}-bit {k}x{k} integer self-check {what} ({:?}) differs from the CPU at \
+                 word {i}: {:#010x} instead of {:#010x}",
+                p.kernel,
+                got[i],
+                want[i],
+                k = conv.k
             ));
         }
     }

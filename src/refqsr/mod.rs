@@ -500,7 +500,7 @@ impl RefQsr {
                 None => {
                     let mut enc = ctx.device.create_command_encoder(&Default::default());
                     record(&mut enc);
-                    ctx.queue.submit([enc.finish()]);
+                    ctx.submit(enc.finish());
                     Ok(())
                 }
             }
