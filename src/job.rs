@@ -65,6 +65,46 @@ pub struct Job {
     pub load_threads: usize,
     /// Encoding threads.
     pub save_threads: usize,
+    /// Leave images whose output already exists (a finished output: outputs appear only by
+    /// atomic rename), so an interrupted job resumes where it stopped.
+    pub skip_existing: bool,
+    /// `(i, n)`: only the images of shard `i` of `n` (see [`shard_of`]).
+    pub shard: Option<(usize, usize)>,
+}
+
+/// The shard (of `n`) an image belongs to: a hash of its path relative to the job's input,
+/// so shards are disjoint and complete, the same on every machine, and an image keeps its
+/// shard when others are added to the folder. Slurm job arrays, Kubernetes indexed jobs or
+/// GNU parallel run shard `i` of `n` each.
+pub fn shard_of(relative: &Path, n: usize) -> usize {
+    // FNV-1a over the path's bytes with `/` separators, whatever the platform
+    let text = relative
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy())
+        .collect::<Vec<_>>()
+        .join("/");
+    let h = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    });
+    (h % n.max(1) as u64) as usize
+}
+
+/// Parse `I/N` (0 <= I < N).
+pub fn parse_shard(text: &str) -> Result<(usize, usize)> {
+    let bad = || {
+        Error::Invalid(format!(
+            "invalid shard `{text}`: I/N with 0 <= I < N, for example 0/4"
+        ))
+    };
+    let (i, n) = text.split_once('/').ok_or_else(bad)?;
+    let (i, n): (usize, usize) = (
+        i.trim().parse().map_err(|_| bad())?,
+        n.trim().parse().map_err(|_| bad())?,
+    );
+    if n == 0 || i >= n {
+        return Err(bad());
+    }
+    Ok((i, n))
 }
 
 impl Job {
@@ -79,6 +119,8 @@ impl Job {
             tta: false,
             load_threads: 1,
             save_threads: 1,
+            skip_existing: false,
+            shard: None,
         }
     }
 }
@@ -114,6 +156,10 @@ pub fn items(job: &Job) -> Result<Vec<Item>> {
         }
         return crate::batch::collect(input, &job.output)?
             .into_iter()
+            .filter(|(src, _)| {
+                job.shard
+                    .is_none_or(|(i, n)| shard_of(src.strip_prefix(input).unwrap_or(src), n) == i)
+            })
             .map(|(src, dst)| {
                 let (dst, format) = match job.format {
                     Some(f) => (dst.with_extension(extension(f)), f),
@@ -169,6 +215,25 @@ pub trait Events: Sync {
 pub struct Summary {
     pub written: Vec<PathBuf>,
     pub failed: Vec<(PathBuf, Error)>,
+    /// Inputs left alone because their output exists (`skip_existing`).
+    pub skipped: Vec<PathBuf>,
+}
+
+impl Summary {
+    /// One line per failure and the counts, for the end of a job.
+    pub fn report(&self) -> String {
+        let mut s = String::new();
+        for (p, e) in &self.failed {
+            s.push_str(&format!("  {}: {e}\n", p.display()));
+        }
+        s.push_str(&format!(
+            "{} written, {} failed, {} skipped (output exists)",
+            self.written.len(),
+            self.failed.len(),
+            self.skipped.len()
+        ));
+        s
+    }
 }
 
 /// The largest image side each output format can hold.
@@ -204,7 +269,10 @@ pub fn run(job: &Job, upscalers: &[&Upscaler], events: &dyn Events) -> Result<Su
     if upscalers.is_empty() {
         return Err(Error::Invalid("a job needs at least one upscaler".into()));
     }
-    let items = items(job)?;
+    let all = items(job)?;
+    let (done, items): (Vec<Item>, Vec<Item>) = all
+        .into_iter()
+        .partition(|it| job.skip_existing && it.dst.is_file());
     let results: Mutex<Vec<Option<Result<()>>>> =
         Mutex::new((0..items.len()).map(|_| None).collect());
     let finish = |i: usize, r: Result<()>| {
@@ -296,7 +364,10 @@ pub fn run(job: &Job, upscalers: &[&Upscaler], events: &dyn Events) -> Result<Su
             });
         }
     });
-    let mut summary = Summary::default();
+    let mut summary = Summary {
+        skipped: done.into_iter().map(|it| it.src).collect(),
+        ..Summary::default()
+    };
     for (item, r) in items.iter().zip(results.into_inner().expect("results")) {
         match r {
             Some(Ok(())) => summary.written.push(item.dst.clone()),

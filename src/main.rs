@@ -68,6 +68,14 @@ enum Command {
         /// (default 0: the networks were trained with zero padding and score better with it).
         #[arg(long, value_name = "PIXELS")]
         mirror: Option<usize>,
+        /// Folder jobs: leave images whose output already exists (outputs appear only when
+        /// complete), so a stopped job resumes.
+        #[arg(long)]
+        skip_existing: bool,
+        /// Folder jobs: only shard I of N (0 <= I < N), by a hash of each image's path, so N
+        /// machines (a Slurm array, a Kubernetes indexed Job) split a folder disjointly.
+        #[arg(long, value_name = "I/N", value_parser = refqsr::job::parse_shard)]
+        shard: Option<(usize, usize)>,
         #[command(flatten)]
         quant: QuantArgs,
     },
@@ -190,10 +198,14 @@ fn main() -> ExitCode {
             max_memory,
             adapter,
             mirror,
+            skip_existing,
+            shard,
             quant,
         } => upscale(
             &input,
             &output,
+            skip_existing,
+            shard,
             Options {
                 model,
                 scale,
@@ -310,7 +322,13 @@ fn bar(len: u64, template: &str) -> ProgressBar {
     b
 }
 
-fn upscale(input: &Path, output: &Path, opts: Options) -> refqsr::Result<ExitCode> {
+fn upscale(
+    input: &Path,
+    output: &Path,
+    skip_existing: bool,
+    shard: Option<(usize, usize)>,
+    opts: Options,
+) -> refqsr::Result<ExitCode> {
     if !input.exists() {
         return Err(refqsr::Error::io(
             input,
@@ -328,7 +346,11 @@ fn upscale(input: &Path, output: &Path, opts: Options) -> refqsr::Result<ExitCod
         up.mode(),
         up.context().describe()
     );
-    let job = refqsr::job::Job::new(input, output);
+    let job = refqsr::job::Job {
+        skip_existing,
+        shard,
+        ..refqsr::job::Job::new(input, output)
+    };
     let folder = input.is_dir();
     let b = if folder {
         let n = refqsr::job::items(&job)?.len() as u64;
@@ -363,12 +385,7 @@ fn upscale(input: &Path, output: &Path, opts: Options) -> refqsr::Result<ExitCod
             }
         };
     }
-    let total = summary.written.len() + summary.failed.len();
-    eprintln!(
-        "refqsr: {} of {total} images upscaled into {}",
-        summary.written.len(),
-        output.display()
-    );
+    eprintln!("refqsr: {} into {}", summary.report(), output.display());
     Ok(if summary.failed.is_empty() {
         ExitCode::SUCCESS
     } else {

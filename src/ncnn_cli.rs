@@ -313,6 +313,8 @@ fn run(a: Args) -> Result<ExitCode, String> {
         tta: a.tta,
         load_threads,
         save_threads,
+        skip_existing: false,
+        shard: None,
     };
     let refs: Vec<&Upscaler> = upscalers.iter().collect();
     let events = Report { verbose: a.verbose };
