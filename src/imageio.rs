@@ -47,14 +47,40 @@ pub fn read(path: &Path) -> Result<DynamicImage> {
     read_with_metadata(path).map(|d| d.image)
 }
 
+/// The decoder limits against decompression bombs: a file may claim any size, but refqsr
+/// decodes at most this many pixels a side and allocates at most this much for one image.
+pub fn limits() -> image::Limits {
+    let mut l = image::Limits::default();
+    l.max_image_width = Some(1 << 16);
+    l.max_image_height = Some(1 << 16);
+    l.max_alloc = Some(2 << 30);
+    l
+}
+
 /// [`read`], keeping the ICC profile. EXIF orientation is applied, so a portrait phone photo
 /// comes out portrait.
 pub fn read_with_metadata(path: &Path) -> Result<Decoded> {
-    use image::ImageDecoder;
     let reader = image::ImageReader::open(path)
         .map_err(|e| Error::io(path, e))?
         .with_guessed_format()
         .map_err(|e| Error::io(path, e))?;
+    decode(reader, path)
+}
+
+/// Decode an image held in memory (`origin` names it in errors), as [`read_with_metadata`].
+pub fn decode_bytes(bytes: &[u8], origin: &Path) -> Result<Decoded> {
+    let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| Error::io(origin, e))?;
+    decode(reader, origin)
+}
+
+fn decode<R: std::io::BufRead + std::io::Seek>(
+    mut reader: image::ImageReader<R>,
+    path: &Path,
+) -> Result<Decoded> {
+    use image::ImageDecoder;
+    reader.limits(limits());
     let bad = |e: image::ImageError| Error::image(path, format!("cannot decode: {e}"));
     let mut decoder = reader.into_decoder().map_err(bad)?;
     // Metadata that cannot be read is not worth failing an image for.

@@ -668,7 +668,8 @@ impl Builder<'_> {
         };
         let (out_ch, k) = (out_ch as usize, kw as usize);
         let in_ch = self.values[v].channels;
-        if wsize <= 0 || wsize as usize != out_ch * in_ch * k * k {
+        let need = out_ch.checked_mul(in_ch).and_then(|n| n.checked_mul(k * k));
+        if wsize <= 0 || need != Some(wsize as usize) {
             return perr(format!(
                 "weight_data_size {wsize} does not match {out_ch} outputs x {in_ch} input channels x {k}x{k}"
             ));

@@ -121,23 +121,56 @@ impl Params {
             )));
         }
         let c = graph.values[tap(graph)?].channels;
-        for r in &p.refer {
+        let finite = |v: &[f32]| v.iter().all(|x| x.is_finite());
+        for (k, r) in p.refer.iter().enumerate() {
+            let field = |f: &str| format!("refer[{k}] ({}).{f}", r.mode);
+            if !matches!(r.mode.parse::<Mode>(), Ok(Mode::RefQsr { .. })) {
+                return Err(bad(format!("{}: not a RefQSR mode", field("mode"))));
+            }
             if r.weights.len() != c * c || r.bias.len() != c {
                 return Err(bad(format!(
-                    "RefER of {} does not have {c} channels",
-                    r.mode
+                    "{} / {}: RefER needs {} weights and {c} biases for {c} channels, has {} and {}",
+                    field("weights"),
+                    field("bias"),
+                    c * c,
+                    r.weights.len(),
+                    r.bias.len()
                 )));
             }
+            if !finite(&r.weights) || !finite(&r.bias) {
+                return Err(bad(format!("{}: values must be finite", field("weights"))));
+            }
+            if !(r.clip.is_finite() && r.clip > 0.0) {
+                return Err(bad(format!(
+                    "{} = {}: must be a positive number",
+                    field("clip"),
+                    r.clip
+                )));
+            }
+            let [lo, hi] = r.input;
+            if !(lo.is_finite() && hi.is_finite() && lo <= 0.0 && hi >= 0.0 && hi > lo) {
+                return Err(bad(format!(
+                    "{} = [{lo}, {hi}]: must be finite, ordered, of non-zero width and contain 0",
+                    field("input")
+                )));
+            }
+        }
+        let [r2, r3] = p.clust.ranges;
+        if !(r2.is_finite() && r3.is_finite() && r2 > 0.0 && r3 > 0.0) {
+            return Err(bad(format!(
+                "clust.ranges = [{r2}, {r3}]: must be positive numbers"
+            )));
         }
         if p.clust.prototypes.is_empty()
             || p.clust
                 .prototypes
                 .iter()
-                .any(|v| v.len() != clust::FEATURES)
+                .any(|v| v.len() != clust::FEATURES || !finite(v))
         {
-            return Err(bad(
-                "ClustBlock prototypes missing or of the wrong size".into()
-            ));
+            return Err(bad(format!(
+                "clust.prototypes: needs at least one vector of {} finite values",
+                clust::FEATURES
+            )));
         }
         Ok(p)
     }

@@ -1,0 +1,24 @@
+//! A calibration file for the shipped SPAN x4, and the integer layers planned from it.
+#![no_main]
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use refqsr::model::Graph;
+
+fn graph() -> &'static Graph {
+    static G: OnceLock<Graph> = OnceLock::new();
+    G.get_or_init(|| {
+        refqsr::quant::prepare(refqsr::upscaler::load_graph(None, Some(4)).expect("shipped model"))
+    })
+}
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(c) = refqsr::quant::Calibration::parse(text, Path::new("c.json"), graph()) {
+        let mode = refqsr::quant::Mode::Uniform { w: 4, a: 4 };
+        let _ = refqsr::quant::int_layers(graph(), mode, &c, refqsr::quant::Bounds::Searched);
+    }
+});
