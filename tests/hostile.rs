@@ -225,7 +225,8 @@ fn refqsr_parameter_errors_name_the_field() {
     let graph = refqsr::quant::prepare(refqsr::upscaler::load_graph(None, Some(4)).unwrap());
     let text = std::fs::read_to_string(asset("models/spanx4_ch48.refqsr.json")).unwrap();
     let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let cases: Vec<(&str, Edit)> = vec![
         (
             "input",
             Box::new(|v| v["refer"][0]["input"] = serde_json::json!([1.0, -1.0])),
