@@ -609,6 +609,7 @@ fn bench(
     let b = bar(0, "{spinner} [{bar:30}] {pos}/{len} runs {elapsed} {msg}");
     let mut skipped = 0;
     let mut began = std::time::Instant::now();
+    let (mut measuring, mut runs_done, mut last_line) = (String::new(), 0u64, began);
     let file = refqsr::bench::run(
         &cfg,
         &mut |e| {
@@ -636,9 +637,19 @@ fn bench(
             }),
             refqsr::bench::Event::Begin(what) => {
                 began = std::time::Instant::now();
+                (measuring, runs_done, last_line) = (what.clone(), 0, began);
                 b.set_message(what)
             }
-            refqsr::bench::Event::Tick => b.inc(1),
+            refqsr::bench::Event::Tick => {
+                b.inc(1);
+                runs_done += 1;
+                // Without a terminal the bar is hidden: a plain line at most every second
+                // tells logs (and a test waiting to interrupt) that runs are being measured.
+                if b.is_hidden() && last_line.elapsed().as_secs_f64() >= 1.0 {
+                    last_line = std::time::Instant::now();
+                    eprintln!("refqsr: {measuring}: {runs_done} run(s) done");
+                }
+            }
             refqsr::bench::Event::Done(r) => b.suspend(|| {
                 eprintln!(
                     "refqsr: {} {}x{}: median {:.1} ms (min {:.1}, max {:.1}, {} runs); {:.1} s with set-up, warm-up and profile",

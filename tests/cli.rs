@@ -535,10 +535,14 @@ fn ctrl_c_reports_what_was_measured_so_far() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // interrupt once the measurement is under way
+    // interrupt once runs of fp32 are observed being measured (without a terminal the bench
+    // prints a line of its progress every second)
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let mut seen = String::new();
-    while !seen.contains("measured peak") {
+    while !seen
+        .lines()
+        .any(|l| l.contains("fp32") && l.contains("run(s) done"))
+    {
         let mut line = String::new();
         assert!(
             stderr.read_line(&mut line).unwrap() > 0,
@@ -546,7 +550,6 @@ fn ctrl_c_reports_what_was_measured_so_far() {
         );
         seen += &line;
     }
-    std::thread::sleep(std::time::Duration::from_millis(4000));
     let killed = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
