@@ -95,7 +95,8 @@ fn decode<R: std::io::BufRead + std::io::Seek>(
 
 /// How hard the encoder works, as realesrgan-ncnn-vulkan's and upscayl-bin's `-c`: 0 (the
 /// default) is the best picture, 100 the smallest file. JPEG quality is `100 - c` (at least
-/// 1); PNG stays lossless and `c` picks the zlib effort (0 fast ... 100 best); WebP output is
+/// 1); PNG stays lossless and `c` picks the zlib effort (0 fast, 1-50 balanced, 51-100
+/// best); WebP output is
 /// lossless (the image crate has no lossy WebP encoder), so `c` does not change it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Compression(pub u8);
@@ -113,7 +114,17 @@ impl Compression {
         use image::codecs::png::CompressionType;
         match self.0 {
             0 => CompressionType::Fast,
-            c => CompressionType::Level((1 + (c.min(100) as u32 * 8) / 100) as u8),
+            1..=50 => CompressionType::Default,
+            _ => CompressionType::Best,
+        }
+    }
+
+    /// [`Compression::png`] for the `png` crate's streaming encoder (the same levels).
+    fn png_stream(self) -> png::Compression {
+        match self.0 {
+            0 => png::Compression::Fast,
+            1..=50 => png::Compression::Balanced,
+            _ => png::Compression::High,
         }
     }
 }
@@ -224,6 +235,49 @@ pub fn write_with(
             ))
             .map_err(failed),
         _ => img.write_to(w, format).map_err(failed),
+    })
+}
+
+/// Write an 8-bit RGB PNG of `width` x `height` row by row: `fill` gets a sink taking the
+/// next whole rows, in order, and the encoder compresses them as they come, so the image is
+/// never held whole. Atomic like [`write`]: a failure in `fill` or a short image leaves no
+/// file.
+pub fn write_png_rows(
+    path: &Path,
+    width: u32,
+    height: u32,
+    compression: Compression,
+    icc: Option<&[u8]>,
+    fill: impl FnOnce(&mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()>,
+) -> Result<()> {
+    let failed = |e: png::EncodingError| Error::image(path, format!("cannot encode: {e}"));
+    atomic_write(path, |w| {
+        let mut info = png::Info::with_size(width, height);
+        info.color_type = png::ColorType::Rgb;
+        info.bit_depth = png::BitDepth::Eight;
+        info.icc_profile = icc.map(|p| std::borrow::Cow::Owned(p.to_vec()));
+        let mut encoder = png::Encoder::with_info(w, info).map_err(failed)?;
+        encoder.set_compression(compression.png_stream());
+        let mut writer = encoder.write_header().map_err(failed)?;
+        let mut stream = writer.stream_writer().map_err(failed)?;
+        let row = width as usize * 3;
+        let mut written = 0usize;
+        fill(&mut |rows: &[u8]| {
+            if rows.len() % row != 0 || written + rows.len() / row > height as usize {
+                return Err(Error::image(path, "rows do not fit the image"));
+            }
+            std::io::Write::write_all(&mut stream, rows).map_err(|e| Error::io(path, e))?;
+            written += rows.len() / row;
+            Ok(())
+        })?;
+        if written != height as usize {
+            return Err(Error::image(
+                path,
+                format!("{written} of {height} rows were produced"),
+            ));
+        }
+        stream.finish().map_err(failed)?;
+        writer.finish().map_err(failed)
     })
 }
 

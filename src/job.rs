@@ -307,6 +307,44 @@ pub fn run(job: &Job, upscalers: &[&Upscaler], events: &dyn Events) -> Result<Su
                 let msg = load_rx.lock().expect("load queue").recv();
                 let Ok((i, decoded)) = msg else { break };
                 let item = &items[i];
+                // 8-bit RGB to PNG at the model's size streams band by band: the host never
+                // holds the output whole (a 24000x16000 PNG is 1.1 GB in 8 bits, 4.4 in f32).
+                if let Ok(d) = &decoded {
+                    let (w, h) = (d.image.width(), d.image.height());
+                    let target = job.size.target(w, h, up.scale());
+                    let model = Size::Model.target(w, h, up.scale());
+                    if item.format == ImageFormat::Png
+                        && !job.tta
+                        && target == model
+                        && up.can_stream(&d.image)
+                    {
+                        let r = check_output(item, target)
+                            .and_then(|_| crate::batch::prepare(&item.dst))
+                            .and_then(|_| {
+                                let rgb = d.image.as_rgb8().expect("can_stream: 8-bit RGB");
+                                let mut progress = |done, total| events.progress(item, done, total);
+                                imageio::write_png_rows(
+                                    &item.dst,
+                                    target.0,
+                                    target.1,
+                                    job.compression,
+                                    d.icc.as_deref(),
+                                    |sink| up.upscale_rgb8_rows(rgb, &mut progress, sink),
+                                )
+                            });
+                        for n in up.take_notes() {
+                            events.note(item, &n);
+                        }
+                        finish(
+                            i,
+                            r.map_err(|e| match e {
+                                Error::Invalid(m) => Error::image(&item.src, m),
+                                other => other,
+                            }),
+                        );
+                        continue;
+                    }
+                }
                 let out = decoded.and_then(|d| {
                     let (w, h) = (d.image.width(), d.image.height());
                     let target = job.size.target(w, h, up.scale());

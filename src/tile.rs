@@ -116,16 +116,28 @@ impl Grid {
 
     /// Write window `t` into `dst` (one C4HW batch item of 3 channels).
     pub fn extract(&self, img: &Rgb32FImage, t: Tile, dst: &mut [f32]) {
+        let raw = img.as_raw();
+        self.extract_with(t, dst, |s| [raw[s], raw[s + 1], raw[s + 2]]);
+    }
+
+    /// [`Grid::extract`] from 8-bit RGB, converted as `image` converts to f32 (`v / 255`), so
+    /// the windows are those of the f32 image: the input need not be held in f32.
+    pub fn extract_rgb8(&self, img: &image::RgbImage, t: Tile, dst: &mut [f32]) {
+        let raw = img.as_raw();
+        let f = |v: u8| v as f32 / 255.0;
+        self.extract_with(t, dst, |s| [f(raw[s]), f(raw[s + 1]), f(raw[s + 2])]);
+    }
+
+    /// Fill window `t` from `pixel(i)`, `i` the offset of an RGB pixel in the image's raw data.
+    fn extract_with(&self, t: Tile, dst: &mut [f32], pixel: impl Fn(usize) -> [f32; 3]) {
         let (ih, iw) = self.input_size();
         assert_eq!(dst.len(), ih * iw * 4);
-        let raw = img.as_raw();
         for y in 0..ih {
             let sy = mirror(t.y.start + y as isize, self.height);
             for x in 0..iw {
                 let sx = mirror(t.x.start + x as isize, self.width);
-                let s = (sy * self.width + sx) * 3;
                 let d = (y * iw + x) * 4;
-                dst[d..d + 3].copy_from_slice(&raw[s..s + 3]);
+                dst[d..d + 3].copy_from_slice(&pixel((sy * self.width + sx) * 3));
                 dst[d + 3] = 0.0;
             }
         }
@@ -159,6 +171,43 @@ impl Grid {
                 let s = ((y + oy) * sw + x + ox) * 4;
                 let d = (dy * ow + t.x.core.0 * scale + x) * 3;
                 raw[d..d + 3].copy_from_slice(&src[s..s + 3]);
+            }
+        }
+    }
+}
+
+impl Grid {
+    /// The tiles in rows: each run of tiles sharing a vertical span (tiles are row-major).
+    pub fn tile_rows(&self) -> impl Iterator<Item = &[Tile]> {
+        self.tiles.chunk_by(|a, b| a.y == b.y)
+    }
+
+    /// [`Grid::merge`] into an 8-bit RGB band holding the output rows of `t`'s row of tiles
+    /// (`band_w` pixels wide, starting at output row `t.y.core.0 * scale`), rounded as `image`
+    /// converts f32 to 8 bits, so the band's rows are those of the merged f32 image.
+    pub fn merge_rgb8_band(
+        &self,
+        band: &mut [u8],
+        band_w: usize,
+        t: Tile,
+        scale: usize,
+        src: &[f32],
+    ) {
+        let (ih, iw) = self.input_size();
+        let sw = iw * scale;
+        assert_eq!(src.len(), ih * scale * sw * 4);
+        let (ox, oy) = (
+            (t.x.core.0 as isize - t.x.start) as usize * scale,
+            (t.y.core.0 as isize - t.y.start) as usize * scale,
+        );
+        let to8 = |v: f32| (v.clamp(0.0, 1.0) * 255.0).round() as u8;
+        for y in 0..(t.y.core.1 - t.y.core.0) * scale {
+            for x in 0..(t.x.core.1 - t.x.core.0) * scale {
+                let s = ((y + oy) * sw + x + ox) * 4;
+                let d = (y * band_w + t.x.core.0 * scale + x) * 3;
+                band[d] = to8(src[s]);
+                band[d + 1] = to8(src[s + 1]);
+                band[d + 2] = to8(src[s + 2]);
             }
         }
     }

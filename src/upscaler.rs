@@ -482,20 +482,15 @@ impl Upscaler {
                 Err(Error::OutOfMemory(why)) => {
                     self.plans.lock().expect("plan cache").clear();
                     self.model.ctx.trim_pool(0);
-                    // the largest budget below this one that changes the work's shape
-                    let before = self.shape_within(w, h, budget);
-                    let mut smaller = budget / 2;
-                    while smaller > 0 && self.shape_within(w, h, smaller) == before {
-                        smaller /= 2;
-                    }
-                    match (before, self.shape_within(w, h, smaller)) {
-                        (Some((t0, b0)), Some((t, b))) if smaller > 0 => {
-                            self.notes.lock().expect("notes").push(format!(
-                                "out of device memory ({why}) with {t0}-pixel tiles, {b0} at a time; retrying with {t}-pixel tiles, {b} at a time"
-                            ));
+                    match self.smaller_budget(w, h, budget) {
+                        Some((smaller, note)) => {
+                            self.notes
+                                .lock()
+                                .expect("notes")
+                                .push(format!("out of device memory ({why}) {note}"));
                             budget = smaller;
                         }
-                        _ => {
+                        None => {
                             break Err(Error::OutOfMemory(format!(
                                 "{why}; even the smallest tiles do not fit (use a smaller -t or --max-memory)"
                             )))
@@ -613,6 +608,126 @@ impl Upscaler {
         let mut avg = sum.expect("eight passes");
         avg.iter_mut().for_each(|v| *v *= 0.125);
         Ok(avg)
+    }
+
+    /// Whether [`Upscaler::upscale_rgb8_rows`] can take `img`: 8-bit RGB in a uniform mode.
+    pub fn can_stream(&self, img: &DynamicImage) -> bool {
+        self.refqsr.is_none() && matches!(img, DynamicImage::ImageRgb8(_))
+    }
+
+    /// Upscale 8-bit RGB band by band: `rows` gets the output's rows in order as RGB8, one
+    /// row of tiles at a time, so the host holds the 8-bit input, one band of output rows and
+    /// the windows of one batch, never the f32 image. The rows equal those of
+    /// [`Upscaler::upscale_image`] bit for bit. Out of device memory before the first band
+    /// retries smaller, as `upscale_rgb` does; after it, rows are out and the error stands.
+    pub fn upscale_rgb8_rows(
+        &self,
+        img: &image::RgbImage,
+        progress: &mut dyn FnMut(usize, usize),
+        rows: &mut dyn FnMut(&[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let (w, h) = (img.width() as usize, img.height() as usize);
+        if w == 0 || h == 0 {
+            return Err(Error::Invalid("image has no pixels".into()));
+        }
+        if self.refqsr.is_some() {
+            return Err(Error::Invalid(
+                "band-by-band output needs a uniform mode".into(),
+            ));
+        }
+        let mut budget = self.max_memory;
+        let mut emitted = false;
+        let result = loop {
+            match self.rows_within(img, progress, rows, budget, &mut emitted) {
+                Err(Error::OutOfMemory(why)) if !emitted => {
+                    self.plans.lock().expect("plan cache").clear();
+                    self.model.ctx.trim_pool(0);
+                    match self.smaller_budget(w, h, budget) {
+                        Some((smaller, note)) => {
+                            self.notes
+                                .lock()
+                                .expect("notes")
+                                .push(format!("out of device memory ({why}) {note}"));
+                            budget = smaller;
+                        }
+                        None => break Err(Error::OutOfMemory(format!(
+                            "{why}; even the smallest tiles do not fit (use a smaller -t or --max-memory)"
+                        ))),
+                    }
+                }
+                other => break other,
+            }
+        };
+        self.model.ctx.trim_pool(self.max_memory);
+        result
+    }
+
+    /// The largest budget below `budget` that changes the work's shape, with a note saying
+    /// how; `None` when nothing smaller fits.
+    fn smaller_budget(&self, w: usize, h: usize, budget: u64) -> Option<(u64, String)> {
+        let before = self.shape_within(w, h, budget);
+        let mut smaller = budget / 2;
+        while smaller > 0 && self.shape_within(w, h, smaller) == before {
+            smaller /= 2;
+        }
+        match (before, self.shape_within(w, h, smaller)) {
+            (Some((t0, b0)), Some((t, b))) if smaller > 0 => Some((
+                smaller,
+                format!("with {t0}-pixel tiles, {b0} at a time; retrying with {t}-pixel tiles, {b} at a time"),
+            )),
+            _ => None,
+        }
+    }
+
+    fn rows_within(
+        &self,
+        img: &image::RgbImage,
+        progress: &mut dyn FnMut(usize, usize),
+        rows: &mut dyn FnMut(&[u8]) -> Result<()>,
+        budget: u64,
+        emitted: &mut bool,
+    ) -> Result<()> {
+        let (w, h) = (img.width() as usize, img.height() as usize);
+        let s = self.scale() as usize;
+        let grid = self.grid_within(w, h, budget)?;
+        let (ih, iw) = grid.input_size();
+        let batch = self.batch_within(grid.tiles.len(), ih, iw, budget);
+        let per_in = ih * iw * 4;
+        let per_out = per_in * s * s;
+        let total = grid.tiles.len();
+        let mut done = 0;
+        let mut next_row = 0usize;
+        progress(0, total);
+        for row in grid.tile_rows() {
+            let y = row[0].y;
+            let band_len = (y.core.1 - y.core.0) * s * w * s * 3;
+            let mut band: Vec<u8> = Vec::new();
+            band.try_reserve_exact(band_len).map_err(|_| {
+                Error::OutOfMemory(format!("host memory: a band of {} MiB", band_len >> 20))
+            })?;
+            band.resize(band_len, 0);
+            for chunk in row.chunks(batch) {
+                let plan = self.plan(chunk.len(), ih, iw)?;
+                let mut input = vec![0f32; per_in * chunk.len()];
+                for (t, dst) in chunk.iter().zip(input.chunks_mut(per_in)) {
+                    grid.extract_rgb8(img, *t, dst);
+                }
+                let result = plan.run(&input)?;
+                for (t, src) in chunk.iter().zip(result.chunks(per_out)) {
+                    grid.merge_rgb8_band(&mut band, w * s, *t, s, src);
+                }
+                done += chunk.len();
+                progress(done, total);
+            }
+            // The last row of tiles is shifted back to end at the border, so its core may
+            // start above rows already out: those are the same pixels, computed twice.
+            let start = y.core.0 * s;
+            let skip = next_row.saturating_sub(start) * w * s * 3;
+            rows(&band[skip.min(band.len())..])?;
+            next_row = next_row.max(y.core.1 * s);
+            *emitted = true;
+        }
+        Ok(())
     }
 
     /// Per-step host timings (ms) of the first batch of windows of `img` (see

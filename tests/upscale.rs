@@ -210,3 +210,55 @@ fn a_scale_the_model_lacks_is_an_error() {
     let e = load_graph(None, Some(3)).unwrap_err().to_string();
     assert!(e.contains("no shipped model upscales by 3"), "{e}");
 }
+
+#[test]
+fn band_by_band_png_equals_the_whole_image() {
+    // The streaming path (8-bit RGB to PNG, one row of tiles at a time) gives the bytes the
+    // whole-image path gives, for tilings with several rows and uneven remainders.
+    let mut rng = Rng::fresh("bands");
+    let dir = std::env::temp_dir().join(format!("refqsr-bands-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for tile in [Some(7), Some(16), None] {
+        let (x, y) = (rng.below(400) as u32, rng.below(250) as u32);
+        let lr = image::open(asset("images/coffee.png"))
+            .unwrap()
+            .crop_imm(x, y, 100, 71)
+            .to_rgb8();
+        let up = upscaler(None, Some(2), tile);
+        let whole = up
+            .upscale_image(&image::DynamicImage::ImageRgb8(lr.clone()), &mut |_, _| {})
+            .unwrap()
+            .to_rgb8();
+        let path = dir.join("bands.png");
+        let (w, h) = (lr.width() * 2, lr.height() * 2);
+        let mut bands = 0;
+        refqsr::imageio::write_png_rows(
+            &path,
+            w,
+            h,
+            refqsr::imageio::Compression::default(),
+            None,
+            |sink| {
+                up.upscale_rgb8_rows(&lr, &mut |_, _| {}, &mut |rows| {
+                    bands += 1;
+                    sink(rows)
+                })
+            },
+        )
+        .unwrap();
+        let streamed = image::open(&path).unwrap().to_rgb8();
+        assert_eq!(streamed.dimensions(), (w, h));
+        assert!(streamed == whole, "tile {tile:?}: streamed rows differ");
+        if tile.is_some() {
+            assert!(bands > 1, "tile {tile:?}: several bands");
+        }
+    }
+    // a sink that fails leaves no file
+    let path = dir.join("failed.png");
+    let r = refqsr::imageio::write_png_rows(&path, 4, 4, Default::default(), None, |sink| {
+        sink(&[0u8; 4 * 3])?;
+        Err(refqsr::Error::Invalid("stopped".into()))
+    });
+    assert!(r.is_err() && !path.exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
