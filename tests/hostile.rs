@@ -133,6 +133,11 @@ fn fuzz(name: &str, seed_input: &[u8], text: bool, check: impl Fn(&[u8])) {
     assert!(errors_seen > 0);
 }
 
+/// The shipped SPAN x4 as the integer modes prepare it.
+fn span_x4() -> refqsr::model::Graph {
+    refqsr::quant::prepare(refqsr::upscaler::load_graph(None, Some(4)).unwrap())
+}
+
 fn shipped(name: &str) -> (Vec<u8>, Vec<u8>) {
     (
         std::fs::read(asset(&format!("models/{name}.param"))).unwrap(),
@@ -166,16 +171,7 @@ fn ncnn_bin_files_never_panic() {
 
 #[test]
 fn calibration_files_never_panic() {
-    let (param, bin) = shipped("spanx4_ch48");
-    let graph = refqsr::quant::prepare(refqsr::model::fuse::fuse(
-        ncnn::load_bytes(
-            Path::new("spanx4_ch48.param"),
-            &param,
-            Path::new("spanx4_ch48.bin"),
-            &bin,
-        )
-        .unwrap(),
-    ));
+    let graph = span_x4();
     let text = std::fs::read(asset("models/spanx4_ch48.calib.json")).unwrap();
     let planned = std::sync::atomic::AtomicUsize::new(0);
     fuzz("calibration", &text, true, |t| {
@@ -201,16 +197,7 @@ fn calibration_files_never_panic() {
 
 #[test]
 fn refqsr_parameter_files_never_panic() {
-    let (param, bin) = shipped("spanx4_ch48");
-    let graph = refqsr::quant::prepare(refqsr::model::fuse::fuse(
-        ncnn::load_bytes(
-            Path::new("spanx4_ch48.param"),
-            &param,
-            Path::new("spanx4_ch48.bin"),
-            &bin,
-        )
-        .unwrap(),
-    ));
+    let graph = span_x4();
     let text = std::fs::read(asset("models/spanx4_ch48.refqsr.json")).unwrap();
     fuzz("refqsr-params", &text, true, |t| {
         let Ok(s) = std::str::from_utf8(t) else {
@@ -222,7 +209,7 @@ fn refqsr_parameter_files_never_panic() {
 
 #[test]
 fn refqsr_parameter_errors_name_the_field() {
-    let graph = refqsr::quant::prepare(refqsr::upscaler::load_graph(None, Some(4)).unwrap());
+    let graph = span_x4();
     let text = std::fs::read_to_string(asset("models/spanx4_ch48.refqsr.json")).unwrap();
     let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
     type Edit = Box<dyn Fn(&mut serde_json::Value)>;
