@@ -264,7 +264,7 @@ fn upscayl_folder_job_and_failures_through_argv() {
 #[test]
 fn realesrgan_x4plus_agrees_with_upscayl_bin() {
     let d = tempdir("x4plus");
-    photo(&d.join("in.png"), 180, 60, 32, 32);
+    photo(&d.join("in.png"), 224, 224, 64, 64);
     let out = Command::new(REFQSR)
         .args([
             "-i",
@@ -285,12 +285,15 @@ fn realesrgan_x4plus_agrees_with_upscayl_bin() {
         String::from_utf8_lossy(&out.stderr)
     );
     run_upscayl_bin(&d, "in.png", "peer.png", "realesrgan-x4plus");
-    let p = psnr_inner(&d.join("ours.png"), &d.join("peer.png"), 16);
-    eprintln!("realesrgan-x4plus: refqsr vs upscayl-bin {p:.2} dB (16-pixel border excluded)");
-    // upscayl-bin computes in fp16 on lavapipe (fp16-p/s/a=1/1/1); refqsr computes in fp32
-    // and matches ncnn's own fp32 CPU path to 86-90 dB on this crop, where upscayl-bin is
-    // 30.6 dB (35.4 dB without a 32-pixel border) from it: across 351 layers fp16 costs that
-    // much (benches/agreement.py, BENCHMARKS.md). So the bound is what fp16 allows.
-    assert!(p >= 32.0, "refqsr vs upscayl-bin: {p:.2} dB");
+    // upscayl-bin computes in fp16 on lavapipe (fp16-p/s/a=1/1/1), refqsr in fp32, matching
+    // ncnn's own fp32 CPU path to 92 dB on this crop, where upscayl-bin is 32.9 dB from it
+    // over the whole image, mostly at the border (benches/agreement.py, BENCHMARKS.md).
+    let whole = psnr_inner(&d.join("ours.png"), &d.join("peer.png"), 0);
+    let inner = psnr_inner(&d.join("ours.png"), &d.join("peer.png"), 32);
+    eprintln!("realesrgan-x4plus: refqsr vs upscayl-bin {whole:.2} dB, {inner:.2} dB without a 32-pixel border");
+    assert!(
+        inner >= 40.0,
+        "refqsr vs upscayl-bin away from the border: {inner:.2} dB"
+    );
     std::fs::remove_dir_all(&d).unwrap();
 }
