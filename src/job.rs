@@ -350,7 +350,14 @@ pub fn run(job: &Job, upscalers: &[&Upscaler], events: &dyn Events) -> Result<Su
                     let target = job.size.target(w, h, up.scale());
                     check_output(item, target)?;
                     let mut progress = |done, total| events.progress(item, done, total);
-                    let img = up.upscale_image_with(&d.image, job.tta, &mut progress);
+                    // 8-bit RGB is held in 8 bits (rows collected band by band), never f32;
+                    // TTA averages in f32, and alpha, gray and 16-bit go through f32 to
+                    // keep their format.
+                    let img = if !job.tta && up.can_stream(&d.image) {
+                        up8(up, &d.image, &mut progress)
+                    } else {
+                        up.upscale_image_with(&d.image, job.tta, &mut progress)
+                    };
                     for n in up.take_notes() {
                         events.note(item, &n);
                     }
@@ -417,6 +424,39 @@ pub fn run(job: &Job, upscalers: &[&Upscaler], events: &dyn Events) -> Result<Su
         }
     }
     Ok(summary)
+}
+
+/// Upscale 8-bit RGB `img` into an 8-bit image, band by band (see
+/// [`Upscaler::upscale_rgb8_rows`]): the same pixels as [`Upscaler::upscale_image`].
+fn up8(
+    up: &Upscaler,
+    img: &DynamicImage,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<DynamicImage> {
+    let rgb = img.as_rgb8().expect("can_stream: 8-bit RGB");
+    let s = up.scale();
+    let (w, h) = (
+        rgb.width().saturating_mul(s),
+        rgb.height().saturating_mul(s),
+    );
+    let len = (w as usize)
+        .checked_mul(h as usize)
+        .and_then(|n| n.checked_mul(3))
+        .ok_or_else(|| Error::OutOfMemory(format!("a {w}x{h} output overflows")))?;
+    let mut out: Vec<u8> = Vec::new();
+    out.try_reserve_exact(len).map_err(|_| {
+        Error::OutOfMemory(format!(
+            "host memory: a {w}x{h} output needs {} MiB",
+            len >> 20
+        ))
+    })?;
+    up.upscale_rgb8_rows(rgb, progress, &mut |rows| {
+        out.extend_from_slice(rows);
+        Ok(())
+    })?;
+    let image = image::RgbImage::from_raw(w, h, out)
+        .ok_or_else(|| Error::Invalid("the bands do not make the image".into()))?;
+    Ok(DynamicImage::ImageRgb8(image))
 }
 
 /// Where realesrgan-ncnn-vulkan and upscayl-bin find model NAME in folder DIR for scale S:
