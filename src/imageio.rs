@@ -96,8 +96,8 @@ fn decode<R: std::io::BufRead + std::io::Seek>(
 /// How hard the encoder works, as realesrgan-ncnn-vulkan's and upscayl-bin's `-c`: 0 (the
 /// default) is the best picture, 100 the smallest file. JPEG quality is `100 - c` (at least
 /// 1); PNG stays lossless and `c` picks the zlib effort (0 fast, 1-50 balanced, 51-100
-/// best); WebP output is
-/// lossless (the image crate has no lossy WebP encoder), so `c` does not change it.
+/// best); WebP output is lossless (the image crate has no lossy WebP encoder), so `c` does
+/// not change it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Compression(pub u8);
 

@@ -307,83 +307,28 @@ pub fn run(job: &Job, upscalers: &[&Upscaler], events: &dyn Events) -> Result<Su
                 let msg = load_rx.lock().expect("load queue").recv();
                 let Ok((i, decoded)) = msg else { break };
                 let item = &items[i];
-                // 8-bit RGB to PNG at the model's size streams band by band: the host never
-                // holds the output whole (a 24000x16000 PNG is 1.1 GB in 8 bits, 4.4 in f32).
-                if let Ok(d) = &decoded {
-                    let (w, h) = (d.image.width(), d.image.height());
-                    let target = job.size.target(w, h, up.scale());
-                    let model = Size::Model.target(w, h, up.scale());
-                    if item.format == ImageFormat::Png
-                        && !job.tta
-                        && target == model
-                        && up.can_stream(&d.image)
-                    {
-                        let r = check_output(item, target)
-                            .and_then(|_| crate::batch::prepare(&item.dst))
-                            .and_then(|_| {
-                                let rgb = d.image.as_rgb8().expect("can_stream: 8-bit RGB");
-                                let mut progress = |done, total| events.progress(item, done, total);
-                                imageio::write_png_rows(
-                                    &item.dst,
-                                    target.0,
-                                    target.1,
-                                    job.compression,
-                                    d.icc.as_deref(),
-                                    |sink| up.upscale_rgb8_rows(rgb, &mut progress, sink),
-                                )
-                            });
-                        for n in up.take_notes() {
-                            events.note(item, &n);
-                        }
-                        finish(
-                            i,
-                            r.map_err(|e| match e {
-                                Error::Invalid(m) => Error::image(&item.src, m),
-                                other => other,
-                            }),
-                        );
-                        continue;
-                    }
-                }
+                // Ok(None): written here (streamed); Ok(Some(..)): for the save threads.
                 let out = decoded.and_then(|d| {
                     let (w, h) = (d.image.width(), d.image.height());
                     let target = job.size.target(w, h, up.scale());
                     check_output(item, target)?;
                     let mut progress = |done, total| events.progress(item, done, total);
-                    // 8-bit RGB is held in 8 bits (rows collected band by band), never f32;
-                    // TTA averages in f32, and alpha, gray and 16-bit go through f32 to
-                    // keep their format.
-                    let img = if !job.tta && up.can_stream(&d.image) {
-                        up8(up, &d.image, &mut progress)
-                    } else {
-                        up.upscale_image_with(&d.image, job.tta, &mut progress)
-                    };
+                    let result = upscale(job, up, item, &d, target, &mut progress, events);
                     for n in up.take_notes() {
                         events.note(item, &n);
                     }
-                    let img = img.map_err(|e| match e {
+                    result.map_err(|e| match e {
                         Error::Invalid(m) => Error::image(&item.src, m),
                         other => other,
-                    })?;
-                    let from = (img.width(), img.height());
-                    let img = if from != target {
-                        events.resizing(item, from, target);
-                        img.resize_exact(
-                            target.0,
-                            target.1,
-                            image::imageops::FilterType::CatmullRom,
-                        )
-                    } else {
-                        img
-                    };
-                    Ok((img, d.icc))
+                    })
                 });
                 match out {
-                    Ok(o) => {
+                    Ok(Some(o)) => {
                         if tx.send((i, Ok(o))).is_err() {
                             break;
                         }
                     }
+                    Ok(None) => finish(i, Ok(())),
                     Err(e) => finish(i, Err(e)),
                 }
             });
@@ -426,37 +371,49 @@ pub fn run(job: &Job, upscalers: &[&Upscaler], events: &dyn Events) -> Result<Su
     Ok(summary)
 }
 
-/// Upscale 8-bit RGB `img` into an 8-bit image, band by band (see
-/// [`Upscaler::upscale_rgb8_rows`]): the same pixels as [`Upscaler::upscale_image`].
-fn up8(
+/// Upscale one decoded image to `target`. 8-bit RGB to PNG at the model's size streams band
+/// by band into the file (`None`: written; a 24000x16000 PNG is 1.1 GB in 8 bits, 4.4 in
+/// f32); other 8-bit RGB is held in 8 bits; TTA averages in f32, and alpha, gray and 16-bit go
+/// through f32 to keep their format. The rest is resampled to `target` when the model's
+/// scale differs and handed back for the save threads.
+fn upscale(
+    job: &Job,
     up: &Upscaler,
-    img: &DynamicImage,
+    item: &Item,
+    d: &imageio::Decoded,
+    target: (u32, u32),
     progress: &mut dyn FnMut(usize, usize),
-) -> Result<DynamicImage> {
-    let rgb = img.as_rgb8().expect("can_stream: 8-bit RGB");
-    let s = up.scale();
-    let (w, h) = (
-        rgb.width().saturating_mul(s),
-        rgb.height().saturating_mul(s),
-    );
-    let len = (w as usize)
-        .checked_mul(h as usize)
-        .and_then(|n| n.checked_mul(3))
-        .ok_or_else(|| Error::OutOfMemory(format!("a {w}x{h} output overflows")))?;
-    let mut out: Vec<u8> = Vec::new();
-    out.try_reserve_exact(len).map_err(|_| {
-        Error::OutOfMemory(format!(
-            "host memory: a {w}x{h} output needs {} MiB",
-            len >> 20
-        ))
-    })?;
-    up.upscale_rgb8_rows(rgb, progress, &mut |rows| {
-        out.extend_from_slice(rows);
-        Ok(())
-    })?;
-    let image = image::RgbImage::from_raw(w, h, out)
-        .ok_or_else(|| Error::Invalid("the bands do not make the image".into()))?;
-    Ok(DynamicImage::ImageRgb8(image))
+    events: &dyn Events,
+) -> Result<Option<(DynamicImage, Option<Vec<u8>>)>> {
+    let rgb8 = d
+        .image
+        .as_rgb8()
+        .filter(|_| !job.tta && up.can_stream(&d.image));
+    let model = Size::Model.target(d.image.width(), d.image.height(), up.scale());
+    if let (Some(rgb), ImageFormat::Png, true) = (rgb8, item.format, target == model) {
+        crate::batch::prepare(&item.dst)?;
+        imageio::write_png_rows(
+            &item.dst,
+            target.0,
+            target.1,
+            job.compression,
+            d.icc.as_deref(),
+            |sink| up.upscale_rgb8_rows(rgb, progress, sink),
+        )?;
+        return Ok(None);
+    }
+    let img = match rgb8 {
+        Some(rgb) => DynamicImage::ImageRgb8(up.upscale_rgb8(rgb, progress)?),
+        None => up.upscale_image_with(&d.image, job.tta, progress)?,
+    };
+    let from = (img.width(), img.height());
+    let img = if from != target {
+        events.resizing(item, from, target);
+        img.resize_exact(target.0, target.1, image::imageops::FilterType::CatmullRom)
+    } else {
+        img
+    };
+    Ok(Some((img, d.icc.clone())))
 }
 
 /// Where realesrgan-ncnn-vulkan and upscayl-bin find model NAME in folder DIR for scale S:

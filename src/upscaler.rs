@@ -372,13 +372,8 @@ impl Upscaler {
     }
 
     fn grid_within(&self, width: usize, height: usize, budget: u64) -> Result<Grid> {
-        Ok(Grid::new(
-            width,
-            height,
-            self.tile_size_within(width, height, budget)?,
-            self.halo,
-            self.mirror,
-        ))
+        let tile = self.tile_size_within(width, height, budget)?;
+        Ok(Grid::new(width, height, tile, self.halo, self.mirror))
     }
 
     fn fits(&self, batch: usize, h: usize, w: usize, budget: u64) -> bool {
@@ -522,9 +517,9 @@ impl Upscaler {
     /// (tile size, tiles per batch) of a `w` x `h` image within `budget`; `None` if no tile
     /// fits.
     fn shape_within(&self, w: usize, h: usize, budget: u64) -> Option<(usize, usize)> {
-        let grid = self.grid_within(w, h, budget).ok()?;
-        let (ih, iw) = grid.input_size();
         let t = self.tile_size_within(w, h, budget).ok()?;
+        let grid = Grid::new(w, h, t, self.halo, self.mirror);
+        let (ih, iw) = grid.input_size();
         Some((t, self.batch_within(grid.tiles.len(), ih, iw, budget)))
     }
 
@@ -658,6 +653,30 @@ impl Upscaler {
         })
     }
 
+    /// Upscale 8-bit RGB into an 8-bit image, collected from [`Upscaler::upscale_rgb8_rows`]:
+    /// the pixels of [`Upscaler::upscale_image`], without an f32 copy of either image.
+    pub fn upscale_rgb8(
+        &self,
+        img: &image::RgbImage,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<image::RgbImage> {
+        let s = self.scale();
+        let (w, h) = (
+            img.width().saturating_mul(s),
+            img.height().saturating_mul(s),
+        );
+        let mut out = host_rgb::<u8>(w as usize, h as usize)?;
+        let mut at = 0;
+        self.upscale_rgb8_rows(img, progress, &mut |rows| {
+            out.get_mut(at..at + rows.len())
+                .ok_or_else(|| Error::Invalid("the bands overrun the image".into()))?
+                .copy_from_slice(rows);
+            at += rows.len();
+            Ok(())
+        })?;
+        Ok(image::RgbImage::from_raw(w, h, out).expect("sized buffer"))
+    }
+
     /// The largest budget below `budget` that changes the work's shape, with a note saying
     /// how; `None` when nothing smaller fits.
     fn smaller_budget(&self, w: usize, h: usize, budget: u64) -> Option<(u64, String)> {
@@ -696,12 +715,7 @@ impl Upscaler {
         progress(0, total);
         for row in grid.tile_rows() {
             let y = row[0].y;
-            let band_len = (y.core.1 - y.core.0) * s * w * s * 3;
-            let mut band: Vec<u8> = Vec::new();
-            band.try_reserve_exact(band_len).map_err(|_| {
-                Error::OutOfMemory(format!("host memory: a band of {} MiB", band_len >> 20))
-            })?;
-            band.resize(band_len, 0);
+            let mut band = host_rgb::<u8>(w * s, (y.core.1 - y.core.0) * s)?;
             for chunk in row.chunks(batch) {
                 let plan = self.plan(chunk.len(), ih, iw)?;
                 let mut input = vec![0f32; per_in * chunk.len()];
@@ -791,19 +805,26 @@ impl Upscaler {
 /// A zeroed `w` x `h` RGB f32 image, or [`Error::OutOfMemory`] when the host cannot hold it
 /// (instead of aborting the process).
 fn host_image(w: u32, h: u32) -> Result<Rgb32FImage> {
-    let n = (w as usize)
-        .checked_mul(h as usize)
+    let v = host_rgb::<f32>(w as usize, h as usize)?;
+    Ok(Rgb32FImage::from_raw(w, h, v).expect("sized buffer"))
+}
+
+/// A zeroed buffer of `w` x `h` RGB values, or [`Error::OutOfMemory`] when the host cannot
+/// hold it (instead of aborting the process).
+fn host_rgb<T: Clone + Default>(w: usize, h: usize) -> Result<Vec<T>> {
+    let n = w
+        .checked_mul(h)
         .and_then(|p| p.checked_mul(3))
         .ok_or_else(|| {
             Error::OutOfMemory(format!("a {w}x{h} image overflows the address space"))
         })?;
-    let mut v: Vec<f32> = Vec::new();
+    let mut v: Vec<T> = Vec::new();
     v.try_reserve_exact(n).map_err(|_| {
         Error::OutOfMemory(format!(
-            "host memory: a {w}x{h} output needs {} MiB",
-            (n * 4) >> 20
+            "host memory: {w}x{h} pixels need {} MiB",
+            (n * std::mem::size_of::<T>()) >> 20
         ))
     })?;
-    v.resize(n, 0.0);
-    Ok(Rgb32FImage::from_raw(w, h, v).expect("sized buffer"))
+    v.resize(n, T::default());
+    Ok(v)
 }
