@@ -2,16 +2,11 @@
 //! an out-of-memory image) is reported and the other images are written; nothing partial is
 //! left; `--skip-existing` resumes; `--shard I/N` splits a folder disjointly and completely.
 
-use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
-fn tempdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("refqsr-batch-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+use common::{run_refqsr, tempdir};
+use std::collections::BTreeSet;
+use std::path::Path;
 
 /// Every file under `dir`, relative, sorted.
 fn tree(dir: &Path) -> BTreeSet<String> {
@@ -31,16 +26,8 @@ fn tree(dir: &Path) -> BTreeSet<String> {
 }
 
 fn refqsr(dir: &Path, fault: &str, args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_refqsr"))
-        .args(args)
-        .env("REFQSR_FAULT", fault)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let (out, err) = run_refqsr(dir, fault, args);
+    (out.status.success(), err)
 }
 
 /// 93 good images, 5 corrupt ones, one whose x2 output is too wide for WebP and one large

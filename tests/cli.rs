@@ -2,38 +2,18 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use common::asset;
+use common::{asset, files, save_crop, tempdir};
 
 fn refqsr() -> Command {
     Command::new(env!("CARGO_BIN_EXE_refqsr"))
 }
 
-fn tempdir(tag: &str) -> PathBuf {
-    let n = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let d = std::env::temp_dir().join(format!("refqsr-cli-{tag}-{}-{n}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 /// A small copy of a shipped photo, so the binary's runs stay quick on software Vulkan.
 fn small_photo(dst: &Path, w: u32, h: u32) {
-    let img = image::open(asset("images/coffee.png")).unwrap();
-    img.crop_imm(250, 120, w, h).save(dst).unwrap();
-}
-
-fn files(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
+    save_crop("images/coffee.png", (250, 120, w, h), dst);
 }
 
 #[test]

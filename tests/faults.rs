@@ -6,34 +6,14 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
 
-use common::{asset, ctx};
+use common::{asset, ctx, run_refqsr, save_crop, tempdir};
 use refqsr::upscaler::load_graph;
 use refqsr::{Options, Upscaler};
 
-fn tempdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("refqsr-faults-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 fn photo(dst: &Path, w: u32, h: u32) {
-    let img = image::open(asset("images/coffee.png")).unwrap();
-    img.crop_imm(100, 80, w, h).save(dst).unwrap();
-}
-
-fn run(dir: &Path, fault: &str, args: &[&str]) -> (Output, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_refqsr"))
-        .args(args)
-        .env("REFQSR_FAULT", fault)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    (out, err)
+    save_crop("images/coffee.png", (100, 80, w, h), dst);
 }
 
 fn rgb(p: &Path) -> Vec<f32> {
@@ -45,7 +25,7 @@ fn out_of_memory_retries_with_smaller_tiles() {
     let d = tempdir("oom");
     photo(&d.join("in.png"), 300, 200);
     // every tensor over 8 MB "does not fit": the first tiles fail, smaller ones succeed
-    let (out, err) = run(
+    let (out, err) = run_refqsr(
         &d,
         "oom-above:8000000",
         &["-i", "in.png", "-o", "oom.png", "-s", "2"],
@@ -66,7 +46,7 @@ fn out_of_memory_retries_with_smaller_tiles() {
         .and_then(|r| r.split('-').next())
         .unwrap()
         .to_string();
-    let (out, err) = run(
+    let (out, err) = run_refqsr(
         &d,
         "",
         &["-i", "in.png", "-o", "plain.png", "-s", "2", "-t", &tile],
@@ -77,7 +57,7 @@ fn out_of_memory_retries_with_smaller_tiles() {
         "retried output differs from a {tile}-pixel-tile run"
     );
     // below the floor: a clear error, a non-zero exit, no file
-    let (out, err) = run(
+    let (out, err) = run_refqsr(
         &d,
         "oom-above:1000",
         &["-i", "in.png", "-o", "never.png", "-s", "2"],
@@ -99,7 +79,7 @@ fn lost_device_is_an_error_and_writes_nothing() {
         vec!["-i", "in.png", "-o", "out.png", "-s", "2"],
         vec!["upscale", "in.png", "-o", "out.png", "-s", "2"],
     ] {
-        let (out, err) = run(&d, "lose-device", &args);
+        let (out, err) = run_refqsr(&d, "lose-device", &args);
         assert!(!out.status.success(), "{err}");
         assert!(err.contains("device was lost"), "{err}");
         assert!(!d.join("out.png").exists(), "{args:?} wrote an output");
@@ -111,9 +91,9 @@ fn lost_device_is_an_error_and_writes_nothing() {
 fn failed_self_check_falls_back_to_fp32() {
     let d = tempdir("selfcheck");
     photo(&d.join("in.png"), 16, 12);
-    let (out, err) = run(&d, "", &["-i", "in.png", "-o", "fp32.png", "-s", "2"]);
+    let (out, err) = run_refqsr(&d, "", &["-i", "in.png", "-o", "fp32.png", "-s", "2"]);
     assert!(out.status.success(), "{err}");
-    let (out, err) = run(
+    let (out, err) = run_refqsr(
         &d,
         "self-check",
         &[

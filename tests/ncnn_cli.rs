@@ -4,40 +4,17 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
-use common::asset;
-
-fn refqsr() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_refqsr"))
-}
-
-fn tempdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("refqsr-ncnncli-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+use common::{asset, files, run_refqsr, save_crop, tempdir};
 
 fn photo(dst: &Path, w: u32, h: u32) {
-    let img = image::open(asset("images/coffee.png")).unwrap();
-    img.crop_imm(250, 120, w, h).save(dst).unwrap();
+    save_crop("images/coffee.png", (250, 120, w, h), dst);
 }
 
 fn run(dir: &Path, args: &[&str]) -> (Output, String) {
-    let out = refqsr().args(args).current_dir(dir).output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    (out, stderr)
-}
-
-fn files(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
+    run_refqsr(dir, "", args)
 }
 
 fn size(p: &Path) -> (u32, u32) {

@@ -8,7 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::asset;
+use common::{save_crop, tempdir};
 
 const REFQSR: &str = env!("CARGO_BIN_EXE_refqsr");
 
@@ -25,16 +25,8 @@ fn upscayl_bin() -> PathBuf {
         .join("dist/upscaler/sub-classes/driver/command-upscayl/resources/linux/bin/upscayl-bin")
 }
 
-fn tempdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("refqsr-upscayl-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 fn photo(dst: &Path, x: u32, y: u32, w: u32, h: u32) {
-    let img = image::open(asset("images/astronaut.png")).unwrap();
-    img.crop_imm(x, y, w, h).to_rgb8().save(dst).unwrap();
+    save_crop("images/astronaut.png", (x, y, w, h), dst);
 }
 
 /// PSNR (dB) of two 8-bit RGB images over their pixels at least `border` from the edge.

@@ -133,3 +133,44 @@ pub fn upscayl_package() -> std::path::PathBuf {
 pub fn upscayl_models() -> std::path::PathBuf {
     upscayl_package().join("dist/upscaler/sub-classes/model-manager/models")
 }
+
+/// A fresh, empty folder for one test: `refqsr-TAG-PID` under the temporary folder.
+pub fn tempdir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("refqsr-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Save the `w` x `h` crop at (`x`, `y`) of the shipped image `name` (under assets/) to `dst`.
+pub fn save_crop(name: &str, (x, y, w, h): (u32, u32, u32, u32), dst: &std::path::Path) {
+    let img = image::open(asset(name)).unwrap();
+    img.crop_imm(x, y, w, h).to_rgb8().save(dst).unwrap();
+}
+
+/// The names of the entries of `dir`, sorted.
+pub fn files(dir: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Run the `refqsr` binary with `args` in `dir`, `REFQSR_FAULT` set to `fault` (empty: none);
+/// returns its output and stderr.
+pub fn run_refqsr(
+    dir: &std::path::Path,
+    fault: &str,
+    args: &[&str],
+) -> (std::process::Output, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_refqsr"))
+        .args(args)
+        .env("REFQSR_FAULT", fault)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out, err)
+}
