@@ -156,27 +156,15 @@ impl Grid {
     /// Copy the core of an upscaled window (one C4HW batch item, `scale` times the window)
     /// into `out`.
     pub fn merge(&self, out: &mut Rgb32FImage, t: Tile, scale: usize, src: &[f32]) {
-        let (ih, iw) = self.input_size();
-        let sw = iw * scale;
-        assert_eq!(src.len(), ih * scale * sw * 4);
         let ow = out.width() as usize;
         let raw: &mut [f32] = out;
-        let (ox, oy) = (
-            (t.x.core.0 as isize - t.x.start) as usize * scale,
-            (t.y.core.0 as isize - t.y.start) as usize * scale,
-        );
-        for y in 0..(t.y.core.1 - t.y.core.0) * scale {
-            let dy = t.y.core.0 * scale + y;
-            for x in 0..(t.x.core.1 - t.x.core.0) * scale {
-                let s = ((y + oy) * sw + x + ox) * 4;
-                let d = (dy * ow + t.x.core.0 * scale + x) * 3;
-                raw[d..d + 3].copy_from_slice(&src[s..s + 3]);
-            }
-        }
+        let y0 = t.y.core.0 * scale;
+        self.merge_with(t, scale, src, |y, x, p| {
+            let d = ((y0 + y) * ow + x) * 3;
+            raw[d..d + 3].copy_from_slice(p);
+        });
     }
-}
 
-impl Grid {
     /// The tiles in rows: each run of tiles sharing a vertical span (tiles are row-major).
     pub fn tile_rows(&self) -> impl Iterator<Item = &[Tile]> {
         self.tiles.chunk_by(|a, b| a.y == b.y)
@@ -193,6 +181,24 @@ impl Grid {
         scale: usize,
         src: &[f32],
     ) {
+        let to8 = |v: f32| (v.clamp(0.0, 1.0) * 255.0).round() as u8;
+        self.merge_with(t, scale, src, |y, x, p| {
+            let d = (y * band_w + x) * 3;
+            band[d] = to8(p[0]);
+            band[d + 1] = to8(p[1]);
+            band[d + 2] = to8(p[2]);
+        });
+    }
+
+    /// Hand each core pixel of an upscaled window (one C4HW batch item, `scale` times the
+    /// window) to `put(row within the core, output column, rgb)`.
+    fn merge_with(
+        &self,
+        t: Tile,
+        scale: usize,
+        src: &[f32],
+        mut put: impl FnMut(usize, usize, &[f32]),
+    ) {
         let (ih, iw) = self.input_size();
         let sw = iw * scale;
         assert_eq!(src.len(), ih * scale * sw * 4);
@@ -200,14 +206,10 @@ impl Grid {
             (t.x.core.0 as isize - t.x.start) as usize * scale,
             (t.y.core.0 as isize - t.y.start) as usize * scale,
         );
-        let to8 = |v: f32| (v.clamp(0.0, 1.0) * 255.0).round() as u8;
         for y in 0..(t.y.core.1 - t.y.core.0) * scale {
             for x in 0..(t.x.core.1 - t.x.core.0) * scale {
                 let s = ((y + oy) * sw + x + ox) * 4;
-                let d = (y * band_w + t.x.core.0 * scale + x) * 3;
-                band[d] = to8(src[s]);
-                band[d + 1] = to8(src[s + 1]);
-                band[d + 2] = to8(src[s + 2]);
+                put(y, t.x.core.0 * scale + x, &src[s..s + 3]);
             }
         }
     }
