@@ -396,6 +396,11 @@ impl Builder<'_> {
         })
     }
 
+    /// The values of every input blob of `l`.
+    fn inputs(&self, l: &Layer) -> Result<Vec<ValueId>, LoadError> {
+        l.bottoms.iter().map(|b| self.value(b)).collect()
+    }
+
     fn define(&mut self, blob: &str, channels: usize, scale: u32) -> Result<ValueId, LoadError> {
         if self.blobs.contains_key(blob) || self.constants.contains_key(blob) {
             return perr(format!("blob `{blob}` is produced twice"));
@@ -534,11 +539,7 @@ impl Builder<'_> {
                         "Concat along axis {axis}: only the channel axis (0) is supported"
                     ));
                 }
-                let ins: Vec<ValueId> = l
-                    .bottoms
-                    .iter()
-                    .map(|b| self.value(b))
-                    .collect::<Result<_, _>>()?;
+                let ins = self.inputs(l)?;
                 let scale = self.values[ins[0]].scale;
                 if ins.iter().any(|&i| self.values[i].scale != scale) {
                     return perr("Concat of tensors with different spatial sizes");
@@ -804,11 +805,7 @@ impl Builder<'_> {
                 ))
             }
         };
-        let ins: Vec<ValueId> = l
-            .bottoms
-            .iter()
-            .map(|b| self.value(b))
-            .collect::<Result<_, _>>()?;
+        let ins = self.inputs(l)?;
         let (c, s) = (self.values[ins[0]].channels, self.values[ins[0]].scale);
         if ins
             .iter()
