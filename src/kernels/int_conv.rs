@@ -399,7 +399,8 @@ fn check(ctx: &Context) -> std::result::Result<(), String> {
         &(0..c * h * w).map(|_| 1.2 * next()).collect::<Vec<_>>(),
     );
     let fail = |e: crate::error::Error| e.to_string();
-    // (conv, bits, requantize into an 8-bit next layer)
+    let next_layer = PackedIntConv::new(&conv3, 8, Quantizer::new(-2.0, 2.0, 8));
+    // (conv, bits, requantize into `next_layer`)
     for (conv, bits, requantize) in [
         (&conv3, 8, false),
         (&conv3, 4, false),
@@ -408,7 +409,6 @@ fn check(ctx: &Context) -> std::result::Result<(), String> {
     ] {
         let p = PackedIntConv::new(conv, bits, Quantizer::new(-1.0, 1.0, bits));
         let sums = p.twin_sums(&cpu::quantize(&x, &p.act, p.nibbles()), 1, h, w);
-        let next_layer = PackedIntConv::new(&conv3, 8, Quantizer::new(-2.0, 2.0, 8));
         let want: Vec<u32> = if requantize {
             cpu::int_store(
                 &sums,
