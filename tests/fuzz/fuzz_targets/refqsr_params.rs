@@ -2,16 +2,10 @@
 #![no_main]
 
 use std::path::Path;
-use std::sync::OnceLock;
+#[path = "span_x4.rs"]
+mod span_x4;
 
-use refqsr::model::Graph;
-
-fn graph() -> &'static Graph {
-    static G: OnceLock<Graph> = OnceLock::new();
-    G.get_or_init(|| {
-        refqsr::quant::prepare(refqsr::upscaler::load_graph(None, Some(4)).expect("shipped model"))
-    })
-}
+use span_x4::graph;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
