@@ -180,39 +180,41 @@ fn run(a: Args) -> Result<ExitCode, String> {
     };
 
     // GPUs: ids as `refqsr adapters` numbers them; -1 is the first software adapter.
-    let adapters = refqsr::gpu::describe_adapters();
     let gpus: Vec<Option<usize>> = match a.gpu.as_deref() {
         None | Some("auto") => vec![None],
-        Some(list) => list
-            .split(',')
-            .map(|g| {
-                let g = g.trim();
-                let id = match g.parse::<i64>() {
-                    Ok(-1) => adapters
-                        .iter()
-                        .position(|r| r.info.device_type == wgpu::DeviceType::Cpu)
-                        .ok_or_else(|| "invalid GPU device -1: no CPU adapter".to_string())?
-                        as i64,
-                    Ok(n) => n,
-                    Err(_) => return Err(format!("invalid GPU device `{g}` (-g)")),
-                };
-                if id < 0 || id as usize >= adapters.len() {
-                    let list: Vec<String> = adapters
-                        .iter()
-                        .map(|r| format!("{}: {}", r.index, r.info.name))
-                        .collect();
-                    return Err(format!(
-                        "invalid GPU device {g} (available: {})",
-                        if list.is_empty() {
-                            "none".into()
-                        } else {
-                            list.join(", ")
-                        }
-                    ));
-                }
-                Ok(Some(id as usize))
-            })
-            .collect::<Result<_, _>>()?,
+        // enumerated only when ids are given: the default run opens the best adapter once
+        Some(list) => {
+            let adapters = refqsr::gpu::describe_adapters();
+            list.split(',')
+                .map(|g| {
+                    let g = g.trim();
+                    let id = match g.parse::<i64>() {
+                        Ok(-1) => adapters
+                            .iter()
+                            .position(|r| r.info.device_type == wgpu::DeviceType::Cpu)
+                            .ok_or_else(|| "invalid GPU device -1: no CPU adapter".to_string())?
+                            as i64,
+                        Ok(n) => n,
+                        Err(_) => return Err(format!("invalid GPU device `{g}` (-g)")),
+                    };
+                    if id < 0 || id as usize >= adapters.len() {
+                        let list: Vec<String> = adapters
+                            .iter()
+                            .map(|r| format!("{}: {}", r.index, r.info.name))
+                            .collect();
+                        return Err(format!(
+                            "invalid GPU device {g} (available: {})",
+                            if list.is_empty() {
+                                "none".into()
+                            } else {
+                                list.join(", ")
+                            }
+                        ));
+                    }
+                    Ok(Some(id as usize))
+                })
+                .collect::<Result<_, _>>()?
+        }
     };
     let tiles: Vec<Option<usize>> = match a.tile.as_deref() {
         None => vec![None; gpus.len()],
