@@ -6,9 +6,10 @@
 //   convolution's epilogue is applied here and M is the output tensor.
 //
 // Register tiling: one invocation computes 8 consecutive t for 4 output groups (16 channels)
-// at one position. One dispatch covers one block of 4 output groups and a chunk of positions
-// whose weights fit one 64 KiB uniform slice, so weight loads are uniform across the
-// workgroup. The body is written out by hand for the reason given in conv.wgsl.
+// at one position; WG invocations side by side along t form a workgroup (the launcher picks
+// WG to fit the number of columns, see gemm::workgroup_size). One dispatch covers one block
+// of 4 output groups and a chunk of positions whose weights fit one 64 KiB uniform slice, so
+// weight loads are uniform across the workgroup. The body is written out by hand for the reason given in conv.wgsl.
 // Accumulation order (the CPU twin's): input group ascending.
 
 struct Params {
@@ -47,7 +48,9 @@ fn finish(acc: vec4<f32>, g: u32, index: u32) -> vec4<f32> {
 }
 
 // No early return before the loop: see conv.wgsl.
-@compute @workgroup_size(64, 1, 1)
+override WG: u32 = 64u;
+
+@compute @workgroup_size(WG, 1, 1)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let tiles = params.tiles;
     let icg = params.icg;

@@ -12,7 +12,7 @@ use crate::kernels::gemm::{GpuGemm, PackedGemm};
 use crate::kernels::int_conv::{GpuIntConv, PackedIntConv};
 use crate::kernels::winograd::{self, GpuWinograd, PackedWinograd};
 use crate::kernels::{self, Dispatch, Step};
-use crate::model::{Activation, Graph, Op, Rhs, ValueId};
+use crate::model::{Activation, Conv, Graph, Node, Op, Rhs, ValueId};
 use crate::profile::{Profiler, Segment, Stage};
 
 /// A graph whose weights live on the device.
@@ -26,7 +26,9 @@ pub struct GpuModel {
 enum NodeRes {
     Conv(Box<GpuConv>),
     Gemm(Box<GpuGemm>),
-    Winograd(Box<GpuWinograd>),
+    /// A Winograd convolution, with a direct one to fall back on where its transformed
+    /// tensors would be the plan's largest (see [`GpuModel::direct_instead`]).
+    Winograd(Box<GpuWinograd>, Option<Box<GpuConv>>),
     /// A convolution computed in integers (quantized modes).
     Int(Box<GpuIntConv>),
     /// A per-channel operand or PReLU slopes.
@@ -74,10 +76,12 @@ impl GpuModel {
                         _ if !allow_fast => {
                             NodeRes::Conv(Box::new(GpuConv::new(&ctx, PackedConv::new(c))?))
                         }
-                        Algorithm::Winograd => NodeRes::Winograd(Box::new(GpuWinograd::new(
-                            &ctx,
-                            PackedWinograd::new(c),
-                        )?)),
+                        Algorithm::Winograd => NodeRes::Winograd(
+                            Box::new(GpuWinograd::new(&ctx, PackedWinograd::new(c))?),
+                            winograd_outgrows_values(&graph, n)
+                                .then(|| GpuConv::new(&ctx, PackedConv::new(c)).map(Box::new))
+                                .transpose()?,
+                        ),
                         Algorithm::Gemm => {
                             NodeRes::Gemm(Box::new(GpuGemm::new(&ctx, PackedGemm::pointwise(c))?))
                         }
@@ -202,23 +206,30 @@ impl GpuModel {
         g.nodes
             .iter()
             .zip(&self.nodes)
-            .filter_map(|(n, r)| match &n.op {
-                Op::Conv(c)
-                    if algorithm(c) == Algorithm::Winograd && !matches!(r, NodeRes::Int(_)) =>
-                {
-                    // (over-counted for models built with new_direct; harmless)
-                    let s = g.values[n.inputs[0]].scale as usize;
-                    Some(winograd::scratch_bytes(
-                        c.in_ch,
-                        c.out_ch,
-                        batch,
-                        h * s,
-                        w * s,
-                    ))
+            .enumerate()
+            .filter_map(|(j, (n, r))| match (&n.op, r) {
+                (Op::Conv(c), NodeRes::Winograd(..)) if !self.direct_instead(j, batch, h, w) => {
+                    Some(winograd_scratch(g, n, c, batch, h, w))
                 }
                 _ => None,
             })
             .fold((0, 0), |(a, b), (v, m)| (a.max(v), b.max(m)))
+    }
+
+    /// Whether node `j`, a Winograd convolution, runs its direct fallback for this size: where
+    /// its transformed tensors would not fit one binding. realesrgan-x4plus's convolutions at
+    /// 4x (64 channels) are such: their Winograd scratch capped its windows at 96x96 on
+    /// lavapipe's 128 MiB bindings, 16 windows for a 256x256 image; computed directly they
+    /// allow 160x160 windows, whose 4 windows redo far less halo and launch 4x fewer kernels.
+    fn direct_instead(&self, j: usize, batch: usize, h: usize, w: usize) -> bool {
+        let g = &self.graph;
+        match (&g.nodes[j].op, &self.nodes[j]) {
+            (Op::Conv(c), NodeRes::Winograd(_, Some(_))) => {
+                let (v, m) = winograd_scratch(g, &g.nodes[j], c, batch, h, w);
+                v.max(m) > self.ctx.max_binding()
+            }
+            _ => false,
+        }
     }
 
     fn value_sizes(&self, batch: usize, h: usize, w: usize) -> Vec<u64> {
@@ -467,12 +478,18 @@ impl GpuModel {
                 }
                 (Op::Conv(c), NodeRes::Gemm(gg)) => {
                     let r = c.epilogue.residual().map(buf);
-                    gg.dispatch(ctx, label, &x, r.as_deref(), &out, b, ih * iw)
+                    gg.dispatch(ctx, label, &x, r.as_deref(), &out, b, ih * iw)?
                 }
-                (Op::Conv(c), NodeRes::Winograd(gw)) => {
+                (Op::Conv(c), NodeRes::Winograd(_, Some(gc)))
+                    if self.direct_instead(j, batch, h, w) =>
+                {
+                    let r = c.epilogue.residual().map(buf);
+                    gc.dispatch(ctx, label, &x, r.as_deref(), &out, b, ih, iw)
+                }
+                (Op::Conv(c), NodeRes::Winograd(gw, _)) => {
                     let r = c.epilogue.residual().map(buf);
                     let (v, m) = scratch.as_ref().expect("scratch for winograd convolutions");
-                    gw.dispatch(ctx, label, &x, r.as_deref(), &out, v, m, b, ih, iw)
+                    gw.dispatch(ctx, label, &x, r.as_deref(), &out, v, m, b, ih, iw)?
                 }
                 (Op::Conv(c), NodeRes::Int(ic)) => {
                     use kernels::int_conv::{IntInput, IntOutput};
@@ -568,6 +585,35 @@ const REFER_STAGES: [Stage; 5] = [
 ];
 
 /// Pooled cells RefER compares in a `h` x `w` feature map (one per 3x3 block).
+/// Winograd scratch bytes (input side, output side) of conv node `n` for `batch` inputs of
+/// `h` x `w` to the graph.
+fn winograd_scratch(g: &Graph, n: &Node, c: &Conv, batch: usize, h: usize, w: usize) -> (u64, u64) {
+    let s = g.values[n.inputs[0]].scale as usize;
+    winograd::scratch_bytes(c.in_ch, c.out_ch, batch, h * s, w * s)
+}
+
+/// Whether conv node `n` gets a direct fallback: a Winograd convolution past an upsampling
+/// (input scale over 1, as in ESRGAN's nearest-upsampling tail) whose scratch outgrows every
+/// value of the graph. Such layers hold little of the work but the largest tensors, so
+/// computing them directly buys larger windows for the whole body. Layers at the input scale
+/// keep Winograd: there the windows it costs (x4fast: 483 px against 580 on lavapipe) are
+/// worth less than its 4x fewer products.
+fn winograd_outgrows_values(g: &Graph, n: &Node) -> bool {
+    const NOMINAL: usize = 64;
+    let Op::Conv(c) = &n.op else { return false };
+    if g.values[n.inputs[0]].scale <= 1 {
+        return false;
+    }
+    let (v, m) = winograd_scratch(g, n, c, 1, NOMINAL, NOMINAL);
+    let largest = g
+        .values
+        .iter()
+        .map(|v| (v.channels.div_ceil(4) * 16 * (NOMINAL * v.scale as usize).pow(2)) as u64)
+        .max()
+        .unwrap_or(0);
+    v.max(m) > largest
+}
+
 pub fn refer_cells(h: usize, w: usize) -> usize {
     h.div_ceil(3) * w.div_ceil(3)
 }

@@ -336,3 +336,93 @@ fn interp_matches_cpu_twin() {
         assert_eq!(max_abs_diff(&got, &want.data), 0.0, "interp {c} by {f}");
     }
 }
+
+#[test]
+fn gemm_at_every_workgroup_size_matches_cpu_twin() {
+    use refqsr::kernels::gemm::{workgroup_size, PX};
+    let mut rng = Rng::fresh("gemm workgroups");
+    // (in, out, k, h, w) and the workgroup the gemm should get: 3x3 convolutions run it over
+    // ceil(h/4) * ceil(w/4) Winograd tiles, 1x1 convolutions over h * w pixels, PX per
+    // invocation.
+    let shapes = [
+        (16, 20, 1, 64usize, 64usize, 64u32),
+        (12, 8, 3, 64, 60, 32),
+        (8, 12, 3, 40, 48, 16),
+        (7, 5, 3, 8, 8, 8),
+        (20, 24, 1, 31, 17, 8),
+    ];
+    for (ic, oc, k, h, w, wg) in shapes {
+        let columns = if k == 3 {
+            h.div_ceil(4) * w.div_ceil(4)
+        } else {
+            h * w
+        };
+        assert_eq!(
+            workgroup_size(columns.div_ceil(PX) as u32),
+            wg,
+            "{ic}->{oc} k{k} {h}x{w} no longer covers workgroup size {wg}"
+        );
+        let conv = random_conv(&mut rng, ic, oc, k, Activation::Leaky(0.2), Epilogue::None);
+        let (graph, _) = single(Op::Conv(conv), &[ic], oc, 1, None);
+        let x = rng.tensor(1, ic, h, w);
+        let want = run_cpu(&graph, &[&x]);
+        let d = max_abs_diff(&run_gpu(&graph, &[&x]), &want.data);
+        assert!(
+            d <= CONV_TOL,
+            "{ic}->{oc} k{k} {h}x{w} (workgroup {wg}): max diff {d}"
+        );
+    }
+}
+
+#[test]
+fn winograd_past_an_upsampling_falls_back_to_direct_where_its_scratch_cannot_bind() {
+    use refqsr::kernels::winograd::scratch_bytes;
+    let mut rng = Rng::fresh("winograd fallback");
+    // input (4 channels) -> nearest x4 -> conv 3x3 4->4: at 484x484 the conv's transformed
+    // input (36/16 of its 1936x1936 input) outgrows the 128 MiB binding cap every adapter
+    // gets, while every tensor still fits.
+    let (h, w, f, c) = (484, 484, 4u32, 4);
+    let (sv, _) = scratch_bytes(c, c, 1, h * f as usize, w * f as usize);
+    assert!(
+        sv > 128 << 20,
+        "the size no longer outgrows the cap: {sv} bytes"
+    );
+    let conv = random_conv(&mut rng, c, c, 3, Activation::None, Epilogue::None);
+    let value = |name: &str, scale| Value {
+        name: name.into(),
+        channels: c,
+        scale,
+    };
+    let graph = Graph {
+        name: "upsampled conv".into(),
+        values: vec![value("in", 1), value("up", f), value("out", f)],
+        nodes: vec![
+            Node {
+                name: "up".into(),
+                op: Op::InterpNearest { factor: f },
+                inputs: vec![0],
+                output: 1,
+            },
+            Node {
+                name: "conv".into(),
+                op: Op::Conv(conv),
+                inputs: vec![1],
+                output: 2,
+            },
+        ],
+        input: 0,
+        output: 2,
+    };
+    let model = GpuModel::new(ctx(), graph.clone()).unwrap();
+    let (largest, _) = model.memory(1, h, w);
+    assert!(largest < sv, "the plan still binds the Winograd scratch");
+    let x = rng.tensor(1, c, h, w);
+    // the CPU reference computes the conv by Winograd, the GPU directly
+    let want = run_cpu(&graph, &[&x]);
+    let d = max_abs_diff(&run_gpu_with(model, &[&x]), &want.data);
+    assert!(d <= WINOGRAD_TOL, "direct fallback: max diff {d}");
+    assert!(
+        want.data.iter().any(|v| v.abs() > 0.01),
+        "degenerate test data"
+    );
+}

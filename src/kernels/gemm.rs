@@ -1,8 +1,6 @@
 //! Launcher of `shaders/gemm.wgsl`: the per-position matrix products behind Winograd 3x3
 //! convolutions (36 positions, raw sums) and 1x1 convolutions (1 position, with epilogue).
 
-use std::sync::Arc;
-
 use super::conv::EpilogueParams;
 use super::{bind_resources, Dispatch, Slicing, UniformSlices};
 use crate::error::{Error, Result};
@@ -13,6 +11,22 @@ use crate::model::Conv;
 pub const PX: usize = 8;
 /// Output groups per invocation and per dispatch: the register tile along channels.
 pub const OCB: usize = 4;
+
+/// Workgroup sizes the shader is compiled for (its `WG` override), largest first.
+const WORKGROUP_SIZES: [u32; 4] = [64, 32, 16, 8];
+
+/// The workgroup size for `invocations` along t: the largest that pads them by at most an
+/// eighth. Invocations past the last column still run the whole input loop (see the shader),
+/// so a 64-wide group over a 64x64 Winograd window (32 invocations) wasted half the work,
+/// and one over a small window almost all of it; narrower groups cost nothing on CPU
+/// adapters and keep real GPUs at whole warps wherever the work is large enough to matter.
+pub fn workgroup_size(invocations: u32) -> u32 {
+    let padded = |wg: u32| invocations.div_ceil(wg) * wg;
+    WORKGROUP_SIZES
+        .into_iter()
+        .find(|&wg| (padded(wg) - invocations) * 8 <= padded(wg))
+        .unwrap_or(8)
+}
 
 /// Weights of a batched product and what to do with its sums.
 #[derive(Debug, Clone)]
@@ -106,7 +120,6 @@ struct Params {
 /// A batched product's weights resident on the device.
 pub struct GpuGemm {
     pub packed: PackedGemm,
-    pipeline: Arc<wgpu::ComputePipeline>,
     /// One slice per (block of output groups, chunk of positions).
     weights: UniformSlices,
     vecs: wgpu::Buffer,
@@ -128,7 +141,6 @@ impl GpuGemm {
             None => ctx.upload("gemm bias", &[0f32; 4]),
         };
         Ok(GpuGemm {
-            pipeline: ctx.pipeline("gemm", &[])?,
             weights,
             vecs,
             packed,
@@ -146,8 +158,11 @@ impl GpuGemm {
         m: &wgpu::Buffer,
         batch: u32,
         tiles: u32,
-    ) -> Vec<Dispatch> {
+    ) -> Result<Vec<Dispatch>> {
         let p = &self.packed;
+        let invocations = tiles.div_ceil(PX as u32);
+        let wg = workgroup_size(invocations);
+        let pipeline = ctx.pipeline("gemm", &[("WG", wg as u64)])?;
         let residual = residual.unwrap_or(ctx.dummy());
         let (finish, oc, act, epi, leaky) = match &p.epilogue {
             Some(e) => (1, p.oc as u32, e.act, e.epi, e.leaky),
@@ -175,7 +190,7 @@ impl GpuGemm {
             let bind_group = bind_resources(
                 ctx,
                 label,
-                &self.pipeline,
+                &pipeline,
                 vec![
                     v.as_entire_binding(),
                     self.weights.binding(slot.index),
@@ -188,14 +203,10 @@ impl GpuGemm {
             out.push(Dispatch {
                 label: format!("{label} (gemm)"),
                 bind_group,
-                pipeline: self.pipeline.clone(),
-                workgroups: [
-                    tiles.div_ceil(PX as u32).div_ceil(64),
-                    slot.positions as u32,
-                    batch,
-                ],
+                pipeline: pipeline.clone(),
+                workgroups: [invocations.div_ceil(wg), slot.positions as u32, batch],
             });
         }
-        out
+        Ok(out)
     }
 }

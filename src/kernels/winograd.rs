@@ -130,7 +130,7 @@ impl GpuWinograd {
         batch: u32,
         h: u32,
         w: u32,
-    ) -> Vec<Dispatch> {
+    ) -> Result<Vec<Dispatch>> {
         let p = &self.packed;
         let (tx, t) = tiles(h as usize, w as usize);
         let (tx, t) = (tx as u32, t as u32);
@@ -147,7 +147,7 @@ impl GpuWinograd {
             tx,
             t,
         )];
-        out.extend(self.gemm.dispatch(ctx, label, v, None, m, batch, t));
+        out.extend(self.gemm.dispatch(ctx, label, v, None, m, batch, t)?);
         out.push(super::winograd_output::dispatch(
             ctx,
             label,
@@ -163,6 +163,6 @@ impl GpuWinograd {
             tx,
             t,
         ));
-        out
+        Ok(out)
     }
 }
