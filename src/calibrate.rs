@@ -2,8 +2,11 @@
 //! distribution of every quantized convolution, and search its bounds at every bit-width
 //! (see [`crate::quant::calib`]).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use image::Rgb32FImage;
 
 use crate::error::{Error, Result};
 use crate::exec::{GpuModel, Plan};
@@ -39,20 +42,7 @@ pub fn calibrate(
     dir: &Path,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Outcome> {
-    let mut images = Vec::new();
-    let mut skipped = Vec::new();
-    for f in crate::batch::images(dir)? {
-        match crate::imageio::read(&f) {
-            Ok(img) => images.push((f, img.to_rgb32f())),
-            Err(e) => skipped.push((f, e)),
-        }
-    }
-    if images.is_empty() {
-        return Err(Error::Invalid(format!(
-            "{}: no readable png, jpg or webp images to calibrate on",
-            dir.display()
-        )));
-    }
+    let (images, skipped) = load_images(dir)?;
     let patches: Vec<Patch> = images
         .iter()
         .enumerate()
@@ -85,14 +75,7 @@ pub fn calibrate(
                 plans.push((p.size, model.plan_keeping(1, h, w, &inputs)?));
             }
             let plan = &plans.iter().find(|(s, _)| *s == p.size).unwrap().1;
-            let img = &images[p.image].1;
-            // C4HW with one channel group: pixel i's lanes at 4 i..4 i + 4
-            let mut c4 = vec![0f32; h * w * 4];
-            for (i, px) in c4.chunks_mut(4).enumerate() {
-                let v = img.get_pixel((p.x + i % w) as u32, (p.y + i / w) as u32);
-                px[..3].copy_from_slice(&v.0);
-            }
-            plan.run(&c4)?;
+            plan.run(&p.input(&images[p.image].1))?;
             for (l, &v) in inputs.iter().enumerate() {
                 let data = plan.read_value(v)?;
                 visit(l, h * w, &data);
@@ -139,6 +122,7 @@ pub fn calibrate(
                 .map(|b| (b, calib::search_bounds(&hists[l], b)))
                 .collect(),
             mean: sums[l].iter().map(|&(s, n)| (s / n) as f32).collect(),
+            floor: None,
         })
         .collect();
     Ok(Outcome {
@@ -158,6 +142,43 @@ pub fn calibrate(
         },
         skipped,
     })
+}
+
+/// Files that could not be used, with why.
+type Skipped = Vec<(PathBuf, Error)>;
+
+/// The readable images under `dir` (sorted), and the files that are not, with why; an error
+/// if none is readable.
+fn load_images(dir: &Path) -> Result<(Vec<(PathBuf, Rgb32FImage)>, Skipped)> {
+    let mut images = Vec::new();
+    let mut skipped = Vec::new();
+    for f in crate::batch::images(dir)? {
+        match crate::imageio::read(&f) {
+            Ok(img) => images.push((f, img.to_rgb32f())),
+            Err(e) => skipped.push((f, e)),
+        }
+    }
+    if images.is_empty() {
+        return Err(Error::Invalid(format!(
+            "{}: no readable png, jpg or webp images to calibrate on",
+            dir.display()
+        )));
+    }
+    Ok((images, skipped))
+}
+
+impl Patch {
+    /// The patch of `img` as a network input: C4HW with one channel group, pixel i's lanes at
+    /// 4 i..4 i + 4.
+    fn input(&self, img: &Rgb32FImage) -> Vec<f32> {
+        let (w, h) = self.size;
+        let mut c4 = vec![0f32; h * w * 4];
+        for (i, px) in c4.chunks_mut(4).enumerate() {
+            let v = img.get_pixel((self.x + i % w) as u32, (self.y + i / w) as u32);
+            px[..3].copy_from_slice(&v.0);
+        }
+        c4
+    }
 }
 
 /// Up to [`PATCHES_PER_IMAGE`] patches of [`PATCH`] pixels spread evenly over an image.
@@ -216,4 +237,320 @@ pub fn calibrate_refqsr(
     let modes = crate::quant::Mode::parse_list(REFQSR_MODES)?;
     let prepared = crate::quant::prepare(graph.clone());
     crate::refqsr::fit::fit(&ctx, &prepared, calib, &images, &modes, progress)
+}
+
+/// The `format` tag of sensitivity reports.
+pub const REPORT_FORMAT: &str = "refqsr-sensitivity-1";
+
+/// Bit-widths the sensitivity report runs each layer at (weights and activations alike).
+pub const REPORT_BITS: [u32; 3] = [8, 6, 4];
+
+/// The least PSNR against the fp32 output a layer may cost alone: a layer below it at some
+/// bit-width is kept at the next one that passes. 45 dB is about the float model's own
+/// error on smooth photos (PSNR-Y 40-45 dB on the held-out set), so one layer alone never
+/// costs more than the model's own error. On SPAN x4 it keeps block_1's second conv (whose
+/// input reaches 77 and whose 6-bit weights alone leave 7 dB) at 8-bit weights, and a few
+/// 4-bit layers at 6 bits.
+pub const FLOOR_DB: f64 = 45.0;
+
+/// The fewest of [`REPORT_BITS`] at which `psnr` (per bit-width) stays at [`FLOOR_DB`] or
+/// more, and at every wider one: 8 when none does.
+fn floor_of(psnr: &BTreeMap<u32, f64>) -> u32 {
+    let mut floor = 8;
+    let mut bits: Vec<u32> = REPORT_BITS.to_vec();
+    bits.sort_unstable_by(|a, b| b.cmp(a));
+    for b in bits {
+        match psnr.get(&b) {
+            Some(&p) if p >= FLOOR_DB => floor = b,
+            _ => break,
+        }
+    }
+    floor
+}
+
+/// How much each quantized layer costs the output: what to keep at higher precision, where
+/// per-channel bounds pay, and what the mode-wide figures of `eval` are made of.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Sensitivity {
+    pub format: String,
+    pub model: String,
+    pub images: usize,
+    pub patches: usize,
+    /// PSNR (dB) of the output against the fp32 model's, every body layer at wXaX.
+    pub all: BTreeMap<u32, f64>,
+    pub layers: Vec<LayerSensitivity>,
+}
+
+/// One body convolution in a [`Sensitivity`] report.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LayerSensitivity {
+    pub name: String,
+    pub in_ch: usize,
+    /// PSNR (dB) against the fp32 output with only this layer's input quantized to X bits
+    /// (in integers, its weights at 8 bits).
+    pub activations: BTreeMap<u32, f64>,
+    /// The same with only its weights quantized to X bits (fake-quantized, float input).
+    pub weights_only: BTreeMap<u32, f64>,
+    /// The fewest bits (weights, input) that keep this layer alone at [`FLOOR_DB`] or more:
+    /// what the calibration's per-layer spec records.
+    pub floor: [u32; 2],
+    /// The input's range on the calibration images, and its calibrated bounds per bit-width.
+    pub min: f32,
+    pub max: f32,
+    pub bounds: BTreeMap<u32, [f32; 2]>,
+    /// The widest input channel's largest magnitude over the median channel's: where it is
+    /// large, one per-tensor step is coarse for most channels and per-channel bounds pay.
+    pub channel_spread: f32,
+    /// Share of the input values outside the 8-bit bounds (clipped at w8a8).
+    pub clipped_8: f64,
+}
+
+/// The sensitivity of every body layer of `graph` (calibrated by `calib`) on at most
+/// `max_patches` patches of the images under `dir`; `progress(done, total)` per model run.
+pub fn sensitivity(
+    ctx: Arc<Context>,
+    graph: &Graph,
+    calib: &Calibration,
+    dir: &Path,
+    max_patches: usize,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Sensitivity> {
+    use crate::quant::{int_layers, Bounds, Mode};
+    let (images, _) = load_images(dir)?;
+    let all: Vec<Patch> = images
+        .iter()
+        .enumerate()
+        .flat_map(|(i, (_, img))| grid(i, img.width() as usize, img.height() as usize))
+        .collect();
+    // evenly spread over the images
+    let step = all.len().div_ceil(max_patches.max(1));
+    let patches: Vec<&Patch> = all.iter().step_by(step.max(1)).collect();
+    let inputs: Vec<Vec<f32>> = patches
+        .iter()
+        .map(|p| p.input(&images[p.image].1))
+        .collect();
+    let graph = crate::quant::prepare(graph.clone());
+    let body = calib::body_convs(&graph);
+    let runs = 1 + (1 + 2 * body.len()) * REPORT_BITS.len();
+    let mut done = 0;
+    progress(0, runs);
+
+    // Every patch through `model`; `visit` sees the plan after each run.
+    let mut outputs = |model: &GpuModel,
+                       keep: &[ValueId],
+                       visit: &mut dyn FnMut(&Plan, &Patch) -> Result<()>|
+     -> Result<Vec<Vec<f32>>> {
+        let mut plans: Vec<((usize, usize), Plan)> = Vec::new();
+        let mut out = Vec::new();
+        for (p, x) in patches.iter().zip(&inputs) {
+            if !plans.iter().any(|(s, _)| *s == p.size) {
+                plans.push((p.size, model.plan_keeping(1, p.size.1, p.size.0, keep)?));
+            }
+            let plan = &plans.iter().find(|(s, _)| *s == p.size).expect("planned").1;
+            out.push(plan.run(x)?);
+            visit(plan, p)?;
+        }
+        done += 1;
+        progress(done, runs);
+        Ok(out)
+    };
+
+    // fp32 reference, with each body layer's input statistics
+    let keep: Vec<ValueId> = body.iter().map(|&j| graph.nodes[j].inputs[0]).collect();
+    let channels: Vec<usize> = keep.iter().map(|&v| graph.values[v].channels).collect();
+    let mut absmax: Vec<Vec<f32>> = channels.iter().map(|&c| vec![0f32; c]).collect();
+    let mut clipped = vec![(0u64, 0u64); body.len()];
+    let model = GpuModel::new(ctx.clone(), graph.clone())?;
+    let reference = outputs(&model, &keep, &mut |plan, p| {
+        let plane = p.size.0 * p.size.1;
+        for (l, &v) in keep.iter().enumerate() {
+            let [a, b] = calib.layers[l].bounds[&8];
+            for (i, &x) in plan.read_value(v)?.iter().enumerate() {
+                let c = (i / 4 / plane) * 4 + i % 4;
+                if c < channels[l] {
+                    absmax[l][c] = absmax[l][c].max(x.abs());
+                    clipped[l].0 += u64::from(x < a || x > b);
+                    clipped[l].1 += 1;
+                }
+            }
+        }
+        Ok(())
+    })?;
+    drop(model);
+    let psnr = |got: &[Vec<f32>]| -> f64 {
+        let (mut se, mut n) = (0f64, 0usize);
+        for (g, r) in got.iter().zip(&reference) {
+            // C4HW with 3 channels: lane 3 of each pixel is padding
+            for (i, (a, b)) in g.iter().zip(r).enumerate() {
+                if i % 4 < 3 {
+                    se += ((a - b) as f64).powi(2);
+                    n += 1;
+                }
+            }
+        }
+        let mse = se / n.max(1) as f64;
+        if mse == 0.0 {
+            f64::INFINITY
+        } else {
+            10.0 * (1.0 / mse).log10()
+        }
+    };
+    let mut none = |_: &Plan, _: &Patch| Ok(());
+
+    let mut report_all = BTreeMap::new();
+    let mut layers: Vec<LayerSensitivity> = body
+        .iter()
+        .enumerate()
+        .map(|(l, &j)| {
+            let mut sorted = absmax[l].clone();
+            sorted.sort_by(f32::total_cmp);
+            let median = sorted[sorted.len() / 2].max(f32::MIN_POSITIVE);
+            let lb = &calib.layers[l];
+            LayerSensitivity {
+                name: graph.nodes[j].name.clone(),
+                in_ch: channels[l],
+                activations: BTreeMap::new(),
+                weights_only: BTreeMap::new(),
+                floor: [8, 8],
+                min: lb.min,
+                max: lb.max,
+                bounds: REPORT_BITS.iter().map(|b| (*b, lb.bounds[b])).collect(),
+                channel_spread: sorted.last().copied().unwrap_or(0.0) / median,
+                clipped_8: clipped[l].0 as f64 / clipped[l].1.max(1) as f64,
+            }
+        })
+        .collect();
+    for bits in REPORT_BITS {
+        let mode = Mode::Uniform { w: bits, a: bits };
+        let int = int_layers(&graph, mode, calib, Bounds::Searched);
+        let model = GpuModel::quantized(ctx.clone(), graph.clone(), int)?;
+        report_all.insert(bits, psnr(&outputs(&model, &[], &mut none)?));
+        // the mode's spec without floors: what each layer costs at these bits
+        let mut bare = calib.clone();
+        bare.layers.iter_mut().for_each(|l| l.floor = None);
+        for (l, &j) in body.iter().enumerate() {
+            // its input alone at `bits`: the integer layer with 8-bit weights
+            let Op::Conv(c) = &graph.nodes[j].op else {
+                unreachable!("body_convs lists convolutions")
+            };
+            let wq = calib::searched_weight_quantizers(&c.weights, c.out_ch, 8);
+            let c8 = calib::correct_bias(c, &wq, &calib.layers[l].mean);
+            let one = [(
+                j,
+                crate::kernels::int_conv::PackedIntConv::with_quantizers(
+                    &c8,
+                    &wq,
+                    bare.quantizer(l, bits, Bounds::Searched),
+                ),
+            )];
+            let model = GpuModel::quantized(ctx.clone(), graph.clone(), one.into())?;
+            layers[l]
+                .activations
+                .insert(bits, psnr(&outputs(&model, &[], &mut none)?));
+            // weights alone: the float layer with fake-quantized, bias-corrected weights
+            let mut g = graph.clone();
+            if let Op::Conv(c) = &mut g.nodes[j].op {
+                let wq = calib::searched_weight_quantizers(&c.weights, c.out_ch, bits);
+                let mut q = calib::correct_bias(c, &wq, &calib.layers[l].mean);
+                let per = c.weights.len() / c.out_ch;
+                for (i, w) in q.weights.iter_mut().enumerate() {
+                    *w = wq[i / per].quantize(*w);
+                }
+                *c = q;
+            }
+            let model = GpuModel::new(ctx.clone(), g)?;
+            layers[l]
+                .weights_only
+                .insert(bits, psnr(&outputs(&model, &[], &mut none)?));
+        }
+    }
+    for l in &mut layers {
+        l.floor = [floor_of(&l.weights_only), floor_of(&l.activations)];
+    }
+    Ok(Sensitivity {
+        format: REPORT_FORMAT.into(),
+        model: graph.name.clone(),
+        images: images.len(),
+        patches: patches.len(),
+        all: report_all,
+        layers,
+    })
+}
+
+impl Sensitivity {
+    /// A markdown table: one row per layer, the PSNR against fp32 at each bit-width.
+    pub fn markdown(&self) -> String {
+        let bits = |f: &dyn Fn(u32) -> String| {
+            REPORT_BITS
+                .iter()
+                .map(|&b| f(b))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        };
+        let n = REPORT_BITS.len();
+        let mut t = format!(
+            "| layer | in | {} | {} | floor (w, a) | range | channel spread | clipped at 8 bits |\n|---|---|{}---|---|---|---|\n",
+            bits(&|b| format!("a{b} dB")),
+            bits(&|b| format!("w{b} dB")),
+            "---|".repeat(2 * n),
+        );
+        let db = |x: Option<&f64>| x.map_or("-".into(), |v| format!("{v:.2}"));
+        t += &format!(
+            "| all (wXaX) | - | {} | {} | - | - | - | - |\n",
+            bits(&|b| db(self.all.get(&b))),
+            bits(&|_| "-".into())
+        );
+        for l in &self.layers {
+            t += &format!(
+                "| {} | {} | {} | {} | {}, {} | [{:.3}, {:.3}] | {:.1} | {:.4}% |\n",
+                l.name,
+                l.in_ch,
+                bits(&|b| db(l.activations.get(&b))),
+                bits(&|b| db(l.weights_only.get(&b))),
+                l.floor[0],
+                l.floor[1],
+                l.min,
+                l.max,
+                l.channel_spread,
+                100.0 * l.clipped_8
+            );
+        }
+        t
+    }
+
+    /// Record each layer's floor in `calib` (the per-layer spec). A part that passed at the
+    /// narrowest bits measured constrains nothing (floor 2); a layer with no constraint gets
+    /// no floor.
+    pub fn apply(&self, calib: &mut Calibration) {
+        let narrowest = REPORT_BITS.iter().copied().min().unwrap_or(8);
+        let lowest = *calib::BITS.start();
+        for (c, l) in calib.layers.iter_mut().zip(&self.layers) {
+            let f = l.floor.map(|b| if b == narrowest { lowest } else { b });
+            c.floor = (f != [lowest; 2]).then_some(f);
+        }
+    }
+
+    /// Write as pretty JSON, atomically.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let text = serde_json::to_string_pretty(self).expect("report serializes");
+        crate::imageio::atomic_write(path, |w| {
+            std::io::Write::write_all(w, text.as_bytes()).map_err(|e| Error::io(path, e))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_floor_is_the_fewest_bits_from_which_every_wider_width_passes() {
+        let m = |v: [f64; 3]| -> BTreeMap<u32, f64> { [8, 6, 4].into_iter().zip(v).collect() };
+        assert_eq!(floor_of(&m([60.0, 50.0, 46.0])), 4);
+        assert_eq!(floor_of(&m([60.0, 50.0, 30.0])), 6);
+        assert_eq!(floor_of(&m([56.0, 7.0, 0.5])), 8);
+        // a narrow width that passes does not count past a wider one that fails
+        assert_eq!(floor_of(&m([60.0, 40.0, 50.0])), 8);
+        assert_eq!(floor_of(&m([40.0, 60.0, 60.0])), 8);
+    }
 }

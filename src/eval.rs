@@ -9,8 +9,8 @@ use image::imageops::{self, FilterType};
 
 use crate::error::{Error, Result};
 use crate::gpu::Context;
-use crate::metrics::{luma, psnr, ssim};
-use crate::quant::{cost, Bounds, Mode};
+use crate::metrics::{luma, psnr, psnr_split, ssim};
+use crate::quant::{Bounds, Mode};
 use crate::refqsr::Ablation;
 use crate::upscaler::load_graph;
 use crate::{Options, Upscaler};
@@ -35,13 +35,26 @@ pub struct Row {
     pub ref_share: Option<f64>,
     /// RefQSR: ClustBlock's own 10^9 BitOPs per image.
     pub clust_bitops_g: Option<f64>,
+    /// PSNR-Y of each image, in file order (the names are [`Report::images`]).
+    pub per_image: Vec<f64>,
+    /// The largest per-image PSNR-Y loss against fp32, and on which image (when fp32 ran).
+    pub worst_vs_fp32: Option<(f64, String)>,
+    /// Mean over the images of PSNR-Y on a [`SEAM_BAND`]-pixel band along the borders of
+    /// RefQSR's patch grid minus PSNR-Y on the rest: patch seams show as a negative figure
+    /// in RefQSR modes beyond what the same band costs w8a8.
+    pub seam_db: f64,
 }
+
+/// Width (output pixels) of the band along RefQSR's patch borders that [`Row::seam_db`]
+/// scores: half on each side of a border.
+pub const SEAM_BAND: usize = 4;
 
 /// One mode on one image (summed over images, then divided).
 #[derive(Debug, Clone, Copy, Default)]
 struct Score {
     psnr: f64,
     ssim: f64,
+    seam: f64,
     bitops: f64,
     bitops_body: f64,
     fqr: f64,
@@ -53,6 +66,7 @@ impl std::ops::AddAssign for Score {
     fn add_assign(&mut self, o: Score) {
         self.psnr += o.psnr;
         self.ssim += o.ssim;
+        self.seam += o.seam;
         self.bitops += o.bitops;
         self.bitops_body += o.bitops_body;
         self.fqr += o.fqr;
@@ -72,6 +86,8 @@ pub struct Report {
     pub scale: u32,
     /// The adapter and driver.
     pub adapter: String,
+    /// The images scored, in order (file names).
+    pub images: Vec<String>,
 }
 
 /// Evaluate every mode (integer modes once per entry of `bounds`) on every image under
@@ -124,13 +140,21 @@ pub fn evaluate(
     }
     let s = graph.scale();
     let mut sums = vec![Score::default(); ups.len()];
-    let (mut images, mut skipped) = (0usize, Vec::new());
+    let mut per_image: Vec<Vec<f64>> = vec![Vec::new(); ups.len()];
+    let (mut images, mut skipped, mut names) = (0usize, Vec::new(), Vec::new());
     progress(0, files.len());
     for (i, path) in files.iter().enumerate() {
         match score(&ups, path, s) {
             Ok(scores) => {
                 images += 1;
-                for (acc, sc) in sums.iter_mut().zip(scores) {
+                names.push(
+                    path.strip_prefix(hr_dir)
+                        .unwrap_or(path)
+                        .to_string_lossy()
+                        .into_owned(),
+                );
+                for ((acc, each), sc) in sums.iter_mut().zip(&mut per_image).zip(scores) {
+                    each.push(sc.psnr);
                     *acc += sc;
                 }
             }
@@ -145,10 +169,20 @@ pub fn evaluate(
         )));
     }
     let n = images as f64;
+    let fp32 = variants.iter().position(|v| v.0 == Mode::Fp32);
+    let worst = |each: &[f64]| {
+        let f = &per_image[fp32?];
+        f.iter()
+            .zip(each)
+            .zip(&names)
+            .map(|((a, b), name)| (a - b, name.clone()))
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+    };
     let rows = variants
         .iter()
         .zip(sums)
-        .map(|(&(mode, bounds, ablation), sum)| Row {
+        .zip(&per_image)
+        .map(|((&(mode, bounds, ablation), sum), each)| Row {
             mode,
             bounds,
             ablation,
@@ -160,6 +194,9 @@ pub fn evaluate(
             bitops_body_g: sum.bitops_body / n,
             fqr: sum.fqr / n,
             images,
+            worst_vs_fp32: worst(each),
+            per_image: each.clone(),
+            seam_db: sum.seam / n,
         })
         .collect();
     Ok(Report {
@@ -169,6 +206,7 @@ pub fn evaluate(
         model: graph.name.clone(),
         scale: s,
         adapter: ctx.describe(),
+        images: names,
     })
 }
 
@@ -183,6 +221,7 @@ fn score(ups: &[Upscaler], path: &Path, s: u32) -> Result<Vec<Score>> {
     let lr = imageops::resize(&hr, w / s, h / s, FilterType::CatmullRom);
     let shave = s as usize;
     let hr_y = luma(&hr).shave(shave);
+    let in_band = seam_band(((w / s) as usize, (h / s) as usize), s as usize, shave);
     ups.iter()
         .map(|up| {
             let sr = up.upscale_rgb(&lr, &mut |_, _| {}).map_err(|e| match e {
@@ -200,11 +239,17 @@ fn score(ups: &[Upscaler], path: &Path, s: u32) -> Result<Vec<Score>> {
                     r.clust_bitops_g,
                 ),
                 None => {
-                    let c = cost(up.graph(), up.mode(), lw, lh).expect("cost of a uniform mode");
+                    let c = up.cost(lw, lh).expect("cost of a uniform mode");
                     (c.bitops_g, c.bitops_body_g, c.fqr, 1.0, 0.0)
                 }
             };
+            let (band, rest) = psnr_split(&sr_y, &hr_y, &in_band);
             Ok(Score {
+                seam: if band.is_finite() && rest.is_finite() {
+                    band - rest
+                } else {
+                    0.0
+                },
                 psnr: psnr(&sr_y, &hr_y),
                 ssim: ssim(&sr_y, &hr_y),
                 bitops,
@@ -217,20 +262,59 @@ fn score(ups: &[Upscaler], path: &Path, s: u32) -> Result<Vec<Score>> {
         .collect()
 }
 
+/// Whether output pixel (x, y) of the shaved plane lies in the [`SEAM_BAND`] along the inner
+/// borders of RefQSR's patch grid over an `lr` (width, height) input at `scale`.
+fn seam_band(lr: (usize, usize), scale: usize, shave: usize) -> impl Fn(usize, usize) -> bool {
+    use crate::refqsr::{HALO, PATCH};
+    let grid = crate::tile::Grid::new(lr.0, lr.1, PATCH, HALO, 0);
+    let borders = |spans: Vec<usize>| -> Vec<usize> {
+        let mut b: Vec<usize> = spans.into_iter().filter(|&e| e > 0).collect();
+        b.sort_unstable();
+        b.dedup();
+        b.into_iter().map(|e| e * scale).collect()
+    };
+    let (len_x, len_y) = (lr.0 * scale, lr.1 * scale);
+    let xs = borders(
+        grid.tiles
+            .iter()
+            .map(|t| t.x.core.1)
+            .filter(|&e| e * scale < len_x)
+            .collect(),
+    );
+    let ys = borders(
+        grid.tiles
+            .iter()
+            .map(|t| t.y.core.1)
+            .filter(|&e| e * scale < len_y)
+            .collect(),
+    );
+    let half = SEAM_BAND / 2;
+    move |x: usize, y: usize| {
+        let near =
+            |v: usize, borders: &[usize]| borders.iter().any(|&b| v + half >= b && v < b + half);
+        near(x + shave, &xs) || near(y + shave, &ys)
+    }
+}
+
 /// The table in the shape of the paper's Table 2 (RefQSR rows add their reference share and
 /// ClustBlock's BitOPs, and the Table 5 ablations).
 pub fn markdown(rows: &[Row], scale: u32) -> String {
-    let mut t = format!("| mode (x{scale}) | bounds | PSNR-Y (dB) | SSIM-Y | BitOPs (G) | body BitOPs (G) | FQR | references | clustering BitOPs (G) | images |\n|---|---|---|---|---|---|---|---|---|---|\n");
+    let mut t = format!("| mode (x{scale}) | bounds | PSNR-Y (dB) | worst image vs fp32 (dB) | border band - rest (dB) | SSIM-Y | BitOPs (G) | body BitOPs (G) | FQR | references | clustering BitOPs (G) | images |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for r in rows {
         let mode = match r.ablation {
             Some(a) => format!("{} {}", r.mode, a.name()),
             None => r.mode.to_string(),
         };
         t += &format!(
-            "| {} | {} | {:.3} | {:.4} | {:.1} | {:.2} | {:.2} | {} | {} | {} |\n",
+            "| {} | {} | {:.3} | {} | {:.3} | {:.4} | {:.1} | {:.2} | {:.2} | {} | {} | {} |\n",
             mode,
             r.bounds.map_or("-".into(), |b| b.to_string()),
             r.psnr_y,
+            match &r.worst_vs_fp32 {
+                Some((d, name)) if r.mode != Mode::Fp32 => format!("{:.3} ({name})", -d),
+                _ => "-".into(),
+            },
+            r.seam_db,
             r.ssim_y,
             r.bitops_g,
             r.bitops_body_g,
@@ -242,4 +326,40 @@ pub fn markdown(rows: &[Row], scale: u32) -> String {
         );
     }
     t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_seam_band_follows_the_patch_borders() {
+        // 150 LR pixels in 48-pixel patches with a 3-pixel halo: 54-pixel windows, edge
+        // cores of 51 and an inner one of 48 (51 + 48 + 51), so inner borders at LR 51 and
+        // 99, output 204 and 396
+        let (lr, s, shave) = ((150, 150), 4, 4);
+        let band = seam_band(lr, s, shave);
+        let side = lr.0 * s - 2 * shave;
+        let columns: Vec<usize> = (0..side)
+            .filter(|&x| band(x, 0) && band(x, side - 1))
+            .collect();
+        // a column in the band is in it at every row; each border gives SEAM_BAND columns
+        for &x in &columns {
+            assert!((0..side).all(|y| band(x, y)));
+        }
+        let half = SEAM_BAND / 2;
+        let want: Vec<usize> = [204, 396]
+            .iter()
+            .flat_map(|b| b - half - shave..b + half - shave)
+            .collect();
+        assert_eq!(columns, want);
+        // same along y, by symmetry of the grid
+        let rows: Vec<usize> = (0..side)
+            .filter(|&y| band(0, y) && band(side - 1, y))
+            .collect();
+        assert_eq!(rows, want);
+        // one patch: no inner border, no band
+        let one = seam_band((40, 30), s, shave);
+        assert!((0..150).all(|x| (0..110).all(|y| !one(x, y))));
+    }
 }

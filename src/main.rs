@@ -99,6 +99,18 @@ enum Command {
         /// Keep the existing calibration (the output file) and fit only RefQSR's parameters.
         #[arg(long)]
         refqsr_only: bool,
+        /// Also write a sensitivity report (JSON; a table on stderr): for every quantized
+        /// layer, the output's PSNR against fp32 with only its input, or only its weights,
+        /// quantized at 8, 6 and 4 bits, and its input's range statistics. The precision
+        /// floors it derives (the per-layer spec) are written into the calibration file.
+        #[arg(long, value_name = "FILE.json")]
+        report: Option<PathBuf>,
+        /// With --report: keep the existing calibration and fit nothing, only report.
+        #[arg(long, requires = "report")]
+        report_only: bool,
+        /// Patches the report runs on, spread over the images.
+        #[arg(long, default_value_t = 24)]
+        report_patches: usize,
     },
     /// List the GPU adapters wgpu can see.
     Adapters,
@@ -231,10 +243,14 @@ fn main() -> ExitCode {
             output,
             adapter,
             refqsr_only,
+            report,
+            report_only,
+            report_patches,
         } => calibrate(
             &images,
             output,
-            refqsr_only,
+            refqsr_only || report_only,
+            report.map(|r| (r, report_only, report_patches)),
             Options {
                 model,
                 scale,
@@ -478,11 +494,21 @@ fn eval(
                     "ablation": r.ablation.map(|a| a.name()),
                     "reference_share": r.ref_share,
                     "clustering_bitops_g": r.clust_bitops_g,
+                    "seam_db": r.seam_db,
+                    "worst_vs_fp32_db": r.worst_vs_fp32.as_ref().map(|w| -w.0),
+                    "worst_image": r.worst_vs_fp32.as_ref().map(|w| &w.1),
+                    "per_image_psnr_y": r.per_image,
                 })
             })
             .collect();
-        let text = serde_json::to_string_pretty(&serde_json::json!({ "rows": rows }))
-            .expect("JSON of plain values");
+        let text = serde_json::to_string_pretty(&serde_json::json!({
+            "model": report.model,
+            "scale": report.scale,
+            "adapter": report.adapter,
+            "images": report.images,
+            "rows": rows,
+        }))
+        .expect("JSON of plain values");
         std::fs::write(path, text).map_err(|e| refqsr::Error::io(path, e))?;
     }
     Ok(if report.skipped.is_empty() {
@@ -496,6 +522,7 @@ fn calibrate(
     images: &Path,
     output: Option<PathBuf>,
     refqsr_only: bool,
+    report: Option<(PathBuf, bool, usize)>,
     opts: Options,
 ) -> refqsr::Result<ExitCode> {
     if !images.is_dir() {
@@ -513,7 +540,7 @@ fn calibrate(
     let ctx = refqsr::gpu::Context::new(opts.adapter.as_deref())?;
     eprintln!("refqsr: calibrating {} on {}", graph.name, ctx.describe());
     let mut skipped = 0;
-    let calibration = if refqsr_only {
+    let mut calibration = if refqsr_only {
         let prepared = refqsr::quant::prepare(graph.clone());
         refqsr::quant::Calibration::load(&output, &prepared)?
     } else {
@@ -537,6 +564,39 @@ fn calibrate(
         );
         out.calibration
     };
+    if let Some((path, only, patches)) = report {
+        let b = bar(
+            0,
+            "{spinner} [{bar:30}] {pos}/{len} sensitivity runs {elapsed}",
+        );
+        let r = refqsr::calibrate::sensitivity(
+            ctx.clone(),
+            &graph,
+            &calibration,
+            images,
+            patches,
+            &mut |done, total| {
+                b.set_length(total as u64);
+                b.set_position(done as u64);
+            },
+        )?;
+        b.finish_and_clear();
+        r.save(&path)?;
+        r.apply(&mut calibration);
+        calibration.save(&output)?;
+        eprintln!(
+            "refqsr: sensitivity of {} layers on {} patches of {} images (PSNR against the fp32 output); wrote {}, and the floors to {}\n{}",
+            r.layers.len(),
+            r.patches,
+            r.images,
+            path.display(),
+            output.display(),
+            r.markdown()
+        );
+        if only {
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
     let b = bar(0, "{spinner} [{bar:30}] {pos}/{len} RefQSR modes {elapsed}");
     let (params, fits) = refqsr::calibrate::calibrate_refqsr(
         ctx,

@@ -68,6 +68,29 @@ pub fn psnr(a: &Plane, b: &Plane) -> f64 {
     10.0 * (255.0 * 255.0 / mse).log10()
 }
 
+/// PSNR in dB of the pixels `inside` selects, and of the others (`NaN` where a side is empty).
+pub fn psnr_split(a: &Plane, b: &Plane, inside: &dyn Fn(usize, usize) -> bool) -> (f64, f64) {
+    assert_eq!(
+        (a.width, a.height),
+        (b.width, b.height),
+        "PSNR of differently sized planes"
+    );
+    let mut se = [(0f64, 0usize); 2];
+    for (i, (x, y)) in a.data.iter().zip(&b.data).enumerate() {
+        let side = usize::from(!inside(i % a.width, i / a.width));
+        se[side].0 += (x - y) * (x - y);
+        se[side].1 += 1;
+    }
+    let db = |(s, n): (f64, usize)| {
+        if n == 0 {
+            f64::NAN
+        } else {
+            10.0 * (255.0 * 255.0 / (s / n as f64)).log10()
+        }
+    };
+    (db(se[0]), db(se[1]))
+}
+
 /// SSIM with an 11x11 Gaussian window (sigma 1.5), constants (0.01 * 255)^2 and
 /// (0.03 * 255)^2, averaged over the positions where the window fits (Wang et al. 2004, as
 /// MATLAB, BasicSR and scikit-image with `gaussian_weights=True` compute it).
@@ -119,6 +142,32 @@ pub fn ssim(a: &Plane, b: &Plane) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn split_psnr_scores_each_side_alone() {
+        // errors of 1 level on the left half and 4 levels on the right half: 48.13 and
+        // 36.09 dB by the definition, and the whole plane in between
+        let (w, h) = (8usize, 4usize);
+        let a = Plane {
+            width: w,
+            height: h,
+            data: vec![100.0; w * h],
+        };
+        let b = Plane {
+            data: (0..w * h)
+                .map(|i| if i % w < 4 { 101.0 } else { 96.0 })
+                .collect(),
+            ..a.clone()
+        };
+        let (left, right) = psnr_split(&a, &b, &|x, _| x < 4);
+        assert!((left - 48.1308).abs() < 1e-3, "{left}");
+        assert!((right - 36.0902).abs() < 1e-3, "{right}");
+        let whole = psnr(&a, &b);
+        assert!(right < whole && whole < left);
+        let (all, none) = psnr_split(&a, &b, &|_, _| true);
+        assert_eq!(all, whole);
+        assert!(none.is_nan());
+    }
 
     fn synthetic() -> (Plane, Plane) {
         let (w, h) = (40usize, 32usize);

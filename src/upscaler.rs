@@ -126,6 +126,9 @@ pub struct Upscaler {
     notes: Mutex<Vec<String>>,
     /// The RefQSR engine in RefQSR modes (`model` is then its reference model).
     refqsr: Option<Box<RefQsr>>,
+    /// Each body layer's precision floor from the calibration (empty in fp32): with the
+    /// mode's bits, the per-layer spec that runs and that [`Upscaler::cost`] counts.
+    floors: Vec<[u32; 2]>,
 }
 
 /// Resolve a model: the shipped one for `scale`, or the files at `path`.
@@ -276,9 +279,11 @@ impl Upscaler {
         let tile = opts.tile.or(refqsr_mode.then_some(crate::refqsr::PATCH));
         let mut fallback = None;
         let mut refqsr = None;
+        let mut floors = Vec::new();
         let model = if mode.is_integer() {
             let graph = crate::quant::prepare(graph);
             let calib = load_calibration(opts, &graph)?;
+            floors = calib.spec(0, 0);
             match crate::kernels::int_conv::self_check(&ctx) {
                 Ok(()) => {
                     // RefQSR's reference body is the uniform high-precision model
@@ -308,6 +313,7 @@ impl Upscaler {
                         ctx.info.name
                     ));
                     mode = Mode::Fp32;
+                    floors.clear();
                     GpuModel::new(ctx, graph)?
                 }
             }
@@ -325,6 +331,7 @@ impl Upscaler {
             plans: Mutex::new(HashMap::new()),
             notes: Mutex::new(Vec::new()),
             refqsr,
+            floors,
         })
     }
 
@@ -350,6 +357,12 @@ impl Upscaler {
 
     pub fn graph(&self) -> &Graph {
         &self.model.graph
+    }
+
+    /// BitOPs and FQR of a uniform mode's per-layer spec on a `width` x `height` input
+    /// (`None` in RefQSR modes, whose cost depends on the references each image gets).
+    pub fn cost(&self, width: usize, height: usize) -> Option<crate::quant::Cost> {
+        crate::quant::accounting::cost_with(self.graph(), self.mode, &self.floors, width, height)
     }
 
     pub fn scale(&self) -> u32 {

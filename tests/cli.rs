@@ -247,9 +247,15 @@ fn eval_reports_the_paper_metrics() {
     // w8a8 stays close to fp32 and clearly above w4a4; the integer rows count integer BitOPs
     assert!(p(1) > p(0) - 1.0 && p(1) > p(3) && p(2) > p(4), "{rows:?}");
     assert_eq!(rows[1]["fqr"], 8.0);
-    assert_eq!(rows[3]["fqr"], 4.0);
+    // w4a4 runs the shipped per-layer spec: some layers kept at 6 or 8 bits (their floors)
+    let fqr = rows[3]["fqr"].as_f64().unwrap();
+    assert!((4.0..8.0).contains(&fqr), "{fqr}");
     let body = |i: usize| rows[i]["bitops_body_g"].as_f64().unwrap();
-    assert!((body(0) / body(1) - 16.0).abs() < 1e-9 && (body(1) / body(3) - 4.0).abs() < 1e-9);
+    assert!((body(0) / body(1) - 16.0).abs() < 1e-9, "{rows:?}");
+    assert!(
+        body(1) / body(3) > 1.0 && body(1) / body(3) <= 4.0,
+        "{rows:?}"
+    );
 
     let out = refqsr()
         .args(["eval", "--hr", "hr", "--modes", "fp32,fp16"])
@@ -346,6 +352,85 @@ fn calibrate_then_upscale_any_model_in_integer_modes() {
         let img = image::open(d.join("out.png")).unwrap();
         assert_eq!((img.width(), img.height()), (96, 80));
     }
+
+    // The sensitivity report on the calibration just written: its all-layers w8a8 figure
+    // must be what the two upscales measure against each other (8-bit PNGs here, float
+    // outputs there: within rounding), and it must order the bit-widths as quantization does.
+    let out = refqsr()
+        .args([
+            "calibrate",
+            "-m",
+            "m.param",
+            "--images",
+            "cal",
+            "--report",
+            "r.json",
+        ])
+        .args(["--report-only", "--report-patches", "1"])
+        .current_dir(&d)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("| all (wXaX) |"), "{stderr}");
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("r.json")).unwrap()).unwrap();
+    assert_eq!(r["format"], "refqsr-sensitivity-1");
+    let layers = r["layers"].as_array().unwrap();
+    let calib: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("m.calib.json")).unwrap()).unwrap();
+    assert_eq!(layers.len(), calib["layers"].as_array().unwrap().len());
+    let db = |v: &serde_json::Value, bits: &str| v[bits].as_f64().unwrap_or(f64::INFINITY);
+    for l in layers {
+        for part in ["activations", "weights_only"] {
+            assert!(db(&l[part], "8") > db(&l[part], "4"), "{part}: {l}");
+            // every layer with both parts quantized costs more than one part of one layer
+            for bits in ["8", "6", "4"] {
+                assert!(
+                    db(&r["all"], bits) <= db(&l[part], bits) + 0.5,
+                    "{bits}: {l}"
+                );
+            }
+        }
+    }
+    // the floors land in the calibration the upscales below read
+    let calib: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("m.calib.json")).unwrap()).unwrap();
+    let floors = calib["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l.get("floor").is_some())
+        .count();
+    let wanted = layers
+        .iter()
+        .filter(|l| l["floor"] != serde_json::json!([4, 4]))
+        .count();
+    assert_eq!(floors, wanted);
+    let rgb = |mode: &str| {
+        let _ = std::fs::remove_file(d.join("out.png"));
+        let _ = std::fs::copy(d.join("cal/a.png"), d.join("in.png"));
+        assert!(upscale(mode, &[]).status.success());
+        image::open(d.join("out.png")).unwrap().to_rgb8().into_raw()
+    };
+    let (q, f) = (rgb("w8a8"), rgb("fp32"));
+    let mse = q
+        .iter()
+        .zip(&f)
+        .map(|(&a, &b)| (a as f64 - b as f64).powi(2))
+        .sum::<f64>()
+        / q.len() as f64;
+    let measured = 10.0 * (255.0f64 * 255.0 / mse).log10();
+    let reported = db(&r["all"], "8");
+    // each 8-bit PNG adds an independent rounding error of variance 1/12 level^2
+    let levels2 = 255.0f64 * 255.0 * 10f64.powf(-reported / 10.0);
+    let expected = 10.0 * (255.0f64 * 255.0 / (levels2 + 2.0 / 12.0)).log10();
+    assert!(
+        (measured - expected).abs() < 0.3,
+        "report says w8a8 is {reported:.2} dB from fp32 ({expected:.2} dB after two 8-bit \
+         roundings), the upscales measure {measured:.2}"
+    );
+    small_photo(&d.join("in.png"), 24, 20);
 
     // a calibration of another model, and a damaged one: clear errors naming the file
     std::fs::write(

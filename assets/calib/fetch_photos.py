@@ -42,6 +42,8 @@ SKIMAGE_PHOTOS = [
 # the shipped evaluation photos (assets/images): never used to calibrate
 SHIPPED_EVAL = {"astronaut.png", "chelsea.png", "coffee.png"}
 IMAGE = re.compile(r"\.(jpe?g|png|webp)$", re.I)
+# luma standard deviation (of 255) below which an image is flat: nothing to upscale or learn
+MIN_STDDEV = 2.0
 # one in EVAL_EVERY goes to the held-out set
 EVAL_EVERY = 3
 
@@ -102,7 +104,7 @@ def main():
     ap.add_argument("--max-side", type=int, default=768)
     args = ap.parse_args()
     try:
-        from PIL import Image, ImageOps
+        from PIL import Image, ImageOps, ImageStat
     except ImportError:
         sys.exit("fetch_photos: needs Pillow: pip install pillow")
     for d in ("calib", "eval"):
@@ -114,7 +116,14 @@ def main():
         source = f"{package}:{inside}"
         shipped = package == SKIMAGE[0] and os.path.basename(inside) in SHIPPED_EVAL
         split = "eval" if shipped else split_of(source)
-        img = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
+        img = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
+        if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
+            # some wallpapers keep their pattern in alpha over a flat colour: show it on black
+            img = Image.alpha_composite(Image.new("RGBA", img.size, "black"), img.convert("RGBA"))
+        img = img.convert("RGB")
+        if ImageStat.Stat(img.convert("L")).stddev[0] < MIN_STDDEV:
+            print(f"fetch_photos: skipped {source}: flat (nothing to upscale)")
+            return
         scale = args.max_side / max(img.size)
         if scale < 1:
             size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))

@@ -59,11 +59,29 @@ pub fn float_convs(g: &Graph) -> HashSet<usize> {
 /// BitOPs and FQR of `mode` on a `width` x `height` input; `None` for modes whose cost depends
 /// on the image content (RefQSR: the share of reference patches).
 pub fn cost(g: &Graph, mode: Mode, width: usize, height: usize) -> Option<Cost> {
+    cost_with(g, mode, &[], width, height)
+}
+
+/// [`cost`] of the per-layer spec: body convolution `i` (in [`super::body_convs`] order)
+/// runs at the mode's bits raised to `floors[i]` (none when `floors` is empty), so layers
+/// kept at higher precision count as such.
+pub fn cost_with(
+    g: &Graph,
+    mode: Mode,
+    floors: &[[u32; 2]],
+    width: usize,
+    height: usize,
+) -> Option<Cost> {
     let (wb, ab) = match mode {
         Mode::Fp32 => (32.0, 32.0),
         Mode::Uniform { w, a } => (w as f64, a as f64),
         Mode::RefQsr { .. } => return None,
     };
+    let body_index: std::collections::HashMap<usize, usize> = super::body_convs(g)
+        .into_iter()
+        .enumerate()
+        .map(|(i, j)| (j, i))
+        .collect();
     let float = float_convs(g);
     let (mut all, mut body, mut fq_num, mut fq_den) = (0f64, 0f64, 0f64, 0f64);
     for (j, n) in g.nodes.iter().enumerate() {
@@ -74,6 +92,10 @@ pub fn cost(g: &Graph, mode: Mode, width: usize, height: usize) -> Option<Cost> 
         if float.contains(&j) {
             all += macs * 32.0 * 32.0;
         } else {
+            let (wb, ab) = match body_index.get(&j).and_then(|&i| floors.get(i)) {
+                Some(&[fw, fa]) if mode != Mode::Fp32 => (wb.max(fw as f64), ab.max(fa as f64)),
+                _ => (wb, ab),
+            };
             all += macs * wb * ab;
             body += macs * wb * ab;
             let feature = c.in_ch as f64 * pixels;

@@ -51,6 +51,11 @@ pub struct LayerBounds {
     /// Mean of each input channel: quantized weights shift every output by
     /// `sum (w_q - w) mean`, which the bias takes back (bias correction, as in DFQ).
     pub mean: Vec<f32>,
+    /// The fewest bits this layer's weights and input may take, whatever the mode asks:
+    /// the layer's part of the per-layer quantization spec, set by `calibrate --report` from
+    /// its measured sensitivity (see [`crate::calibrate::FLOOR_DB`]). Absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub floor: Option<[u32; 2]>,
 }
 
 /// How bounds are chosen: searched (the default) or plain min/max, to show what the search
@@ -139,6 +144,14 @@ impl Calibration {
                     l.mean.len()
                 )));
             }
+            if let Some(f) = l.floor.filter(|f| f.iter().any(|b| !BITS.contains(b))) {
+                return Err(bad(format!(
+                    "layer `{}` has a precision floor of {f:?} bits, outside {}..={}",
+                    l.name,
+                    BITS.start(),
+                    BITS.end()
+                )));
+            }
             if let Some(b) = BITS.clone().find(|b| !l.bounds.contains_key(b)) {
                 return Err(bad(format!(
                     "layer `{}` has no bounds for {b} bits",
@@ -163,6 +176,19 @@ impl Calibration {
         crate::imageio::atomic_write(path, |w| {
             std::io::Write::write_all(w, text.as_bytes()).map_err(|e| Error::io(path, e))
         })
+    }
+
+    /// The (weight, activation) bits of each body layer in a mode asking for `w` and `a`:
+    /// the mode's, raised to the layer's floor. This is the per-layer spec the planner runs
+    /// and the accounting counts.
+    pub fn spec(&self, w: u32, a: u32) -> Vec<[u32; 2]> {
+        self.layers
+            .iter()
+            .map(|l| {
+                let [fw, fa] = l.floor.unwrap_or([0, 0]);
+                [w.max(fw), a.max(fa)]
+            })
+            .collect()
     }
 
     /// The input quantizer of body layer `i` (index into [`body_convs`]) at `bits`.
@@ -468,5 +494,51 @@ mod file_tests {
         // unrelated JSON
         let e = Calibration::parse("{\"rows\": []}", Path::new("bad.json"), &g).unwrap_err();
         assert!(e.to_string().contains("not a calibration file"), "{e}");
+    }
+
+    #[test]
+    fn floors_raise_a_layers_bits_in_the_spec_the_planner_and_the_accounting() {
+        let (g, text) = span();
+        let mut c = Calibration::parse(&text, Path::new("x.json"), &g).unwrap();
+        c.layers.iter_mut().for_each(|l| l.floor = None);
+        c.layers[1].floor = Some([8, 6]);
+        assert_eq!(c.spec(4, 4)[1], [8, 6]);
+        assert_eq!(c.spec(4, 4)[0], [4, 4]);
+        assert_eq!(c.spec(8, 8)[1], [8, 8]);
+        let body = body_convs(&g);
+        let mode = crate::quant::Mode::Uniform { w: 4, a: 4 };
+        let int = crate::quant::int_layers(&g, mode, &c, Bounds::Searched);
+        for (i, j) in body.iter().enumerate() {
+            let want = if i == 1 { (8, 6) } else { (4, 4) };
+            assert_eq!((int[j].w_bits, int[j].act.bits), want, "layer {i}");
+        }
+        // the accounting counts the raised layer at its own bits: its MACs times 8 x 6
+        // instead of 4 x 4, from the layer's shape alone
+        let (w, h) = (64, 48);
+        let plain = crate::quant::accounting::cost_with(&g, mode, &[], w, h).unwrap();
+        let raised = crate::quant::accounting::cost_with(&g, mode, &c.spec(0, 0), w, h).unwrap();
+        let Op::Conv(conv) = &g.nodes[body[1]].op else {
+            unreachable!()
+        };
+        let scale = g.values[g.nodes[body[1]].inputs[0]].scale as f64;
+        let macs =
+            (conv.in_ch * conv.out_ch * conv.k * conv.k) as f64 * (w * h) as f64 * scale * scale;
+        let want = macs * (8.0 * 6.0 - 4.0 * 4.0) / 1e9;
+        assert!(
+            (raised.bitops_body_g - plain.bitops_body_g - want).abs() < 1e-9,
+            "{} - {} != {want}",
+            raised.bitops_body_g,
+            plain.bitops_body_g
+        );
+        assert!(raised.fqr > plain.fqr);
+        // and a floor outside the kernels' bit-widths is a named error
+        c.layers[3].floor = Some([1, 9]);
+        let e = Calibration::parse(&serde_json::to_string(&c).unwrap(), Path::new("f.json"), &g)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("f.json") && e.contains(&c.layers[3].name) && e.contains("floor"),
+            "{e}"
+        );
     }
 }

@@ -29,8 +29,8 @@ pub fn prepare(graph: Graph) -> Graph {
 }
 
 /// The integer form of every body convolution of `graph` in `mode`, keyed by node index
-/// (empty for fp32): weights per output channel at the mode's weight bits, inputs with the
-/// calibrated bounds at its activation bits.
+/// (empty for fp32): weights per output channel, inputs with the calibrated bounds, at the
+/// bits of the mode raised to each layer's floor ([`Calibration::spec`]).
 pub fn int_layers(
     graph: &Graph,
     mode: Mode,
@@ -40,6 +40,7 @@ pub fn int_layers(
     let Mode::Uniform { w, a } = mode else {
         return BTreeMap::new();
     };
+    let spec = calib.spec(w, a);
     body_convs(graph)
         .into_iter()
         .enumerate()
@@ -47,6 +48,7 @@ pub fn int_layers(
             let Op::Conv(c) = &graph.nodes[j].op else {
                 unreachable!("body_convs lists convolutions")
             };
+            let [w, a] = spec[i];
             let wq = match how {
                 Bounds::Searched => calib::searched_weight_quantizers(&c.weights, c.out_ch, w),
                 Bounds::MinMax => weight_quantizers(&c.weights, c.out_ch, w),
@@ -60,7 +62,6 @@ pub fn int_layers(
         .collect()
 }
 
-/// Eq. 1 with bounds `[alpha, beta]` at `bits` (2..=8).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Quantizer {
     pub alpha: f32,

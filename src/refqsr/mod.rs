@@ -34,7 +34,8 @@ use crate::gpu::Context;
 use crate::kernels::int_conv::PackedIntConv;
 use crate::model::{Activation, Conv, Epilogue, Graph, Node, Op, Value, ValueId};
 use crate::profile::{Profiler, Stage};
-use crate::quant::{cost, Bounds, Calibration, Mode, Quantizer};
+use crate::quant::accounting::cost_with;
+use crate::quant::{Bounds, Calibration, Mode, Quantizer};
 use crate::tile::Grid;
 
 use clust::{ClustBlock, ClustParams};
@@ -329,6 +330,8 @@ pub struct RefQsr {
     ablation: Ablation,
     plans: Mutex<HashMap<PlanKey, Arc<Plan>>>,
     last: Mutex<Option<RunStats>>,
+    /// Each body layer's precision floor (see [`Calibration::spec`]), for the accounting.
+    floors: Vec<[u32; 2]>,
 }
 
 impl RefQsr {
@@ -398,6 +401,7 @@ impl RefQsr {
             ablation,
             plans: Mutex::new(HashMap::new()),
             last: Mutex::new(None),
+            floors: calib.spec(0, 0),
         })
     }
 
@@ -605,13 +609,15 @@ impl RefQsr {
         let refs = sel.references().len();
         let qn = n - refs;
         let (hi, lo) = (self.high, self.low);
-        let r = cost(g, Mode::Uniform { w: hi, a: hi }, w, h).expect("uniform cost");
-        let q = cost(
+        let f = &self.floors;
+        let r = cost_with(g, Mode::Uniform { w: hi, a: hi }, f, w, h).expect("uniform cost");
+        let q = cost_with(
             g,
             Mode::Uniform {
                 w: medium(hi, lo),
                 a: lo,
             },
+            f,
             w,
             h,
         )
