@@ -252,6 +252,21 @@ fn eval_reports_the_paper_metrics() {
     assert!((4.0..8.0).contains(&fqr), "{fqr}");
     let body = |i: usize| rows[i]["bitops_body_g"].as_f64().unwrap();
     assert!((body(0) / body(1) - 16.0).abs() < 1e-9, "{rows:?}");
+    // per image: the scores the means are made of, and the worst loss against fp32 taken
+    // from them
+    assert_eq!(json["images"].as_array().unwrap().len(), 1);
+    for r in rows {
+        let each = r["per_image_psnr_y"].as_array().unwrap();
+        assert_eq!(each.len(), 1, "{r}");
+        assert_eq!(each[0].as_f64().unwrap(), r["psnr_y"].as_f64().unwrap());
+        let worst = r["worst_vs_fp32_db"].as_f64().unwrap();
+        assert!(
+            (worst - (r["psnr_y"].as_f64().unwrap() - p(0))).abs() < 1e-9,
+            "{r}"
+        );
+        assert!(r["seam_db"].as_f64().unwrap().is_finite(), "{r}");
+    }
+
     assert!(
         body(1) / body(3) > 1.0 && body(1) / body(3) <= 4.0,
         "{rows:?}"
