@@ -267,27 +267,20 @@ fn score(ups: &[Upscaler], path: &Path, s: u32) -> Result<Vec<Score>> {
 fn seam_band(lr: (usize, usize), scale: usize, shave: usize) -> impl Fn(usize, usize) -> bool {
     use crate::refqsr::{HALO, PATCH};
     let grid = crate::tile::Grid::new(lr.0, lr.1, PATCH, HALO, 0);
-    let borders = |spans: Vec<usize>| -> Vec<usize> {
-        let mut b: Vec<usize> = spans.into_iter().filter(|&e| e > 0).collect();
+    // inner borders along one axis, in output pixels: where a core ends inside the image
+    let borders = |core_end: &dyn Fn(&crate::tile::Tile) -> usize, len: usize| -> Vec<usize> {
+        let mut b: Vec<usize> = grid
+            .tiles
+            .iter()
+            .map(|t| core_end(t) * scale)
+            .filter(|&e| e > 0 && e < len * scale)
+            .collect();
         b.sort_unstable();
         b.dedup();
-        b.into_iter().map(|e| e * scale).collect()
+        b
     };
-    let (len_x, len_y) = (lr.0 * scale, lr.1 * scale);
-    let xs = borders(
-        grid.tiles
-            .iter()
-            .map(|t| t.x.core.1)
-            .filter(|&e| e * scale < len_x)
-            .collect(),
-    );
-    let ys = borders(
-        grid.tiles
-            .iter()
-            .map(|t| t.y.core.1)
-            .filter(|&e| e * scale < len_y)
-            .collect(),
-    );
+    let xs = borders(&|t| t.x.core.1, lr.0);
+    let ys = borders(&|t| t.y.core.1, lr.1);
     let half = SEAM_BAND / 2;
     move |x: usize, y: usize| {
         let near =
