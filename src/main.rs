@@ -328,6 +328,14 @@ fn main() -> ExitCode {
     }
 }
 
+/// A `progress(done, total)` callback that drives `b`.
+fn track(b: &ProgressBar) -> impl FnMut(usize, usize) + '_ {
+    |done, total| {
+        b.set_length(total as u64);
+        b.set_position(done as u64);
+    }
+}
+
 fn bar(len: u64, template: &str) -> ProgressBar {
     let b = ProgressBar::new(len);
     b.set_style(
@@ -461,10 +469,7 @@ fn eval(
         )));
     }
     let b = bar(0, "{spinner} [{bar:30}] {pos}/{len} images {elapsed}");
-    let report = refqsr::eval::evaluate(&opts, hr, &modes, &bounds, &mut |done, total| {
-        b.set_length(total as u64);
-        b.set_position(done as u64);
-    })?;
+    let report = refqsr::eval::evaluate(&opts, hr, &modes, &bounds, &mut track(&b))?;
     b.finish_and_clear();
     eprintln!(
         "refqsr: {} x{} on {}",
@@ -545,10 +550,7 @@ fn calibrate(
         refqsr::quant::Calibration::load(&output, &prepared)?
     } else {
         let b = bar(0, "{spinner} [{bar:30}] {pos}/{len} patch runs {elapsed}");
-        let out = refqsr::calibrate::calibrate(ctx.clone(), &graph, images, &mut |done, total| {
-            b.set_length(total as u64);
-            b.set_position(done as u64);
-        })?;
+        let out = refqsr::calibrate::calibrate(ctx.clone(), &graph, images, &mut track(&b))?;
         b.finish_and_clear();
         for (path, e) in &out.skipped {
             eprintln!("refqsr: skipped {}: {e}", path.display());
@@ -575,10 +577,7 @@ fn calibrate(
             &calibration,
             images,
             patches,
-            &mut |done, total| {
-                b.set_length(total as u64);
-                b.set_position(done as u64);
-            },
+            &mut track(&b),
         )?;
         b.finish_and_clear();
         r.save(&path)?;
@@ -598,16 +597,8 @@ fn calibrate(
         }
     }
     let b = bar(0, "{spinner} [{bar:30}] {pos}/{len} RefQSR modes {elapsed}");
-    let (params, fits) = refqsr::calibrate::calibrate_refqsr(
-        ctx,
-        &graph,
-        &calibration,
-        images,
-        &mut |done, total| {
-            b.set_length(total as u64);
-            b.set_position(done as u64);
-        },
-    )?;
+    let (params, fits) =
+        refqsr::calibrate::calibrate_refqsr(ctx, &graph, &calibration, images, &mut track(&b))?;
     b.finish_and_clear();
     for f in &fits {
         eprintln!(
