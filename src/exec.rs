@@ -220,7 +220,7 @@ impl GpuModel {
     /// its transformed tensors would not fit one binding. realesrgan-x4plus's convolutions at
     /// 4x (64 channels) are such: their Winograd scratch capped its windows at 96x96 on
     /// lavapipe's 128 MiB bindings, 16 windows for a 256x256 image; computed directly they
-    /// allow 160x160 windows, whose 4 windows redo far less halo and launch 4x fewer kernels.
+    /// allow 4 windows of 144x144, which redo far less halo and launch 4x fewer kernels.
     fn direct_instead(&self, j: usize, batch: usize, h: usize, w: usize) -> bool {
         let g = &self.graph;
         match (&g.nodes[j].op, &self.nodes[j]) {
@@ -584,7 +584,6 @@ const REFER_STAGES: [Stage; 5] = [
     Stage::Warp,
 ];
 
-/// Pooled cells RefER compares in a `h` x `w` feature map (one per 3x3 block).
 /// Winograd scratch bytes (input side, output side) of conv node `n` for `batch` inputs of
 /// `h` x `w` to the graph.
 fn winograd_scratch(g: &Graph, n: &Node, c: &Conv, batch: usize, h: usize, w: usize) -> (u64, u64) {
@@ -614,6 +613,7 @@ fn winograd_outgrows_values(g: &Graph, n: &Node) -> bool {
     v.max(m) > largest
 }
 
+/// Pooled cells RefER compares in a `h` x `w` feature map (one per 3x3 block).
 pub fn refer_cells(h: usize, w: usize) -> usize {
     h.div_ceil(3) * w.div_ceil(3)
 }
