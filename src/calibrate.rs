@@ -276,7 +276,8 @@ pub struct Sensitivity {
     pub model: String,
     pub images: usize,
     pub patches: usize,
-    /// PSNR (dB) of the output against the fp32 model's, every body layer at wXaX.
+    /// PSNR (dB) of the output against the fp32 model's in mode wXaX as it runs: every body
+    /// layer at X bits, raised to the floors the calibration already holds.
     pub all: BTreeMap<u32, f64>,
     pub layers: Vec<LayerSensitivity>,
 }
@@ -425,9 +426,6 @@ pub fn sensitivity(
         let int = int_layers(&graph, mode, calib, Bounds::Searched);
         let model = GpuModel::quantized(ctx.clone(), graph.clone(), int)?;
         report_all.insert(bits, psnr(&outputs(&model, &[], &mut none)?));
-        // the mode's spec without floors: what each layer costs at these bits
-        let mut bare = calib.clone();
-        bare.layers.iter_mut().for_each(|l| l.floor = None);
         for (l, &j) in body.iter().enumerate() {
             // its input alone at `bits`: the integer layer with 8-bit weights
             let Op::Conv(c) = &graph.nodes[j].op else {
@@ -440,7 +438,7 @@ pub fn sensitivity(
                 crate::kernels::int_conv::PackedIntConv::with_quantizers(
                     &c8,
                     &wq,
-                    bare.quantizer(l, bits, Bounds::Searched),
+                    calib.quantizer(l, bits, Bounds::Searched),
                 ),
             )];
             let model = GpuModel::quantized(ctx.clone(), graph.clone(), one.into())?;
