@@ -11,8 +11,9 @@ use image::Rgb32FImage;
 use crate::error::{Error, Result};
 use crate::exec::{GpuModel, Plan};
 use crate::gpu::Context;
-use crate::model::{Graph, Op, ValueId};
+use crate::model::{Conv, Graph, Op, ValueId};
 use crate::quant::calib::{self, Calibration, Histogram, LayerBounds, BITS, FORMAT};
+use crate::quant::Quantizer;
 
 /// Side of the square calibration patches (input pixels); smaller images give one patch of
 /// their own size.
@@ -43,11 +44,7 @@ pub fn calibrate(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Outcome> {
     let (images, skipped) = load_images(dir)?;
-    let patches: Vec<Patch> = images
-        .iter()
-        .enumerate()
-        .flat_map(|(i, (_, img))| grid(i, img.width() as usize, img.height() as usize))
-        .collect();
+    let patches = patches_of(&images);
 
     let graph = &crate::quant::prepare(graph.clone());
     let body = calib::body_convs(graph);
@@ -71,10 +68,7 @@ pub fn calibrate(
     let mut each = |visit: &mut dyn FnMut(usize, usize, &[f32])| -> Result<()> {
         for p in &patches {
             let (w, h) = p.size;
-            if !plans.iter().any(|(s, _)| *s == p.size) {
-                plans.push((p.size, model.plan_keeping(1, h, w, &inputs)?));
-            }
-            let plan = &plans.iter().find(|(s, _)| *s == p.size).unwrap().1;
+            let plan = plan_for(&mut plans, &model, p.size, &inputs)?;
             plan.run(&p.input(&images[p.image].1))?;
             for (l, &v) in inputs.iter().enumerate() {
                 let data = plan.read_value(v)?;
@@ -165,6 +159,32 @@ fn load_images(dir: &Path) -> Result<(Vec<(PathBuf, Rgb32FImage)>, Skipped)> {
         )));
     }
     Ok((images, skipped))
+}
+
+/// Every image's calibration patches ([`grid`]), in image order.
+fn patches_of(images: &[(PathBuf, Rgb32FImage)]) -> Vec<Patch> {
+    images
+        .iter()
+        .enumerate()
+        .flat_map(|(i, (_, img))| grid(i, img.width() as usize, img.height() as usize))
+        .collect()
+}
+
+/// The plan of `model` for one (width, height) patch keeping `keep`, made once per size.
+fn plan_for<'a>(
+    plans: &'a mut Vec<((usize, usize), Plan)>,
+    model: &GpuModel,
+    (w, h): (usize, usize),
+    keep: &[ValueId],
+) -> Result<&'a Plan> {
+    let i = match plans.iter().position(|(s, _)| *s == (w, h)) {
+        Some(i) => i,
+        None => {
+            plans.push(((w, h), model.plan_keeping(1, h, w, keep)?));
+            plans.len() - 1
+        }
+    };
+    Ok(&plans[i].1)
 }
 
 impl Patch {
@@ -318,11 +338,7 @@ pub fn sensitivity(
 ) -> Result<Sensitivity> {
     use crate::quant::{int_layers, Bounds, Mode};
     let (images, _) = load_images(dir)?;
-    let all: Vec<Patch> = images
-        .iter()
-        .enumerate()
-        .flat_map(|(i, (_, img))| grid(i, img.width() as usize, img.height() as usize))
-        .collect();
+    let all = patches_of(&images);
     // evenly spread over the images
     let step = all.len().div_ceil(max_patches.max(1));
     let patches: Vec<&Patch> = all.iter().step_by(step.max(1)).collect();
@@ -344,10 +360,7 @@ pub fn sensitivity(
         let mut plans: Vec<((usize, usize), Plan)> = Vec::new();
         let mut out = Vec::new();
         for (p, x) in patches.iter().zip(&inputs) {
-            if !plans.iter().any(|(s, _)| *s == p.size) {
-                plans.push((p.size, model.plan_keeping(1, p.size.1, p.size.0, keep)?));
-            }
-            let plan = &plans.iter().find(|(s, _)| *s == p.size).expect("planned").1;
+            let plan = plan_for(&mut plans, model, p.size, keep)?;
             out.push(plan.run(x)?);
             visit(plan, p)?;
         }
@@ -421,6 +434,18 @@ pub fn sensitivity(
             }
         })
         .collect();
+    // each layer with 8-bit weights, for measuring its input alone: the same at every width
+    let weights8: Vec<(Conv, Vec<Quantizer>)> = body
+        .iter()
+        .enumerate()
+        .map(|(l, &j)| {
+            let Op::Conv(c) = &graph.nodes[j].op else {
+                unreachable!("body_convs lists convolutions")
+            };
+            let wq = calib::searched_weight_quantizers(&c.weights, c.out_ch, 8);
+            (calib::correct_bias(c, &wq, &calib.layers[l].mean), wq)
+        })
+        .collect();
     for bits in REPORT_BITS {
         let mode = Mode::Uniform { w: bits, a: bits };
         let int = int_layers(&graph, mode, calib, Bounds::Searched);
@@ -428,16 +453,12 @@ pub fn sensitivity(
         report_all.insert(bits, psnr(&outputs(&model, &[], &mut none)?));
         for (l, &j) in body.iter().enumerate() {
             // its input alone at `bits`: the integer layer with 8-bit weights
-            let Op::Conv(c) = &graph.nodes[j].op else {
-                unreachable!("body_convs lists convolutions")
-            };
-            let wq = calib::searched_weight_quantizers(&c.weights, c.out_ch, 8);
-            let c8 = calib::correct_bias(c, &wq, &calib.layers[l].mean);
+            let (c8, wq) = &weights8[l];
             let one = [(
                 j,
                 crate::kernels::int_conv::PackedIntConv::with_quantizers(
-                    &c8,
-                    &wq,
+                    c8,
+                    wq,
                     calib.quantizer(l, bits, Bounds::Searched),
                 ),
             )];
