@@ -43,6 +43,21 @@ const NASTY: &[&str] = &[
     "-23301=3,1,2",
 ];
 
+/// The token of text `d` around byte `at`: the bytes between separators (whitespace and the
+/// JSON and ncnn punctuation).
+fn token_around(d: &[u8], at: usize) -> std::ops::Range<usize> {
+    let is_sep = |b: u8| b.is_ascii_whitespace() || b",:[]{}\"=".contains(&b);
+    let mut s = at;
+    while s > 0 && !is_sep(d[s - 1]) {
+        s -= 1;
+    }
+    let mut e = at;
+    while e < d.len() && !is_sep(d[e]) {
+        e += 1;
+    }
+    s..e
+}
+
 /// One mutation of `data`: byte flips, cuts, duplications, insertions, or (for text) a token
 /// swapped for a nasty number or another token of the file.
 fn mutate(rng: &mut Rng, data: &[u8], text: bool) -> Vec<u8> {
@@ -68,30 +83,13 @@ fn mutate(rng: &mut Rng, data: &[u8], text: bool) -> Vec<u8> {
             4 => d.truncate(at),
             _ => {
                 // replace the token around `at` (text formats)
-                let is_sep = |b: u8| b.is_ascii_whitespace() || b",:[]{}\"=".contains(&b);
-                let mut s = at;
-                while s > 0 && !is_sep(d[s - 1]) {
-                    s -= 1;
-                }
-                let mut e = at;
-                while e < d.len() && !is_sep(d[e]) {
-                    e += 1;
-                }
+                let here = token_around(&d, at);
                 let new: Vec<u8> = if rng.below(2) == 0 {
                     NASTY[rng.below(NASTY.len())].as_bytes().to_vec()
                 } else {
-                    let o = rng.below(d.len());
-                    let mut os = o;
-                    while os > 0 && !is_sep(d[os - 1]) {
-                        os -= 1;
-                    }
-                    let mut oe = o;
-                    while oe < d.len() && !is_sep(d[oe]) {
-                        oe += 1;
-                    }
-                    d[os..oe].to_vec()
+                    d[token_around(&d, rng.below(d.len()))].to_vec()
                 };
-                d.splice(s..e, new);
+                d.splice(here, new);
             }
         }
     }
