@@ -1,5 +1,6 @@
 // Batched matrix product over channel groups, the workhorse of the convolutions:
-// M[pos][og][t] = sum_ic U[pos][og][ic] V[pos][ic][t] for P independent positions.
+// M[pos][og][t] = sum_ic U[pos][og][ic] V[pos][ic][t] for P independent positions; V rows may
+// hold more channel groups than the product reads (vgroups >= icg: a shared Winograd input).
 // - Winograd 3x3 (P = 36): t = 4x4 tile, V/U the transformed input/weights; raw results go
 //   to winograd_output.wgsl.
 // - 1x1 convolution (P = 1): t = pixel, V = the input in C4HW layout, U = the weights; the
@@ -24,6 +25,7 @@ struct Params {
     act: u32,      // model::Activation::code
     epi: u32,      // model::Epilogue::code
     leaky: f32,
+    vgroups: u32,  // channel groups per position in V
 }
 
 @group(0) @binding(0) var<storage, read> v: array<vec4<f32>>;
@@ -92,7 +94,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wi
     var a3_6 = vec4<f32>(0.0);
     var a3_7 = vec4<f32>(0.0);
     for (var ic = 0u; ic < icg; ic++) {
-        let base = ((n * params.positions + pos) * icg + ic) * tiles;
+        let base = ((n * params.positions + pos) * params.vgroups + ic) * tiles;
         let wb = (wid.y * icg + ic) * 4u;
         let v0 = load(base + min(t0 + 0u, last), t0 + 0u < tiles);
         let v1 = load(base + min(t0 + 1u, last), t0 + 1u < tiles);

@@ -3,8 +3,10 @@
 // One invocation per (4x4 output tile, input channel group, batch item): it reads the 6x6
 // input patch around its tile (zero outside the image: the convolution's "same" padding),
 // transforms rows (along x) and then columns (along y), and writes the 36 coefficients to
-// V[((n * 36 + pos) * icg + ic) * tiles + tile], pos = 6 * row + column, so that the GEMM step
-// reads consecutive tiles. The 3x3 convolution then costs 36 instead of 144 multiplies per
+// V[((n * 36 + pos) * vgroups + g0 + ic) * tiles + tile], pos = 6 * row + column, so that the
+// GEMM step reads consecutive tiles. V may be wider than this input (vgroups >= g0 + icg): the
+// inputs of a concatenation are transformed each into its own slice of channel groups, once,
+// and every convolution over a prefix of them reads the shared V (exec.rs, `SharedInputs`). The 3x3 convolution then costs 36 instead of 144 multiplies per
 // 4x4 tile and channel pair, which matters most where loads are expensive (lavapipe).
 
 struct Params {
@@ -13,6 +15,8 @@ struct Params {
     tiles_x: u32,
     tiles: u32,    // tiles per image
     icg: u32,      // input channel groups
+    vgroups: u32,  // channel groups per position in V
+    g0: u32,       // first channel group of V this input fills
 }
 
 @group(0) @binding(0) var<storage, read> src: array<vec4<f32>>;
@@ -44,7 +48,7 @@ fn row(base: u32, y: i32, x0: i32) -> array<vec4<f32>, 6> {
 }
 
 fn put(out: u32, column: u32, c: array<vec4<f32>, 6>) {
-    let step = params.icg * params.tiles;
+    let step = params.vgroups * params.tiles;
     for (var i = 0u; i < 6u; i++) {
         v[out + (i * 6u + column) * step] = c[i];
     }
@@ -69,7 +73,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     if !valid {
         return;
     }
-    let out = (n * 36u * params.icg + ic) * params.tiles + t;
+    let out = (n * 36u * params.vgroups + params.g0 + ic) * params.tiles + t;
     put(out, 0u, bt(r0[0], r1[0], r2[0], r3[0], r4[0], r5[0]));
     put(out, 1u, bt(r0[1], r1[1], r2[1], r3[1], r4[1], r5[1]));
     put(out, 2u, bt(r0[2], r1[2], r2[2], r3[2], r4[2], r5[2]));

@@ -110,19 +110,30 @@ impl GpuModel {
     /// Bytes of the largest single buffer and of all buffers alive at once, for `batch` inputs
     /// of `h` x `w`; used to pick tile sizes that fit the device.
     pub fn memory(&self, batch: usize, h: usize, w: usize) -> (u64, u64) {
-        let sizes = self.value_sizes(batch, h, w);
+        self.memory_keeping(batch, h, w, &[])
+    }
+
+    /// [`GpuModel::memory`] of the plan that keeps `keep` (see [`GpuModel::plan_keeping`]).
+    fn memory_keeping(&self, batch: usize, h: usize, w: usize, keep: &[ValueId]) -> (u64, u64) {
+        let shared = self.shared_inputs(batch, h, w, keep);
+        let mut sizes = self.value_sizes(batch, h, w);
+        for &p in &shared.skipped {
+            sizes[self.graph.nodes[p].output] = 0;
+        }
         let (sv, sm) = self.scratch(batch, h, w);
         let int = self.int_scratch(batch, h, w);
         let (mut peak, mut live) = (0u64, 0u64);
-        let last = self.last_uses();
+        let mut last = self.last_uses(&shared);
+        for &v in keep {
+            last[v] = usize::MAX;
+        }
         live += sizes[self.graph.input];
-        for (j, n) in self.graph.nodes.iter().enumerate() {
+        let dying = self.dying(&last, &shared);
+        for (n, dead) in self.graph.nodes.iter().zip(&dying) {
             live += sizes[n.output];
             peak = peak.max(live);
-            for v in n.reads() {
-                if last[v] == j {
-                    live -= sizes[v];
-                }
+            for &v in dead {
+                live -= sizes[v];
             }
         }
         let refer: u64 = self
@@ -243,16 +254,41 @@ impl GpuModel {
             .collect()
     }
 
-    /// Index of the last node reading each value (`usize::MAX` for the graph output).
-    fn last_uses(&self) -> Vec<usize> {
+    /// Index of the last node reading each value (`usize::MAX` for the graph output), the
+    /// reads of shared Winograd inputs included.
+    fn last_uses(&self, shared: &SharedInputs) -> Vec<usize> {
         let mut last = vec![0usize; self.graph.values.len()];
         for (j, n) in self.graph.nodes.iter().enumerate() {
             for v in n.reads() {
                 last[v] = j;
             }
         }
+        for &(v, j) in &shared.late_reads {
+            last[v] = last[v].max(j);
+        }
         last[self.graph.output] = usize::MAX;
         last
+    }
+
+    /// The values each node reads for the last time (each once), given [`GpuModel::last_uses`].
+    fn dying(&self, last: &[usize], shared: &SharedInputs) -> Vec<Vec<ValueId>> {
+        let mut out: Vec<Vec<ValueId>> = self
+            .graph
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(j, n)| n.reads().into_iter().filter(|&v| last[v] == j).collect())
+            .collect();
+        for &(v, j) in &shared.late_reads {
+            if last[v] == j {
+                out[j].push(v);
+            }
+        }
+        for d in &mut out {
+            d.sort_unstable();
+            d.dedup();
+        }
+        out
     }
 
     /// The profile stage of each node: the last convolution and what follows it are the tail,
@@ -292,7 +328,7 @@ impl GpuModel {
         let ctx = &self.ctx;
         let g = &self.graph;
         let sizes = self.value_sizes(batch, h, w);
-        let (largest, _) = self.memory(batch, h, w);
+        let (largest, peak_bytes) = self.memory_keeping(batch, h, w, keep);
         if largest > ctx.max_binding() {
             return Err(Error::Invalid(format!(
                 "a {batch}x{h}x{w} tile needs a {} MiB tensor, over this adapter's {} MiB binding limit: use a smaller tile",
@@ -300,7 +336,8 @@ impl GpuModel {
                 ctx.max_binding() >> 20
             )));
         }
-        let last = self.last_uses();
+        let shared = self.shared_inputs(batch, h, w, keep);
+        let last = self.last_uses(&shared);
         let mut buffers: Vec<Option<Arc<wgpu::Buffer>>> = vec![None; g.values.len()];
         let mut free: Vec<Arc<wgpu::Buffer>> = Vec::new();
         let mut owned: Vec<Arc<wgpu::Buffer>> = Vec::new();
@@ -345,10 +382,26 @@ impl GpuModel {
         let mut stages: Vec<Stage> = Vec::new();
         let node_stages = self.node_stages();
         let b = batch as u32;
+        let dying = self.dying(&last, &shared);
+        let transform = ctx.pipeline("winograd_input", &[])?;
         for (j, node) in g.nodes.iter().enumerate() {
+            let release = |free: &mut Vec<Arc<wgpu::Buffer>>,
+                           buffers: &[Option<Arc<wgpu::Buffer>>]| {
+                for &v in &dying[j] {
+                    free.extend(buffers[v].clone());
+                }
+            };
+            if shared.skipped.contains(&j) {
+                release(&mut free, &buffers);
+                continue;
+            }
             let out = take(sizes[node.output], &mut owned, &mut free);
             let buf = |v: ValueId| buffers[v].clone().expect("value computed before use");
-            let x = buf(node.inputs[0]);
+            // (the input of a convolution over a skipped concatenation is never built: it
+            // reads the parts, see `SharedInputs`)
+            let x = buffers[node.inputs[0]]
+                .clone()
+                .unwrap_or_else(|| Arc::new(ctx.dummy().clone()));
             let xv = &g.values[node.inputs[0]];
             let s = xv.scale;
             let (ih, iw) = (h as u32 * s, w as u32 * s);
@@ -478,7 +531,16 @@ impl GpuModel {
                 }
                 (Op::Conv(c), NodeRes::Gemm(gg)) => {
                     let r = c.epilogue.residual().map(buf);
-                    gg.dispatch(ctx, label, &x, r.as_deref(), &out, b, ih * iw)?
+                    gg.dispatch(
+                        ctx,
+                        label,
+                        &x,
+                        gg.packed.icg as u32,
+                        r.as_deref(),
+                        &out,
+                        b,
+                        ih * iw,
+                    )?
                 }
                 (Op::Conv(c), NodeRes::Winograd(_, Some(gc)))
                     if self.direct_instead(j, batch, h, w) =>
@@ -489,7 +551,39 @@ impl GpuModel {
                 (Op::Conv(c), NodeRes::Winograd(gw, _)) => {
                     let r = c.epilogue.residual().map(buf);
                     let (v, m) = scratch.as_ref().expect("scratch for winograd convolutions");
-                    gw.dispatch(ctx, label, &x, r.as_deref(), &out, v, m, b, ih, iw)?
+                    let (parts, vgroups) = &shared.at[&j];
+                    let mut launches: Vec<Dispatch> = parts
+                        .iter()
+                        .map(|&(p, slot)| {
+                            let groups = g.values[p].channels.div_ceil(4) as u32;
+                            let label = format!("{label}: {}", g.values[p].name);
+                            winograd::transform(
+                                ctx,
+                                &label,
+                                &transform,
+                                &buf(p),
+                                groups,
+                                v,
+                                slot,
+                                b,
+                                ih,
+                                iw,
+                            )
+                        })
+                        .collect();
+                    launches.extend(gw.product(
+                        ctx,
+                        label,
+                        v,
+                        *vgroups,
+                        r.as_deref(),
+                        &out,
+                        m,
+                        b,
+                        ih,
+                        iw,
+                    )?);
+                    launches
                 }
                 (Op::Conv(c), NodeRes::Int(ic)) => {
                     use kernels::int_conv::{IntInput, IntOutput};
@@ -527,16 +621,7 @@ impl GpuModel {
             }
             debug_assert_eq!(stages.len(), steps.len(), "{label}: one stage per step");
             buffers[node.output] = Some(out);
-            for v in node.reads() {
-                if last[v] == j {
-                    if let Some(bf) = buffers[v].clone() {
-                        // a value read twice by this node is released once
-                        if !free.iter().any(|f| Arc::ptr_eq(f, &bf)) {
-                            free.push(bf);
-                        }
-                    }
-                }
-            }
+            release(&mut free, &buffers);
         }
         let output = buffers[g.output].clone().expect("output computed");
         let out_v = &g.values[g.output];
@@ -570,7 +655,7 @@ impl GpuModel {
             steps,
             stages,
             owned,
-            peak_bytes: self.memory(batch, h, w).1,
+            peak_bytes,
         })
     }
 }
@@ -583,6 +668,97 @@ const REFER_STAGES: [Stage; 5] = [
     Stage::Argmax,
     Stage::Warp,
 ];
+
+/// How a plan feeds its Winograd convolutions (those that bind the V scratch). Convolutions in a
+/// row whose inputs are concatenations of a growing list of values, as in an RRDB dense block
+/// (`conv(x)`, `conv(cat(x, x1))`, ..., `conv(cat(x, x1, x2, x3, x4))`), share one V: each
+/// value is transformed once into its own slice of channel groups, and each product reads the
+/// prefix it needs. The concatenations are never built. realesrgan-x4plus transformed 640
+/// channels per dense block before, 192 now.
+#[derive(Default)]
+struct SharedInputs {
+    /// Per Winograd convolution: the values to transform into V before its product (with
+    /// their slots), and the channel groups of a V row.
+    at: BTreeMap<usize, (Vec<(ValueId, winograd::Slot)>, u32)>,
+    /// Concatenations not run: all their readers take the parts from a shared V.
+    skipped: std::collections::BTreeSet<usize>,
+    /// Values read later than their last reader in the graph: by the convolution that
+    /// transforms them, in place of the skipped concatenation. (value, node)
+    late_reads: Vec<(ValueId, usize)>,
+}
+
+impl GpuModel {
+    /// The [`SharedInputs`] of a plan for `batch` inputs of `h` x `w` keeping `keep`.
+    fn shared_inputs(&self, batch: usize, h: usize, w: usize, keep: &[ValueId]) -> SharedInputs {
+        let g = &self.graph;
+        let uses = crate::model::fuse::users(g.nodes.iter().map(Some), g.output);
+        let uses_v = |j: usize| {
+            matches!(self.nodes[j], NodeRes::Winograd(..)) && !self.direct_instead(j, batch, h, w)
+        };
+        // A concatenation of whole channel groups read only as the input of such convolutions
+        // need not exist: they can read its parts.
+        let skippable = |p: usize| {
+            let n = &g.nodes[p];
+            let u = n.output;
+            matches!(n.op, Op::Concat)
+                && !keep.contains(&u)
+                && n.inputs.iter().all(|&v| g.values[v].channels % 4 == 0)
+                && uses.get(&u).is_some_and(|r| {
+                    r.iter().all(|&j| {
+                        j != usize::MAX
+                            && uses_v(j)
+                            && g.nodes[j].inputs[0] == u
+                            && !g.nodes[j].reads()[1..].contains(&u)
+                    })
+                })
+        };
+        let mut out = SharedInputs::default();
+        // Groups of convolutions: the list of values, and each member with the length of the
+        // prefix it reads, in node order.
+        type Group = (Vec<ValueId>, Vec<(usize, usize)>);
+        let mut groups: Vec<Group> = Vec::new();
+        for (j, n) in g.nodes.iter().enumerate() {
+            if !uses_v(j) {
+                continue;
+            }
+            let u = n.inputs[0];
+            let parts = match g.nodes.iter().position(|m| m.output == u) {
+                Some(p) if skippable(p) => {
+                    out.skipped.insert(p);
+                    g.nodes[p].inputs.clone()
+                }
+                _ => vec![u],
+            };
+            // Only consecutive users of V may share it: any other one overwrites it.
+            match groups.last_mut() {
+                Some((list, members)) if list.starts_with(&parts) || parts.starts_with(list) => {
+                    if parts.len() > list.len() {
+                        *list = parts.clone();
+                    }
+                    members.push((j, parts.len()));
+                }
+                _ => groups.push((parts.clone(), vec![(j, parts.len())])),
+            }
+        }
+        for (list, members) in groups {
+            let groups_of = |v: ValueId| g.values[v].channels.div_ceil(4) as u32;
+            let vgroups: u32 = list.iter().map(|&v| groups_of(v)).sum();
+            let mut g0 = 0;
+            let mut done = 0;
+            for (j, len) in members {
+                let mut transforms = Vec::new();
+                for &v in &list[done.min(len)..len] {
+                    transforms.push((v, winograd::Slot { vgroups, g0 }));
+                    out.late_reads.push((v, j));
+                    g0 += groups_of(v);
+                }
+                done = done.max(len);
+                out.at.insert(j, (transforms, vgroups));
+            }
+        }
+        out
+    }
+}
 
 /// Winograd scratch bytes (input side, output side) of conv node `n` for `batch` inputs of
 /// `h` x `w` to the graph.

@@ -426,3 +426,253 @@ fn winograd_past_an_upsampling_falls_back_to_direct_where_its_scratch_cannot_bin
         "degenerate test data"
     );
 }
+
+#[test]
+fn winograd_products_over_a_shared_transformed_input_match_cpu_twins() {
+    use refqsr::kernels::winograd::{tiles, transform, GpuWinograd, PackedWinograd, Slot, POS};
+    use refqsr::kernels::{encode, Step};
+    let ctx = ctx();
+    let mut rng = Rng::fresh("winograd shared input");
+    // Two inputs transformed into one V of 3 channel groups (a at group 0, b at group 2); one
+    // product reads a alone (the prefix), another the whole row (cat(a, b)).
+    let (n, h, w, vgroups) = (2usize, 10usize, 9usize, 3usize);
+    let a = rng.tensor(n, 8, h, w);
+    let b = rng.tensor(n, 4, h, w);
+    let t = tiles(h, w).1;
+    let mut v = vec![[f32::NAN; 4]; n * POS * vgroups * t];
+    cpu::winograd_input_into(&a, &mut v, vgroups, 0);
+    cpu::winograd_input_into(&b, &mut v, vgroups, 2);
+    assert!(
+        v.iter().flatten().all(|x| x.is_finite()),
+        "twin left V unwritten"
+    );
+
+    let v_buf = ctx.acquire((v.len() * 16) as u64);
+    let m_buf = ctx.acquire((n * POS * 2 * t * 16) as u64);
+    let nan = vec![f32::NAN; v.len() * 4];
+    ctx.queue
+        .write_buffer(&v_buf, 0, bytemuck::cast_slice(&nan));
+    let pipeline = ctx.pipeline("winograd_input", &[]).unwrap();
+    let (sa, sb) = (ctx.upload("a", &a.data), ctx.upload("b", &b.data));
+    let slot = |g0| Slot {
+        vgroups: vgroups as u32,
+        g0,
+    };
+    let (nn, hh, ww) = (n as u32, h as u32, w as u32);
+    let mut steps = vec![
+        Step::Launch(transform(
+            &ctx,
+            "a",
+            &pipeline,
+            &sa,
+            2,
+            &v_buf,
+            slot(0),
+            nn,
+            hh,
+            ww,
+        )),
+        Step::Launch(transform(
+            &ctx,
+            "b",
+            &pipeline,
+            &sb,
+            1,
+            &v_buf,
+            slot(2),
+            nn,
+            hh,
+            ww,
+        )),
+    ];
+    let mut encoder = ctx.device.create_command_encoder(&Default::default());
+    encode(&steps, &mut encoder);
+    ctx.queue.submit([encoder.finish()]);
+    let got_v = ctx.read(&v_buf, (v.len() * 16) as u64).unwrap();
+    let want_v: Vec<f32> = v.iter().flatten().copied().collect();
+    let d = max_abs_diff(&got_v, &want_v);
+    assert!(d <= CONV_TOL * 100.0, "shared V: max diff {d}");
+
+    for (in_ch, out_ch) in [(8usize, 8usize), (12, 5)] {
+        let conv = random_conv(
+            &mut rng,
+            in_ch,
+            out_ch,
+            3,
+            Activation::Leaky(0.2),
+            Epilogue::None,
+        );
+        let packed = PackedWinograd::new(&conv);
+        let want = cpu::winograd_output(
+            &cpu::gemm(&v, vgroups, &packed.gemm, n, t, None),
+            &packed,
+            n,
+            h,
+            w,
+            None,
+        );
+        // independent of the shared layout: the same convolution over the built input
+        let built = if in_ch == 8 {
+            cpu::winograd(&a, &packed, None)
+        } else {
+            cpu::winograd(&cpu::concat(&[&a, &b]), &packed, None)
+        };
+        assert_eq!(
+            max_abs_diff(&want.data, &built.data),
+            0.0,
+            "{in_ch}->{out_ch}: the twin over the shared V is not the convolution"
+        );
+        let gpu = GpuWinograd::new(&ctx, packed).unwrap();
+        let dst = ctx.acquire((want.data.len() * 4) as u64);
+        let poison = vec![f32::NAN; want.data.len()];
+        ctx.queue
+            .write_buffer(&dst, 0, bytemuck::cast_slice(&poison));
+        steps = gpu
+            .product(
+                &ctx,
+                "p",
+                &v_buf,
+                vgroups as u32,
+                None,
+                &dst,
+                &m_buf,
+                nn,
+                hh,
+                ww,
+            )
+            .unwrap()
+            .into_iter()
+            .map(Step::Launch)
+            .collect();
+        let mut encoder = ctx.device.create_command_encoder(&Default::default());
+        encode(&steps, &mut encoder);
+        ctx.queue.submit([encoder.finish()]);
+        let got = ctx.read(&dst, (want.data.len() * 4) as u64).unwrap();
+        let d = max_abs_diff(&got, &want.data);
+        assert!(
+            d <= WINOGRAD_TOL,
+            "{in_ch}->{out_ch} over shared V: max diff {d}"
+        );
+        // a V row narrower than the product is refused, not read past
+        assert!(gpu
+            .product(
+                &ctx,
+                "p",
+                &v_buf,
+                (in_ch / 4 - 1) as u32,
+                None,
+                &dst,
+                &m_buf,
+                nn,
+                hh,
+                ww
+            )
+            .is_err());
+        ctx.release(dst);
+    }
+    ctx.release(v_buf);
+    ctx.release(m_buf);
+}
+
+#[test]
+fn dense_block_convolutions_read_their_concatenations_from_one_transformed_input() {
+    let mut rng = Rng::fresh("dense block");
+    // An RRDB dense block, shrunk: x (8 channels); x1 = conv(x), x2 = conv(cat(x, x1)),
+    // y = conv(cat(x, x1, x2)) + x, each 3x3 (4 growth channels).
+    let value = |name: &str, channels| Value {
+        name: name.into(),
+        channels,
+        scale: 1,
+    };
+    let conv = |rng: &mut Rng, i, o, act, epi| Op::Conv(random_conv(rng, i, o, 3, act, epi));
+    let leaky = Activation::Leaky(0.2);
+    let node = |name: &str, op, inputs: Vec<usize>, output| Node {
+        name: name.into(),
+        op,
+        inputs,
+        output,
+    };
+    let graph = Graph {
+        name: "dense block".into(),
+        values: vec![
+            value("x", 8),
+            value("x1", 4),
+            value("c1", 12),
+            value("x2", 4),
+            value("c2", 16),
+            value("y", 8),
+        ],
+        nodes: vec![
+            node(
+                "conv1",
+                conv(&mut rng, 8, 4, leaky.clone(), Epilogue::None),
+                vec![0],
+                1,
+            ),
+            node("cat1", Op::Concat, vec![0, 1], 2),
+            node(
+                "conv2",
+                conv(&mut rng, 12, 4, leaky, Epilogue::None),
+                vec![2],
+                3,
+            ),
+            node("cat2", Op::Concat, vec![0, 1, 3], 4),
+            node(
+                "conv3",
+                conv(&mut rng, 16, 8, Activation::None, Epilogue::Add(0)),
+                vec![4],
+                5,
+            ),
+        ],
+        input: 0,
+        output: 5,
+    };
+    let x = rng.tensor(2, 8, 13, 11);
+    let model = GpuModel::new(ctx(), graph.clone()).unwrap();
+    let plan = model.plan(2, 13, 11).unwrap();
+    plan.poison();
+    let got = plan.run(&x.data).unwrap();
+    let want = run_cpu(&graph, &[&x]);
+    let d = max_abs_diff(&got, &want.data);
+    assert!(d <= WINOGRAD_TOL, "dense block: max diff {d}");
+    // x, x1 and x2 are each transformed once and no concatenation is built
+    let labels: Vec<String> = plan
+        .profile(&x.data)
+        .unwrap()
+        .into_iter()
+        .map(|(l, _)| l)
+        .collect();
+    let transforms: Vec<&str> = labels
+        .iter()
+        .filter_map(|l| l.strip_suffix(" (winograd input)"))
+        .collect();
+    assert_eq!(
+        transforms,
+        ["conv1: x", "conv2: x1", "conv3: x2"],
+        "input transforms"
+    );
+    assert!(
+        !labels.iter().any(|l| l.starts_with("cat")),
+        "a concatenation was built: {labels:?}"
+    );
+    // keeping a concatenation (as calibration does) builds it, with the same result
+    let plan = model.plan_keeping(2, 13, 11, &[2]).unwrap();
+    plan.poison();
+    let kept = plan.run(&x.data).unwrap();
+    assert_eq!(max_abs_diff(&kept, &got), 0.0, "kept concatenation");
+    let cat: Vec<f32> = plan.read_value(2).unwrap();
+    let want_cat = cpu::concat(&[&x, &run_cpu_value(&graph, &x, 1)]);
+    assert!(
+        max_abs_diff(&cat, &want_cat.data) <= WINOGRAD_TOL,
+        "kept cat1"
+    );
+}
+
+/// Value `v` of `graph` run on the CPU: the graph cut to output `v`.
+fn run_cpu_value(graph: &Graph, x: &Tensor, v: usize) -> Tensor {
+    let mut g = graph.clone();
+    let end = g.nodes.iter().position(|n| n.output == v).unwrap();
+    g.nodes.truncate(end + 1);
+    g.output = v;
+    run_cpu(&g, &[x])
+}

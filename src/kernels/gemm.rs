@@ -114,7 +114,7 @@ struct Params {
     act: u32,
     epi: u32,
     leaky: f32,
-    _pad: u32,
+    vgroups: u32,
 }
 
 /// A batched product's weights resident on the device.
@@ -147,19 +147,27 @@ impl GpuGemm {
         })
     }
 
-    /// Record the products for `batch` items of `tiles` columns each, `v` -> `m`.
+    /// Record the products for `batch` items of `tiles` columns each, `v` -> `m`; rows of `v`
+    /// hold `vgroups` channel groups (at least the product's `icg`, see `shaders/gemm.wgsl`).
     #[allow(clippy::too_many_arguments)]
     pub fn dispatch(
         &self,
         ctx: &Context,
         label: &str,
         v: &wgpu::Buffer,
+        vgroups: u32,
         residual: Option<&wgpu::Buffer>,
         m: &wgpu::Buffer,
         batch: u32,
         tiles: u32,
     ) -> Result<Vec<Dispatch>> {
         let p = &self.packed;
+        if (vgroups as usize) < p.icg {
+            return Err(Error::Invalid(format!(
+                "{label}: V rows of {vgroups} channel groups for a product over {}",
+                p.icg
+            )));
+        }
         let invocations = tiles.div_ceil(PX as u32);
         let wg = workgroup_size(invocations);
         let pipeline = ctx.pipeline("gemm", &[("WG", wg as u64)])?;
@@ -184,7 +192,7 @@ impl GpuGemm {
                     act,
                     epi,
                     leaky,
-                    _pad: 0,
+                    vgroups,
                 },
             );
             let bind_group = bind_resources(

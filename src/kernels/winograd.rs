@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use super::conv::EpilogueParams;
 use super::gemm::{GpuGemm, PackedGemm};
+pub use super::winograd_input::Slot;
 use super::Dispatch;
 use crate::error::Result;
 use crate::gpu::Context;
@@ -131,23 +132,49 @@ impl GpuWinograd {
         h: u32,
         w: u32,
     ) -> Result<Vec<Dispatch>> {
-        let p = &self.packed;
-        let (tx, t) = tiles(h as usize, w as usize);
-        let (tx, t) = (tx as u32, t as u32);
-        let mut out = vec![super::winograd_input::dispatch(
+        let icg = self.packed.icg() as u32;
+        let slot = Slot {
+            vgroups: icg,
+            g0: 0,
+        };
+        let mut out = vec![transform(
             ctx,
             label,
             &self.input,
             src,
+            icg,
             v,
+            slot,
             batch,
-            p.icg() as u32,
             h,
             w,
-            tx,
-            t,
         )];
-        out.extend(self.gemm.dispatch(ctx, label, v, None, m, batch, t)?);
+        out.extend(self.product(ctx, label, v, icg, residual, dst, m, batch, h, w)?);
+        Ok(out)
+    }
+
+    /// Steps 2 and 3 on an input already transformed into `v`, whose rows hold `vgroups`
+    /// channel groups (this convolution reads the first `icg`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn product(
+        &self,
+        ctx: &Context,
+        label: &str,
+        v: &wgpu::Buffer,
+        vgroups: u32,
+        residual: Option<&wgpu::Buffer>,
+        dst: &wgpu::Buffer,
+        m: &wgpu::Buffer,
+        batch: u32,
+        h: u32,
+        w: u32,
+    ) -> Result<Vec<Dispatch>> {
+        let p = &self.packed;
+        let (tx, t) = tiles(h as usize, w as usize);
+        let (tx, t) = (tx as u32, t as u32);
+        let mut out = self
+            .gemm
+            .dispatch(ctx, label, v, vgroups, None, m, batch, t)?;
         out.push(super::winograd_output::dispatch(
             ctx,
             label,
@@ -165,4 +192,25 @@ impl GpuWinograd {
         ));
         Ok(out)
     }
+}
+
+/// Step 1 alone: transform `batch` images of `icg` channel groups, `h` x `w`, from `src` into
+/// `slot` of `v` (`pipeline`: `winograd_input`).
+#[allow(clippy::too_many_arguments)]
+pub fn transform(
+    ctx: &Context,
+    label: &str,
+    pipeline: &Arc<wgpu::ComputePipeline>,
+    src: &wgpu::Buffer,
+    icg: u32,
+    v: &wgpu::Buffer,
+    slot: Slot,
+    batch: u32,
+    h: u32,
+    w: u32,
+) -> Dispatch {
+    let (tx, t) = tiles(h as usize, w as usize);
+    super::winograd_input::dispatch(
+        ctx, label, pipeline, src, v, slot, batch, icg, h, w, tx as u32, t as u32,
+    )
 }

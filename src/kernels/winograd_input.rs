@@ -11,10 +11,20 @@ struct Params {
     tiles_x: u32,
     tiles: u32,
     icg: u32,
-    _pad: [u32; 3],
+    vgroups: u32,
+    g0: u32,
+    _pad: u32,
 }
 
-/// Record the input transform of `batch` images of `icg` groups, `h` x `w`, into `v`.
+/// Where a transformed input goes in V: `vgroups` channel groups per position, this input's
+/// from group `g0` on (a lone input: `vgroups` = its own groups, `g0` = 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slot {
+    pub vgroups: u32,
+    pub g0: u32,
+}
+
+/// Record the input transform of `batch` images of `icg` groups, `h` x `w`, into `slot` of `v`.
 #[allow(clippy::too_many_arguments)]
 pub fn dispatch(
     ctx: &Context,
@@ -22,6 +32,7 @@ pub fn dispatch(
     pipeline: &std::sync::Arc<wgpu::ComputePipeline>,
     src: &wgpu::Buffer,
     v: &wgpu::Buffer,
+    slot: Slot,
     batch: u32,
     icg: u32,
     h: u32,
@@ -37,7 +48,9 @@ pub fn dispatch(
             tiles_x,
             tiles,
             icg,
-            _pad: [0; 3],
+            vgroups: slot.vgroups,
+            g0: slot.g0,
+            _pad: 0,
         },
     );
     Dispatch {

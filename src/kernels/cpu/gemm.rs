@@ -5,19 +5,22 @@ use super::Tensor;
 use crate::kernels::gemm::PackedGemm;
 
 /// M[((n * P + pos) * ocg + g) * tiles + t] = sum over input groups, in ascending order, of
-/// U[pos][g][ic] V[((n * P + pos) * icg + ic) * tiles + t]; with the epilogue applied when the
-/// product has one (then `residual` is read at the same index).
+/// U[pos][g][ic] V[((n * P + pos) * vgroups + ic) * tiles + t]; with the epilogue applied when
+/// the product has one (then `residual` is read at the same index). V rows hold `vgroups`
+/// channel groups, of which the product reads the first `icg`.
 pub fn gemm(
     v: &[[f32; 4]],
+    vgroups: usize,
     p: &PackedGemm,
     batch: usize,
     tiles: usize,
     residual: Option<&[f32]>,
 ) -> Vec<[f32; 4]> {
     let positions = p.positions;
+    assert!(vgroups >= p.icg, "V rows narrower than the product's input");
     assert_eq!(
         v.len(),
-        batch * positions * p.icg * tiles,
+        batch * positions * vgroups * tiles,
         "input size does not match"
     );
     let mut m = vec![[f32::NAN; 4]; batch * positions * p.ocg * tiles];
@@ -29,7 +32,7 @@ pub fn gemm(
                     for ic in 0..p.icg {
                         let s = mat_vec(
                             p.mat(pos, g, ic),
-                            &v[((n * positions + pos) * p.icg + ic) * tiles + t],
+                            &v[((n * positions + pos) * vgroups + ic) * tiles + t],
                         );
                         for l in 0..4 {
                             acc[l] += s[l];
@@ -63,7 +66,7 @@ pub fn pointwise(x: &Tensor, p: &PackedGemm, residual: Option<&Tensor>) -> Tenso
         .chunks_exact(4)
         .map(|c| [c[0], c[1], c[2], c[3]])
         .collect();
-    let m = gemm(&v, p, x.n, x.h * x.w, residual.map(|r| &r.data[..]));
+    let m = gemm(&v, p.icg, p, x.n, x.h * x.w, residual.map(|r| &r.data[..]));
     Tensor {
         n: x.n,
         c: p.oc,

@@ -44,7 +44,7 @@ pub use quantize::quantize;
 pub use refer_prep::refer_prep;
 pub use unary::unary;
 pub use warp::warp;
-pub use winograd::{winograd, winograd_input, winograd_output};
+pub use winograd::{winograd, winograd_input, winograd_input_into, winograd_output};
 
 use crate::model::{Graph, Op, Rhs};
 

@@ -46,9 +46,22 @@ fn at(m: [V4; 6]) -> [V4; 4] {
 
 /// Step 1: V[((n * 36 + pos) * icg + ic) * tiles + t].
 pub fn winograd_input(x: &Tensor) -> Vec<V4> {
+    let mut v = vec![[f32::NAN; 4]; x.n * POS * x.groups() * tiles(x.h, x.w).1];
+    winograd_input_into(x, &mut v, x.groups(), 0);
+    v
+}
+
+/// Step 1 into a slice of a wider V: V[((n * 36 + pos) * vgroups + g0 + ic) * tiles + t], the
+/// other channel groups left as they are (the shader's `vgroups` and `g0`).
+pub fn winograd_input_into(x: &Tensor, v: &mut [V4], vgroups: usize, g0: usize) {
     let (tx, t_all) = tiles(x.h, x.w);
     let icg = x.groups();
-    let mut v = vec![[f32::NAN; 4]; x.n * POS * icg * t_all];
+    assert!(g0 + icg <= vgroups, "input groups past the end of V rows");
+    assert_eq!(
+        v.len(),
+        x.n * POS * vgroups * t_all,
+        "V size does not match"
+    );
     for n in 0..x.n {
         for ic in 0..icg {
             for t in 0..t_all {
@@ -69,13 +82,12 @@ pub fn winograd_input(x: &Tensor) -> Vec<V4> {
                 for col in 0..6 {
                     let c = bt(std::array::from_fn(|r| rows[r][col]));
                     for (i, ci) in c.iter().enumerate() {
-                        v[((n * POS + i * 6 + col) * icg + ic) * t_all + t] = *ci;
+                        v[((n * POS + i * 6 + col) * vgroups + g0 + ic) * t_all + t] = *ci;
                     }
                 }
             }
         }
     }
-    v
 }
 
 /// Step 3: the output tiles, with the epilogue.
@@ -120,6 +132,6 @@ pub fn winograd(x: &Tensor, p: &PackedWinograd, residual: Option<&Tensor>) -> Te
         "input channels do not match the convolution"
     );
     let v = winograd_input(x);
-    let m = gemm(&v, &p.gemm, x.n, tiles(x.h, x.w).1, None);
+    let m = gemm(&v, p.icg(), &p.gemm, x.n, tiles(x.h, x.w).1, None);
     winograd_output(&m, p, x.n, x.h, x.w, residual)
 }
