@@ -24,6 +24,10 @@ pub const FORMAT: &str = "refqsr-calibration-1";
 /// Bit-widths every calibration file carries.
 pub const BITS: std::ops::RangeInclusive<u32> = 2..=8;
 
+/// The floor of a layer that no bit-width serves: it runs in f32 in every mode (its part of
+/// the per-layer spec then reads `[32, 32]`, and the accounting counts it so).
+pub const FLOAT: u32 = 32;
+
 /// A calibration file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Calibration {
@@ -144,9 +148,10 @@ impl Calibration {
                     l.mean.len()
                 )));
             }
-            if let Some(f) = l.floor.filter(|f| f.iter().any(|b| !BITS.contains(b))) {
+            let valid = |f: [u32; 2]| f == [FLOAT; 2] || f.iter().all(|b| BITS.contains(b));
+            if let Some(f) = l.floor.filter(|&f| !valid(f)) {
                 return Err(bad(format!(
-                    "layer `{}` has a precision floor of {f:?} bits, outside {}..={}",
+                    "layer `{}` has a precision floor of {f:?} bits: each must be in {}..={}, or both {FLOAT} (float)",
                     l.name,
                     BITS.start(),
                     BITS.end()
@@ -179,8 +184,8 @@ impl Calibration {
     }
 
     /// The (weight, activation) bits of each body layer in a mode asking for `w` and `a`:
-    /// the mode's, raised to the layer's floor. This is the per-layer spec the planner runs
-    /// and the accounting counts.
+    /// the mode's, raised to the layer's floor ([`FLOAT`]: kept in f32). This is the
+    /// per-layer spec the planner runs and the accounting counts.
     pub fn spec(&self, w: u32, a: u32) -> Vec<[u32; 2]> {
         self.layers
             .iter()
@@ -531,7 +536,25 @@ mod file_tests {
             plain.bitops_body_g
         );
         assert!(raised.fqr > plain.fqr);
-        // and a floor outside the kernels' bit-widths is a named error
+        // a float floor takes the layer out of the integer ones in every mode, and the
+        // accounting counts its MACs at 32 x 32
+        c.layers[1].floor = Some([FLOAT; 2]);
+        for mode in [mode, crate::quant::Mode::Uniform { w: 8, a: 8 }] {
+            let int = crate::quant::int_layers(&g, mode, &c, Bounds::Searched);
+            assert!(!int.contains_key(&body[1]), "{mode}: float layer quantized");
+            assert_eq!(int.len(), body.len() - 1, "{mode}");
+        }
+        let float = crate::quant::accounting::cost_with(&g, mode, &c.spec(0, 0), w, h).unwrap();
+        let want = macs * (32.0 * 32.0 - 4.0 * 4.0) / 1e9;
+        assert!((float.bitops_body_g - plain.bitops_body_g - want).abs() < 1e-9);
+        // a floor outside the kernels' bit-widths, or float for one part only, is a named
+        // error
+        c.layers[2].floor = Some([FLOAT, 8]);
+        let e = Calibration::parse(&serde_json::to_string(&c).unwrap(), Path::new("f.json"), &g)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&c.layers[2].name) && e.contains("floor"), "{e}");
+        c.layers[2].floor = None;
         c.layers[3].floor = Some([1, 9]);
         let e = Calibration::parse(&serde_json::to_string(&c).unwrap(), Path::new("f.json"), &g)
             .unwrap_err()

@@ -30,7 +30,8 @@ pub fn prepare(graph: Graph) -> Graph {
 
 /// The integer form of every body convolution of `graph` in `mode`, keyed by node index
 /// (empty for fp32): weights per output channel, inputs with the calibrated bounds, at the
-/// bits of the mode raised to each layer's floor ([`Calibration::spec`]).
+/// bits of the mode raised to each layer's floor ([`Calibration::spec`]); a layer whose floor is
+/// [`calib::FLOAT`] is not among them and runs in f32.
 pub fn int_layers(
     graph: &Graph,
     mode: Mode,
@@ -44,6 +45,7 @@ pub fn int_layers(
     body_convs(graph)
         .into_iter()
         .enumerate()
+        .filter(|&(i, _)| spec[i] != [calib::FLOAT; 2])
         .map(|(i, j)| {
             let Op::Conv(c) = &graph.nodes[j].op else {
                 unreachable!("body_convs lists convolutions")
