@@ -96,7 +96,8 @@ enum Command {
         /// Adapter index or name part.
         #[arg(long)]
         adapter: Option<String>,
-        /// Keep the existing calibration (the output file) and fit only RefQSR's parameters.
+        /// Keep the existing calibration (the output file; for the shipped model without one,
+        /// the shipped calibration) and fit only RefQSR's parameters.
         #[arg(long)]
         refqsr_only: bool,
         /// Also write a sensitivity report (JSON; a table on stderr): for every quantized
@@ -547,7 +548,12 @@ fn calibrate(
     let mut skipped = 0;
     let mut calibration = if refqsr_only {
         let prepared = refqsr::quant::prepare(graph.clone());
-        refqsr::quant::Calibration::load(&output, &prepared)?
+        if output.exists() || opts.model.is_some() {
+            refqsr::quant::Calibration::load(&output, &prepared)?
+        } else {
+            // the shipped model's calibration, compiled in, is what there is to refit from
+            refqsr::upscaler::load_calibration(&opts, &prepared)?
+        }
     } else {
         let b = bar(0, "{spinner} [{bar:30}] {pos}/{len} patch runs {elapsed}");
         let out = refqsr::calibrate::calibrate(ctx.clone(), &graph, images, &mut track(&b))?;

@@ -143,3 +143,43 @@ fn ablations_run() {
         assert!(s.references < s.patches, "{}: {s:?}", a.name());
     }
 }
+
+#[test]
+fn queries_keep_the_first_residual_block_at_b_high() {
+    use refqsr::quant::calib::FLOAT;
+    let g = refqsr::quant::prepare(refqsr::upscaler::load_graph(None, Some(4)).unwrap());
+    let calib = refqsr::upscaler::load_calibration(&Options::default(), &g).unwrap();
+    let body = refqsr::quant::body_convs(&g);
+    // SPAN's first block: its three convolutions, the last with the gate
+    let first = refqsr::refqsr::first_block(&g);
+    let names: Vec<&str> = body[first.clone()]
+        .iter()
+        .map(|&j| g.nodes[j].name.as_str())
+        .collect();
+    assert!(
+        names.len() == 3 && names.iter().all(|n| n.starts_with("/block_1/")),
+        "{names:?}"
+    );
+    for (high, low) in [(8, 4), (4, 3)] {
+        let q = refqsr::refqsr::query_layers(&g, &calib, (high, low), Default::default());
+        let medium = refqsr::refqsr::medium(high, low);
+        for (i, &j) in body.iter().enumerate() {
+            let floor = calib.layers[i].floor.unwrap_or([0, 0]);
+            if floor == [FLOAT; 2] {
+                assert!(!q.contains_key(&j), "float layer {i} quantized");
+                continue;
+            }
+            let want = if first.contains(&i) {
+                (high.max(floor[0]), high.max(floor[1]))
+            } else {
+                (medium.max(floor[0]), low.max(floor[1]))
+            };
+            assert_eq!(
+                (q[&j].w_bits, q[&j].act.bits),
+                want,
+                "refqsr:{high}-{low} layer {i} {}",
+                g.nodes[j].name
+            );
+        }
+    }
+}

@@ -14,7 +14,7 @@ use image::imageops::{self, FilterType};
 use image::Rgb32FImage;
 
 use super::clust::{self, ClustBlock, ClustParams};
-use super::{medium, select, tap, Params, ReferParams, FORMAT, HALO, PATCH};
+use super::{select, tap, Params, ReferParams, FORMAT, HALO, PATCH};
 use crate::error::Result;
 use crate::exec::GpuModel;
 use crate::gpu::Context;
@@ -178,7 +178,11 @@ pub fn fit_refer(
             continue;
         };
         let reference = model(high, high)?;
-        let query = model(medium(high, low), low)?;
+        let query = GpuModel::quantized(
+            ctx.clone(),
+            graph.clone(),
+            super::query_layers(&graph, calib, (high, low), Bounds::Searched),
+        )?;
         let bits = low;
         let clip = clip(bits, c);
         let n = c + 1;

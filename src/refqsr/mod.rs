@@ -6,7 +6,8 @@
 //! vector; [`select`] picks references by Eqs. 2-3; [`schedule`] orders the work (references
 //! first, queries queued against their stored features, groups sized by the memory budget);
 //! [`RefQsr::run`] executes it. The reference body runs at (W b_high, A b_high); the query
-//! body at (W b_medium, A b_low), b_medium = round((b_high + b_low) / 2), and RefER at the tap:
+//! body at (W b_medium, A b_low), b_medium = round((b_high + b_low) / 2), except its first
+//! residual block, kept at b_high as the paper keeps it ([`first_block`]); RefER at the tap:
 //! `F' = Fq + conv(Fq - warp(Fr))`, the conv at b_high.
 //!
 //! The tap is the body's output, the input of the upsampler (SPAN has no ResBlocks to replace
@@ -200,6 +201,47 @@ pub fn medium(high: u32, low: u32) -> u32 {
     (high + low).div_ceil(2)
 }
 
+/// The body convolutions (indices into [`crate::quant::body_convs`]) of `g`'s first residual
+/// block: up to the first whose epilogue adds back an earlier value (SPAN's gate, a residual
+/// add), or the first alone where none does. The paper keeps this block at b_high in queries
+/// as in references (Section 3): every later layer builds on its features.
+pub fn first_block(g: &Graph) -> std::ops::Range<usize> {
+    let body = crate::quant::body_convs(g);
+    let end = body
+        .iter()
+        .position(|&j| matches!(&g.nodes[j].op, Op::Conv(c) if c.epilogue.residual().is_some()))
+        .unwrap_or(0);
+    0..(end + 1).min(body.len())
+}
+
+/// The per-layer spec of queries in mode `high`-`low`, as a calibration: `calib`, with the
+/// first block's floors raised to `high` (see [`first_block`]; float layers stay float).
+pub fn query_calibration(g: &Graph, calib: &Calibration, high: u32) -> Calibration {
+    let mut q = calib.clone();
+    for l in &mut q.layers[first_block(g)] {
+        let [w, a] = l.floor.unwrap_or([0, 0]);
+        if w != crate::quant::calib::FLOAT {
+            l.floor = Some([w.max(high), a.max(high)]);
+        }
+    }
+    q
+}
+
+/// The integer layers of the query model in mode `high`-`low`: weights at b_medium,
+/// activations at b_low, the first block at b_high, each raised to its floor.
+pub fn query_layers(
+    g: &Graph,
+    calib: &Calibration,
+    (high, low): (u32, u32),
+    bounds: Bounds,
+) -> std::collections::BTreeMap<usize, PackedIntConv> {
+    let mode = Mode::Uniform {
+        w: medium(high, low),
+        a: low,
+    };
+    crate::quant::int_layers(g, mode, &query_calibration(g, calib, high), bounds)
+}
+
 /// The RefER tap of `g`: the input of its last convolution (the tail).
 pub fn tap(g: &Graph) -> Result<ValueId> {
     g.nodes
@@ -330,7 +372,8 @@ pub struct RefQsr {
     ablation: Ablation,
     plans: Mutex<HashMap<PlanKey, Arc<Plan>>>,
     last: Mutex<Option<RunStats>>,
-    /// Each body layer's precision floor (see [`Calibration::spec`]), for the accounting.
+    /// Each body layer's precision floor (see [`Calibration::spec`]), for the accounting: the
+    /// queries' (the first block's raised to b_high, which references run at anyway).
     floors: Vec<[u32; 2]>,
 }
 
@@ -350,15 +393,7 @@ impl RefQsr {
     ) -> Result<Self> {
         let mode = Mode::RefQsr { high, low };
         let tap = tap(g)?;
-        let layers = crate::quant::int_layers(
-            g,
-            Mode::Uniform {
-                w: medium(high, low),
-                a: low,
-            },
-            calib,
-            bounds,
-        );
+        let layers = query_layers(g, calib, (high, low), bounds);
         let (query, fr, refer) = if ablation == Ablation::NoRefer {
             (
                 GpuModel::quantized(ctx.clone(), g.clone(), layers)?,
@@ -401,7 +436,7 @@ impl RefQsr {
             ablation,
             plans: Mutex::new(HashMap::new()),
             last: Mutex::new(None),
-            floors: calib.spec(0, 0),
+            floors: query_calibration(g, calib, high).spec(0, 0),
         })
     }
 
