@@ -246,12 +246,31 @@ fn eval_reports_the_paper_metrics() {
     let p = |i: usize| rows[i]["psnr_y"].as_f64().unwrap();
     // w8a8 stays close to fp32 and clearly above w4a4; the integer rows count integer BitOPs
     assert!(p(1) > p(0) - 1.0 && p(1) > p(3) && p(2) > p(4), "{rows:?}");
-    assert_eq!(rows[1]["fqr"], 8.0);
+    // w8a8 runs the shipped spec: 8 bits, but f32 for the layers whose floor says so. SPAN's
+    // body layers all read 48 channels at the input size, so FQR is their mean bit-width.
+    let calib: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string("assets/models/spanx4_ch48.calib.json").unwrap(),
+    )
+    .unwrap();
+    let layers = calib["layers"].as_array().unwrap();
+    let float = layers
+        .iter()
+        .filter(|l| l["floor"] == serde_json::json!([32, 32]))
+        .count();
+    let want = (8 * (layers.len() - float) + 32 * float) as f64 / layers.len() as f64;
+    let fqr8 = rows[1]["fqr"].as_f64().unwrap();
+    assert!((fqr8 - want).abs() < 1e-9, "w8a8 FQR {fqr8}, {float} float layers");
     // w4a4 runs the shipped per-layer spec: some layers kept at 6 or 8 bits (their floors)
     let fqr = rows[3]["fqr"].as_f64().unwrap();
     assert!((4.0..8.0).contains(&fqr), "{fqr}");
     let body = |i: usize| rows[i]["bitops_body_g"].as_f64().unwrap();
-    assert!((body(0) / body(1) - 16.0).abs() < 1e-9, "{rows:?}");
+    // 32x32 against 8x8 bits: 16x fewer body BitOPs, less where layers stay in f32
+    let ratio = body(0) / body(1);
+    if float == 0 {
+        assert!((ratio - 16.0).abs() < 1e-9, "{rows:?}");
+    } else {
+        assert!(ratio > 1.0 && ratio < 16.0, "{rows:?}");
+    }
     // per image: the scores the means are made of, and the worst loss against fp32 taken
     // from them
     assert_eq!(json["images"].as_array().unwrap().len(), 1);
