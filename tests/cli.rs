@@ -259,7 +259,10 @@ fn eval_reports_the_paper_metrics() {
         .count();
     let want = (8 * (layers.len() - float) + 32 * float) as f64 / layers.len() as f64;
     let fqr8 = rows[1]["fqr"].as_f64().unwrap();
-    assert!((fqr8 - want).abs() < 1e-9, "w8a8 FQR {fqr8}, {float} float layers");
+    assert!(
+        (fqr8 - want).abs() < 1e-9,
+        "w8a8 FQR {fqr8}, {float} float layers"
+    );
     // w4a4 runs the shipped per-layer spec: some layers kept at 6 or 8 bits (their floors)
     let fqr = rows[3]["fqr"].as_f64().unwrap();
     assert!((4.0..8.0).contains(&fqr), "{fqr}");
