@@ -1,7 +1,8 @@
 //! Winograd F(4x4, 3x3) convolution: the 3x3 path of the engine. Three kernels
 //! (`winograd_input`, `gemm` over 36 positions, `winograd_output`) with one launcher each;
 //! this module transforms the weights (U = G g G^T, once at load time) and strings the
-//! three launches.
+//! launches: [`transform`] per input (the plan may share one transformed input between
+//! several convolutions, see exec.rs) and [`GpuWinograd::product`] per convolution.
 //!
 //! The transform matrices are Lavin and Gray's ("Fast Algorithms for Convolutional Neural
 //! Networks", 2016). A 4x4 output tile costs 36 multiplies per channel pair instead of 144.
@@ -100,7 +101,6 @@ pub struct GpuWinograd {
     pub packed: PackedWinograd,
     gemm: GpuGemm,
     vecs: wgpu::Buffer,
-    input: Arc<wgpu::ComputePipeline>,
     output: Arc<wgpu::ComputePipeline>,
 }
 
@@ -110,47 +110,9 @@ impl GpuWinograd {
         Ok(GpuWinograd {
             gemm: GpuGemm::new(ctx, packed.gemm.clone())?,
             vecs,
-            input: ctx.pipeline("winograd_input", &[])?,
             output: ctx.pipeline("winograd_output", &[])?,
             packed,
         })
-    }
-
-    /// Record the three steps over `batch` images of `h` x `w`, using the scratch buffers
-    /// `v` and `m` (at least [`scratch_bytes`]).
-    #[allow(clippy::too_many_arguments)]
-    pub fn dispatch(
-        &self,
-        ctx: &Context,
-        label: &str,
-        src: &wgpu::Buffer,
-        residual: Option<&wgpu::Buffer>,
-        dst: &wgpu::Buffer,
-        v: &wgpu::Buffer,
-        m: &wgpu::Buffer,
-        batch: u32,
-        h: u32,
-        w: u32,
-    ) -> Result<Vec<Dispatch>> {
-        let icg = self.packed.icg() as u32;
-        let slot = Slot {
-            vgroups: icg,
-            g0: 0,
-        };
-        let mut out = vec![transform(
-            ctx,
-            label,
-            &self.input,
-            src,
-            icg,
-            v,
-            slot,
-            batch,
-            h,
-            w,
-        )];
-        out.extend(self.product(ctx, label, v, icg, residual, dst, m, batch, h, w)?);
-        Ok(out)
     }
 
     /// Steps 2 and 3 on an input already transformed into `v`, whose rows hold `vgroups`
