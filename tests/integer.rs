@@ -3,11 +3,10 @@
 
 mod common;
 
-use common::{ctx, Rng};
+use common::{ctx, launch, Rng};
 use refqsr::kernels::cpu::gemm_int8;
 use refqsr::kernels::gemm_int8::{GpuGemmInt8, PackedGemmInt8};
 use refqsr::kernels::int_store::Store;
-use refqsr::kernels::{encode, Step};
 use refqsr::quant::pack::pack_i8x4;
 use refqsr::quant::{weight_quantizers, Quantizer};
 
@@ -83,8 +82,9 @@ fn int8_gemm_matches_its_twin_bit_for_bit() {
         let m = ctx.acquire(bytes);
         ctx.queue
             .write_buffer(&m, 0, bytemuck::cast_slice(&vec![i32::MIN; want.len() * 4]));
-        let steps: Vec<Step> = gpu
-            .dispatch(
+        launch(
+            &ctx,
+            gpu.dispatch(
                 &ctx,
                 "test",
                 &a_buf,
@@ -92,13 +92,8 @@ fn int8_gemm_matches_its_twin_bit_for_bit() {
                 &Store::Sums,
                 batch as u32,
                 tiles as u32,
-            )
-            .into_iter()
-            .map(Step::Launch)
-            .collect();
-        let mut encoder = ctx.device.create_command_encoder(&Default::default());
-        encode(&steps, &mut encoder);
-        ctx.queue.submit([encoder.finish()]);
+            ),
+        );
         let got: Vec<i32> = bytemuck::cast_slice(&ctx.read(&m, bytes).unwrap()).to_vec();
         let want: Vec<i32> = want.into_iter().flatten().collect();
         assert!(
@@ -167,12 +162,6 @@ fn folded_zero_points_reproduce_the_quantized_convolution() {
     }
 }
 
-fn run(ctx: &refqsr::gpu::Context, steps: Vec<Step>) {
-    let mut encoder = ctx.device.create_command_encoder(&Default::default());
-    encode(&steps, &mut encoder);
-    ctx.queue.submit([encoder.finish()]);
-}
-
 fn read_u32(ctx: &refqsr::gpu::Context, b: &wgpu::Buffer, words: usize) -> Vec<u32> {
     bytemuck::cast_slice(&ctx.read(b, words as u64 * 4).unwrap()).to_vec()
 }
@@ -222,7 +211,7 @@ fn quantize_matches_its_twin_bit_for_bit() {
                     nibbles,
                 )
                 .unwrap();
-                run(&ctx, vec![Step::Launch(d)]);
+                launch(&ctx, [d]);
                 assert_eq!(
                     read_u32(&ctx, &dst, want.len()),
                     want,
@@ -311,18 +300,12 @@ fn integer_3x3_convolution_is_exact() {
             bytemuck::cast_slice(&vec![0xdead_beefu32; cols.len()]),
         );
         let gpu = GpuGemmInt8::new(&ctx, packed).unwrap();
-        let mut steps = vec![Step::Launch(
-            refqsr::kernels::im2col_int8::dispatch(
-                &ctx, "c", &src, &col_buf, 1, icg as u32, h as u32, w as u32, k as u32, pad,
-            )
-            .unwrap(),
-        )];
-        steps.extend(
-            gpu.dispatch(&ctx, "c", &col_buf, &m, &Store::Sums, 1, (h * w) as u32)
-                .into_iter()
-                .map(Step::Launch),
-        );
-        run(&ctx, steps);
+        let mut steps = vec![refqsr::kernels::im2col_int8::dispatch(
+            &ctx, "c", &src, &col_buf, 1, icg as u32, h as u32, w as u32, k as u32, pad,
+        )
+        .unwrap()];
+        steps.extend(gpu.dispatch(&ctx, "c", &col_buf, &m, &Store::Sums, 1, (h * w) as u32));
+        launch(&ctx, steps);
         assert_eq!(
             read_u32(&ctx, &col_buf, cols.len()),
             cols,
@@ -405,7 +388,7 @@ fn integer_convolution_layer_matches_its_twins_and_the_float_layer() {
                 w as u32,
             )
             .unwrap();
-        run(&ctx, steps.into_iter().map(Step::Launch).collect());
+        launch(&ctx, steps);
         let got = ctx.read(&dst, (12 * h * w * 16) as u64).unwrap();
         let d = common::max_abs_diff(&got, &want);
         assert!(
@@ -482,7 +465,7 @@ fn int8_3x3_convolution_kernel_matches_its_twin_bit_for_bit() {
             pad,
         )
         .unwrap();
-        run(&ctx, steps.into_iter().map(Step::Launch).collect());
+        launch(&ctx, steps);
         let got = read_sums(&ctx, &m, want.len());
         let bad = got.iter().zip(&want).filter(|(g, w)| g != w).count();
         assert_eq!(bad, 0, "{in_ch}->{out_ch} {h}x{w} n{batch}: {bad} differ");
@@ -605,7 +588,7 @@ fn int4_convolution_kernel_matches_its_twin_bit_for_bit() {
                 pad,
             )
             .unwrap();
-            run(&ctx, steps.into_iter().map(Step::Launch).collect());
+            launch(&ctx, steps);
             let got = read_sums(&ctx, &m, want.len());
             let bad = got.iter().zip(&want).filter(|(g, w)| g != w).count();
             assert_eq!(
@@ -729,12 +712,10 @@ fn integer_kernels_write_floats_and_next_layer_codes_like_their_twins() {
                     h as u32,
                     w as u32,
                 )
-                .unwrap()
-                .into_iter()
-                .map(Step::Launch),
+                .unwrap(),
             );
         }
-        run(&ctx, steps);
+        launch(&ctx, steps);
         let label = format!("{:?} {in_ch}->{out_ch} a{a_bits} -> a{next_bits}", p.kernel);
         let range = twin_float.iter().fold(0f32, |m, v| m.max(v.abs()));
         let got: Vec<f32> =
@@ -863,7 +844,7 @@ fn int4_pair_kernel_matches_its_twin_and_conv_int4_bit_for_bit() {
                 w as u32,
                 pad,
             );
-            run(&ctx, steps.into_iter().map(Step::Launch).collect());
+            launch(&ctx, steps);
             let got = read_sums(&ctx, &m, want.len());
             let bad = got.iter().zip(&want).filter(|(g, w)| g != w).count();
             assert_eq!(bad, 0, "GPU, {label}: {bad} differ");

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{ctx, max_abs_diff, Rng};
+use common::{ctx, launch, max_abs_diff, Rng};
 use refqsr::exec::GpuModel;
 use refqsr::kernels::conv::PackedConv;
 use refqsr::kernels::cpu::{self, Tensor};
@@ -430,7 +430,6 @@ fn winograd_past_an_upsampling_falls_back_to_direct_where_its_scratch_cannot_bin
 #[test]
 fn winograd_products_over_a_shared_transformed_input_match_cpu_twins() {
     use refqsr::kernels::winograd::{tiles, transform, GpuWinograd, PackedWinograd, Slot, POS};
-    use refqsr::kernels::{encode, Step};
     let ctx = ctx();
     let mut rng = Rng::fresh("winograd shared input");
     // Two inputs transformed into one V of 3 channel groups (a at group 0, b at group 2); one
@@ -459,35 +458,13 @@ fn winograd_products_over_a_shared_transformed_input_match_cpu_twins() {
         g0,
     };
     let (nn, hh, ww) = (n as u32, h as u32, w as u32);
-    let mut steps = vec![
-        Step::Launch(transform(
-            &ctx,
-            "a",
-            &pipeline,
-            &sa,
-            2,
-            &v_buf,
-            slot(0),
-            nn,
-            hh,
-            ww,
-        )),
-        Step::Launch(transform(
-            &ctx,
-            "b",
-            &pipeline,
-            &sb,
-            1,
-            &v_buf,
-            slot(2),
-            nn,
-            hh,
-            ww,
-        )),
-    ];
-    let mut encoder = ctx.device.create_command_encoder(&Default::default());
-    encode(&steps, &mut encoder);
-    ctx.queue.submit([encoder.finish()]);
+    launch(
+        &ctx,
+        [
+            transform(&ctx, "a", &pipeline, &sa, 2, &v_buf, slot(0), nn, hh, ww),
+            transform(&ctx, "b", &pipeline, &sb, 1, &v_buf, slot(2), nn, hh, ww),
+        ],
+    );
     let got_v = ctx.read(&v_buf, (v.len() * 16) as u64).unwrap();
     let want_v: Vec<f32> = v.iter().flatten().copied().collect();
     let d = max_abs_diff(&got_v, &want_v);
@@ -527,8 +504,9 @@ fn winograd_products_over_a_shared_transformed_input_match_cpu_twins() {
         let poison = vec![f32::NAN; want.data.len()];
         ctx.queue
             .write_buffer(&dst, 0, bytemuck::cast_slice(&poison));
-        steps = gpu
-            .product(
+        launch(
+            &ctx,
+            gpu.product(
                 &ctx,
                 "p",
                 &v_buf,
@@ -540,13 +518,8 @@ fn winograd_products_over_a_shared_transformed_input_match_cpu_twins() {
                 hh,
                 ww,
             )
-            .unwrap()
-            .into_iter()
-            .map(Step::Launch)
-            .collect();
-        let mut encoder = ctx.device.create_command_encoder(&Default::default());
-        encode(&steps, &mut encoder);
-        ctx.queue.submit([encoder.finish()]);
+            .unwrap(),
+        );
         let got = ctx.read(&dst, (want.data.len() * 4) as u64).unwrap();
         let d = max_abs_diff(&got, &want.data);
         assert!(

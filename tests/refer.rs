@@ -5,10 +5,10 @@
 
 mod common;
 
-use common::{ctx, Rng};
+use common::{ctx, launch, Rng};
 use refqsr::gpu::Context;
 use refqsr::kernels::cpu::{self, Tensor};
-use refqsr::kernels::{argmax, cost_volume, encode, refer_prep, warp, Dispatch, Step};
+use refqsr::kernels::{argmax, cost_volume, refer_prep, warp};
 
 /// Share of `refer_prep` codes that must equal the twin's; the others may be one step off (the
 /// driver's sqrt and division may round the last ulp of the float mean differently).
@@ -19,13 +19,6 @@ const WARP_TOL: f32 = 1e-5;
 /// Poison of code words: four codes of -128, which symmetric codes (at most 127 in magnitude)
 /// never produce.
 const CODE_POISON: u32 = 0x8080_8080;
-
-fn run(ctx: &Context, launches: Vec<Dispatch>) {
-    let steps: Vec<Step> = launches.into_iter().map(Step::Launch).collect();
-    let mut encoder = ctx.device.create_command_encoder(&Default::default());
-    encode(&steps, &mut encoder);
-    ctx.queue.submit([encoder.finish()]);
-}
 
 /// A pool buffer for `words` 32-bit outputs, every word of it (the pool may round the size
 /// up) set to `poison`.
@@ -151,7 +144,7 @@ fn refer_prep_matches_its_twin_within_one_code() {
                 clip,
             )
             .unwrap();
-            run(&ctx, vec![d]);
+            launch(&ctx, vec![d]);
             let got = lanes(&read_words(&ctx, &dst, want.len()));
             ctx.release(dst);
             for (k, (&g, &t)) in got.iter().zip(&twin).enumerate() {
@@ -219,7 +212,7 @@ fn cost_volume_matches_its_twin_bit_for_bit() {
                 groups as u32,
             )
             .unwrap();
-            run(&ctx, vec![d]);
+            launch(&ctx, vec![d]);
             let got: Vec<i32> = read_words(&ctx, &e, want.len())
                 .into_iter()
                 .map(|v| v as i32)
@@ -287,7 +280,7 @@ fn argmax_matches_its_twin_and_takes_the_first_of_ties() {
             let idx = poisoned(&ctx, want.len(), u32::MAX);
             let d =
                 argmax::dispatch(&ctx, "argmax", &eb, &idx, batch as u32, cells as u32).unwrap();
-            run(&ctx, vec![d]);
+            launch(&ctx, vec![d]);
             let got = read_words(&ctx, &idx, want.len());
             ctx.release(idx);
             let bad = got.iter().zip(&want).filter(|(g, w)| g != w).count();
@@ -332,7 +325,7 @@ fn gpu_warp(
         w as u32,
     )
     .unwrap();
-    run(ctx, vec![d]);
+    launch(ctx, vec![d]);
     let got = read_f32(ctx, &dst, fq.len());
     ctx.release(dst);
     got
@@ -506,7 +499,7 @@ fn refer_chain_in_one_submission_matches_the_twins_step_by_step() {
         argmax::dispatch(&ctx, "m", &e, &idx, b, cells as u32).unwrap(),
         warp::dispatch(&ctx, "d", &qf, &rf, &idx, &dst, b, cu, hu, wu).unwrap(),
     ];
-    run(&ctx, launches);
+    launch(&ctx, launches);
     let got_q = read_words(&ctx, &qc, words);
     let got_r = read_words(&ctx, &rc, words);
     let got_e: Vec<i32> = read_words(&ctx, &e, batch * cells * cells)

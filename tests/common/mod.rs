@@ -5,6 +5,7 @@ use std::sync::{Arc, OnceLock};
 
 use refqsr::gpu::Context;
 use refqsr::kernels::cpu::Tensor;
+use refqsr::kernels::{Dispatch, Step};
 
 /// The device every test runs on, opened once per test binary; prints which one it is.
 pub fn ctx() -> Arc<Context> {
@@ -16,6 +17,14 @@ pub fn ctx() -> Arc<Context> {
         ctx
     })
     .clone()
+}
+
+/// Record `launches` in order and submit them (reads through `Context::read` wait for them).
+pub fn launch(ctx: &Context, launches: impl IntoIterator<Item = Dispatch>) {
+    let steps: Vec<Step> = launches.into_iter().map(Step::Launch).collect();
+    let mut encoder = ctx.device.create_command_encoder(&Default::default());
+    refqsr::kernels::encode(&steps, &mut encoder);
+    ctx.queue.submit([encoder.finish()]);
 }
 
 /// A small fast generator. Each test's seed is fixed (a hash of the test's name), so a run is
