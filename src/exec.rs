@@ -110,12 +110,20 @@ impl GpuModel {
     /// Bytes of the largest single buffer and of all buffers alive at once, for `batch` inputs
     /// of `h` x `w`; used to pick tile sizes that fit the device.
     pub fn memory(&self, batch: usize, h: usize, w: usize) -> (u64, u64) {
-        self.memory_keeping(batch, h, w, &[])
+        let shared = self.shared_inputs(batch, h, w, &[]);
+        self.memory_keeping(batch, h, w, &[], &shared)
     }
 
-    /// [`GpuModel::memory`] of the plan that keeps `keep` (see [`GpuModel::plan_keeping`]).
-    fn memory_keeping(&self, batch: usize, h: usize, w: usize, keep: &[ValueId]) -> (u64, u64) {
-        let shared = self.shared_inputs(batch, h, w, keep);
+    /// [`GpuModel::memory`] of the plan that keeps `keep` (see [`GpuModel::plan_keeping`])
+    /// and feeds its Winograd convolutions as `shared` says.
+    fn memory_keeping(
+        &self,
+        batch: usize,
+        h: usize,
+        w: usize,
+        keep: &[ValueId],
+        shared: &SharedInputs,
+    ) -> (u64, u64) {
         let mut sizes = self.value_sizes(batch, h, w);
         for &p in &shared.skipped {
             sizes[self.graph.nodes[p].output] = 0;
@@ -123,12 +131,12 @@ impl GpuModel {
         let (sv, sm) = self.scratch(batch, h, w);
         let int = self.int_scratch(batch, h, w);
         let (mut peak, mut live) = (0u64, 0u64);
-        let mut last = self.last_uses(&shared);
+        let mut last = self.last_uses(shared);
         for &v in keep {
             last[v] = usize::MAX;
         }
         live += sizes[self.graph.input];
-        let dying = self.dying(&last, &shared);
+        let dying = self.dying(&last, shared);
         for (n, dead) in self.graph.nodes.iter().zip(&dying) {
             live += sizes[n.output];
             peak = peak.max(live);
@@ -328,7 +336,8 @@ impl GpuModel {
         let ctx = &self.ctx;
         let g = &self.graph;
         let sizes = self.value_sizes(batch, h, w);
-        let (largest, peak_bytes) = self.memory_keeping(batch, h, w, keep);
+        let shared = self.shared_inputs(batch, h, w, keep);
+        let (largest, peak_bytes) = self.memory_keeping(batch, h, w, keep, &shared);
         if largest > ctx.max_binding() {
             return Err(Error::Invalid(format!(
                 "a {batch}x{h}x{w} tile needs a {} MiB tensor, over this adapter's {} MiB binding limit: use a smaller tile",
@@ -336,7 +345,6 @@ impl GpuModel {
                 ctx.max_binding() >> 20
             )));
         }
-        let shared = self.shared_inputs(batch, h, w, keep);
         let last = self.last_uses(&shared);
         let mut buffers: Vec<Option<Arc<wgpu::Buffer>>> = vec![None; g.values.len()];
         let mut free: Vec<Arc<wgpu::Buffer>> = Vec::new();
@@ -692,6 +700,12 @@ impl GpuModel {
     fn shared_inputs(&self, batch: usize, h: usize, w: usize, keep: &[ValueId]) -> SharedInputs {
         let g = &self.graph;
         let uses = crate::model::fuse::users(g.nodes.iter().map(Some), g.output);
+        let producer: std::collections::HashMap<ValueId, usize> = g
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(j, n)| (n.output, j))
+            .collect();
         let uses_v = |j: usize| {
             matches!(self.nodes[j], NodeRes::Winograd(..)) && !self.direct_instead(j, batch, h, w)
         };
@@ -722,8 +736,8 @@ impl GpuModel {
                 continue;
             }
             let u = n.inputs[0];
-            let parts = match g.nodes.iter().position(|m| m.output == u) {
-                Some(p) if skippable(p) => {
+            let parts = match producer.get(&u) {
+                Some(&p) if skippable(p) => {
                     out.skipped.insert(p);
                     g.nodes[p].inputs.clone()
                 }
