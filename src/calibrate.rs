@@ -548,11 +548,8 @@ pub fn sensitivity(
     let macs: Vec<f64> = body
         .iter()
         .map(|&j| {
-            let Op::Conv(c) = &graph.nodes[j].op else {
-                unreachable!("body layers are convolutions")
-            };
-            let s = graph.values[graph.nodes[j].inputs[0]].scale as f64;
-            (c.in_ch * c.out_ch * c.k * c.k) as f64 * s * s
+            crate::quant::accounting::conv_macs(&graph, &graph.nodes[j], 1.0, 1.0)
+                .expect("body layers are convolutions")
         })
         .collect();
     let noise: Vec<f64> = layers

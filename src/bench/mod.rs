@@ -19,7 +19,7 @@ use image::Rgb32FImage;
 
 use crate::error::{Error, Result};
 use crate::gpu::{Context, IntDot};
-use crate::model::{Graph, Op};
+use crate::model::Graph;
 use crate::profile::{Profiler, Stage};
 use crate::quant::Mode;
 use crate::upscaler::{load_graph, Options, Upscaler};
@@ -133,14 +133,7 @@ pub fn parse_sizes(text: &str) -> Result<Vec<(u32, u32)>> {
 pub fn macs(g: &Graph, width: u32, height: u32) -> f64 {
     g.nodes
         .iter()
-        .filter_map(|n| match &n.op {
-            Op::Conv(c) => {
-                let s = g.values[n.inputs[0]].scale as f64;
-                let pixels = width as f64 * height as f64 * s * s;
-                Some((c.in_ch * c.out_ch * c.k * c.k) as f64 * pixels)
-            }
-            _ => None,
-        })
+        .filter_map(|n| crate::quant::accounting::conv_macs(g, n, width as f64, height as f64))
         .sum()
 }
 

@@ -8,7 +8,15 @@
 use std::collections::HashSet;
 
 use super::Mode;
-use crate::model::{Graph, Op};
+use crate::model::{Graph, Node, Op};
+
+/// Multiply-accumulates of node `n` of `g` when the network's input is `width` x `height`
+/// (its own input may be upsampled); `None` for a node that is not a convolution.
+pub fn conv_macs(g: &Graph, n: &Node, width: f64, height: f64) -> Option<f64> {
+    let Op::Conv(c) = &n.op else { return None };
+    let s = g.values[n.inputs[0]].scale as f64;
+    Some((c.in_ch * c.out_ch * c.k * c.k) as f64 * width * height * s * s)
+}
 
 /// Cost of running a graph on one image.
 #[derive(Debug, Clone, Copy, PartialEq)]
