@@ -2,21 +2,19 @@
 // alpha, beta) * (1 / s)) - zero point, four signed bytes per word (C4HW), or for codes of at
 // most 4 bits eight signed nibbles per word (C8HW, the layout of shared/int_store.wgsl:
 // channel group 2 w in the low nibbles of word w, group 2 w + 1 in the high ones). Lanes past
-// the real channels carry the code of 0. The CPU twin reproduces every bit (see eq1_codes).
+// the real channels carry the code of 0. Each channel group has its own bounds and step where
+// the quantizer is per channel (common.wgsl's Eq1). The CPU twin reproduces every bit (see eq1_codes).
 
 struct Params {
     len: u32,       // words (batch x words per pixel x plane)
     plane: u32,
     groups: u32,    // channel groups of four
     channels: u32,
-    alpha: f32,
-    beta: f32,
-    inv_step: f32,
-    lo: i32,        // smallest code
-    hi: i32,        // largest code
-    zero: i32,      // zero point: code of byte 0
     row: u32,
     nibbles: u32,   // 1: eight channels per word
+    _p0: u32,
+    _p1: u32,
+    q: Eq1,
 }
 
 @group(0) @binding(0) var<storage, read> src: array<vec4<f32>>;
@@ -29,8 +27,9 @@ fn codes(n: u32, g: u32, p: u32) -> vec4<i32> {
     if g < params.groups {
         x = src[(n * params.groups + g) * params.plane + p];
     }
-    let code = eq1_codes(x, params.alpha, params.beta, params.inv_step, params.lo, params.hi, params.zero);
-    return select(vec4<i32>(-params.zero), code, c < vec4<u32>(params.channels));
+    let k = select(0u, min(g, 63u), params.q.per_channel != 0u);
+    let code = eq1_codes(x, params.q.alpha[k], params.q.beta[k], params.q.inv_step[k], params.q.lo, params.q.hi, params.q.zero);
+    return select(vec4<i32>(-params.q.zero), code, c < vec4<u32>(params.channels));
 }
 
 @compute @workgroup_size(256, 1, 1)

@@ -11,9 +11,8 @@ use image::Rgb32FImage;
 use crate::error::{Error, Result};
 use crate::exec::{GpuModel, Plan};
 use crate::gpu::Context;
-use crate::model::{Conv, Graph, Op, ValueId};
+use crate::model::{Graph, Op, ValueId};
 use crate::quant::calib::{self, Calibration, Histogram, LayerBounds, BITS, FORMAT};
-use crate::quant::Quantizer;
 
 /// Side of the square calibration patches (input pixels); smaller images give one patch of
 /// their own size.
@@ -83,40 +82,90 @@ pub fn calibrate(
     // C4HW element i: group (i / 4 / plane), lane i % 4.
     let channel_of = |i: usize, plane: usize| (i / 4 / plane) * 4 + i % 4;
 
-    let mut range = vec![(0f32, 0f32); body.len()];
+    // per layer, per channel: smallest and largest value
+    let mut range: Vec<Vec<(f32, f32)>> = channels.iter().map(|&c| vec![(0.0, 0.0); c]).collect();
     each(&mut |l, plane, data| {
         for (i, &x) in data.iter().enumerate() {
-            if channel_of(i, plane) < channels[l] {
-                range[l] = (range[l].0.min(x), range[l].1.max(x));
+            let c = channel_of(i, plane);
+            if c < channels[l] {
+                let r = &mut range[l][c];
+                *r = (r.0.min(x), r.1.max(x));
             }
         }
     })?;
-    let mut hists: Vec<Histogram> = range.iter().map(|&(a, b)| Histogram::new(a, b)).collect();
+    let span = |r: &[(f32, f32)]| {
+        r.iter()
+            .fold((0f32, 0f32), |(a, b), &(x, y)| (a.min(x), b.max(y)))
+    };
+    let mut hists: Vec<Histogram> = range
+        .iter()
+        .map(|r| {
+            let (a, b) = span(r);
+            Histogram::new(a, b)
+        })
+        .collect();
+    let per_channel = |l: usize| channels[l] <= crate::quant::MAX_ACT_CHANNELS;
+    let mut chists: Vec<Vec<Histogram>> = (0..body.len())
+        .map(|l| {
+            if !per_channel(l) {
+                return Vec::new();
+            }
+            (range[l].iter())
+                .map(|&(a, b)| Histogram::with_bins(a, b, calib::CHANNEL_BINS))
+                .collect()
+        })
+        .collect();
     let mut sums: Vec<Vec<(f64, f64)>> = channels.iter().map(|&c| vec![(0.0, 0.0); c]).collect();
     each(&mut |l, plane, data| {
         for (i, &x) in data.iter().enumerate() {
             let c = channel_of(i, plane);
             if c < channels[l] {
                 hists[l].add(x, weights[l][c]);
+                if let Some(h) = chists[l].get_mut(c) {
+                    h.add(x, weights[l][c]);
+                }
                 sums[l][c].0 += x as f64;
                 sums[l][c].1 += 1.0;
             }
         }
     })?;
 
+    // the searches are independent per layer: spread them over the cores
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut steps: Vec<BTreeMap<u32, calib::ChannelSteps>> = vec![BTreeMap::new(); body.len()];
+    let per = body.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        for (t, chunk) in steps.chunks_mut(per).enumerate() {
+            let chists = &chists;
+            scope.spawn(move || {
+                for (i, out) in chunk.iter_mut().enumerate() {
+                    let h = &chists[t * per + i];
+                    if !h.is_empty() {
+                        *out = BITS.map(|b| (b, calib::channel_steps(h, b))).collect();
+                    }
+                }
+            });
+        }
+    });
+
     let layers = body
         .iter()
         .enumerate()
-        .map(|(l, &j)| LayerBounds {
-            name: graph.nodes[j].name.clone(),
-            in_ch: channels[l],
-            min: range[l].0,
-            max: range[l].1.max(range[l].0 + f32::MIN_POSITIVE),
-            bounds: BITS
-                .map(|b| (b, calib::search_bounds(&hists[l], b)))
-                .collect(),
-            mean: sums[l].iter().map(|&(s, n)| (s / n) as f32).collect(),
-            floor: None,
+        .zip(steps)
+        .map(|((l, &j), channel_steps)| {
+            let (min, max) = span(&range[l]);
+            LayerBounds {
+                name: graph.nodes[j].name.clone(),
+                in_ch: channels[l],
+                min,
+                max: max.max(min + f32::MIN_POSITIVE),
+                bounds: BITS
+                    .map(|b| (b, calib::search_bounds(&hists[l], b)))
+                    .collect(),
+                mean: sums[l].iter().map(|&(s, n)| (s / n) as f32).collect(),
+                floor: None,
+                channels: channel_steps,
+            }
         })
         .collect();
     Ok(Outcome {
@@ -394,7 +443,7 @@ pub fn sensitivity(
     max_patches: usize,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Sensitivity> {
-    use crate::quant::{int_layers, Bounds, Mode};
+    use crate::quant::{effective_weights, int_layer, int_layers, Bounds, Mode};
     let (images, _) = load_images(dir)?;
     let all = patches_of(&images);
     // evenly spread over the images
@@ -493,49 +542,28 @@ pub fn sensitivity(
             }
         })
         .collect();
-    // each layer with 8-bit weights, for measuring its input alone: the same at every width
-    let weights8: Vec<(Conv, Vec<Quantizer>)> = body
-        .iter()
-        .enumerate()
-        .map(|(l, &j)| {
-            let Op::Conv(c) = &graph.nodes[j].op else {
-                unreachable!("body_convs lists convolutions")
-            };
-            let wq = calib::searched_weight_quantizers(&c.weights, c.out_ch, 8);
-            (calib::correct_bias(c, &wq, &calib.layers[l].mean), wq)
-        })
-        .collect();
     for bits in REPORT_BITS {
         let mode = Mode::Uniform { w: bits, a: bits };
-        let int = int_layers(&graph, mode, calib, Bounds::Searched);
+        let int = int_layers(&graph, mode, calib, Bounds::Channel);
         let model = GpuModel::quantized(ctx.clone(), graph.clone(), int)?;
         report_all.insert(bits, psnr(&outputs(&model, &[], &mut none)?));
         for (l, &j) in body.iter().enumerate() {
+            let Op::Conv(c) = &graph.nodes[j].op else {
+                unreachable!("body_convs lists convolutions")
+            };
+            let (act, mean) = (
+                calib.quantizer(l, bits, Bounds::Channel),
+                &calib.layers[l].mean,
+            );
             // its input alone at `bits`: the integer layer with 8-bit weights
-            let (c8, wq) = &weights8[l];
-            let one = [(
-                j,
-                crate::kernels::int_conv::PackedIntConv::with_quantizers(
-                    c8,
-                    wq,
-                    calib.quantizer(l, bits, Bounds::Searched),
-                ),
-            )];
+            let one = [(j, int_layer(c, 8, act.clone(), mean, Bounds::Channel))];
             let model = GpuModel::quantized(ctx.clone(), graph.clone(), one.into())?;
             layers[l]
                 .activations
                 .insert(bits, psnr(&outputs(&model, &[], &mut none)?));
-            // weights alone: the float layer with fake-quantized, bias-corrected weights
+            // its weights alone: the float layer with the integer layer's weights and bias
             let mut g = graph.clone();
-            if let Op::Conv(c) = &mut g.nodes[j].op {
-                let wq = calib::searched_weight_quantizers(&c.weights, c.out_ch, bits);
-                let mut q = calib::correct_bias(c, &wq, &calib.layers[l].mean);
-                let per = c.weights.len() / c.out_ch;
-                for (i, w) in q.weights.iter_mut().enumerate() {
-                    *w = wq[i / per].quantize(*w);
-                }
-                *c = q;
-            }
+            g.nodes[j].op = Op::Conv(effective_weights(c, bits, &act, mean, Bounds::Channel));
             let model = GpuModel::new(ctx.clone(), g)?;
             layers[l]
                 .weights_only

@@ -173,8 +173,9 @@ enum Command {
         /// paper's ablations: without RefER, self-reference, random references).
         #[arg(long, default_value = "fp32,w8a8,w4a4")]
         modes: String,
-        /// Comma-separated quantization bounds to compare: searched, minmax.
-        #[arg(long, default_value = "searched")]
+        /// Comma-separated quantization bounds to compare: channel (searched per input
+        /// channel where the calibration has them), searched (per tensor), minmax.
+        #[arg(long, default_value = "channel")]
         bounds: String,
         /// Calibration file (default: the shipped one, or MODEL.calib.json beside -m).
         #[arg(long)]
@@ -232,7 +233,7 @@ fn main() -> ExitCode {
                 bounds: if quant.minmax {
                     refqsr::quant::Bounds::MinMax
                 } else {
-                    refqsr::quant::Bounds::Searched
+                    refqsr::quant::Bounds::default()
                 },
                 ..Options::default()
             },

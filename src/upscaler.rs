@@ -70,7 +70,8 @@ pub struct Options {
     /// Calibration file for the integer modes; `None` = the shipped one for a shipped model,
     /// else `MODEL.calib.json` beside the model.
     pub calibration: Option<PathBuf>,
-    /// Searched (default) or min/max quantization bounds.
+    /// Searched per channel (default, where the calibration has them), per tensor, or min/max
+    /// quantization bounds.
     pub bounds: Bounds,
     /// Overlap (input pixels) each side of a tile; `None` = [`default_halo`] of the
     /// receptive-field radius (the output then does not depend on the tiling, for networks

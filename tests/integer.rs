@@ -8,7 +8,7 @@ use refqsr::kernels::cpu::gemm_int8;
 use refqsr::kernels::gemm_int8::{GpuGemmInt8, PackedGemmInt8};
 use refqsr::kernels::int_store::Store;
 use refqsr::quant::pack::pack_i8x4;
-use refqsr::quant::{weight_quantizers, Quantizer};
+use refqsr::quant::{weight_quantizers, ActQuant, Quantizer};
 
 /// Codes of `n` values drawn at random in -128..=127 (never all zero).
 fn codes(rng: &mut Rng, n: usize) -> Vec<i8> {
@@ -176,14 +176,30 @@ fn quantize_matches_its_twin_bit_for_bit() {
     let ctx = ctx();
     let mut rng = Rng::fresh("quantize");
     for bits in 2..=8 {
-        for (c, h, w) in [(48, 5, 7), (3, 4, 4), (13, 1, 9)] {
-            let q = Quantizer::new(rng.uniform(-2.0, -0.1), rng.uniform(0.1, 3.0), bits);
+        // per tensor, then one step per channel over a shared code range
+        for (c, h, w, per_channel) in [
+            (48, 5, 7, false),
+            (3, 4, 4, false),
+            (13, 1, 9, false),
+            (48, 5, 7, true),
+            (13, 1, 9, true),
+        ] {
+            let q: ActQuant = if per_channel {
+                let n = 1i32 << bits;
+                let lo = -((rng.next_u64() % n as u64) as i32);
+                let steps = rng.vec(c, 0.002, 0.4);
+                ActQuant::per_channel(bits, lo, &steps)
+            } else {
+                Quantizer::new(rng.uniform(-2.0, -0.1), rng.uniform(0.1, 3.0), bits).into()
+            };
             let mut x = rng.tensor(2, c, h, w);
+            let (plane, groups) = (h * w, c.div_ceil(4));
             // values past both bounds, and exactly on half steps (ties)
             for (i, v) in x.data.iter_mut().enumerate() {
+                let ch = ((i / 4 / plane) % groups) * 4 + i % 4;
                 match i % 5 {
                     0 => *v *= 4.0,
-                    1 => *v = (((i / 5) % 9) as f32 - 4.0 + 0.5) * q.step(),
+                    1 => *v = (((i / 5) % 9) as f32 - 4.0 + 0.5) * q.channel(ch.min(c - 1)).step(),
                     _ => {}
                 }
             }
@@ -215,7 +231,7 @@ fn quantize_matches_its_twin_bit_for_bit() {
                 assert_eq!(
                     read_u32(&ctx, &dst, want.len()),
                     want,
-                    "{bits} bits, {c}x{h}x{w}, nibbles {nibbles}"
+                    "{bits} bits, {c}x{h}x{w}, nibbles {nibbles}, per channel {per_channel}"
                 );
                 ctx.release(dst);
             }
@@ -408,6 +424,85 @@ fn integer_convolution_layer_matches_its_twins_and_the_float_layer() {
         errors[0] < 0.04 && errors[0] < errors[1] && errors[1] < errors[2],
         "{errors:?}"
     );
+}
+
+#[test]
+fn per_channel_steps_fold_into_the_weights_and_cut_the_input_error_on_uneven_channels() {
+    // A 3x3 convolution on input channels whose magnitudes differ 100-fold, as SPAN's do. The
+    // integer layer (its CPU twins, which the GPU matches bit for bit above) computes with its
+    // weight codes times the output step, divided by each input channel's step: against the
+    // float layer with exactly those weights, what is left is the input's rounding. With one
+    // step per channel folded into the weights it must be small, and far below one step's.
+    use refqsr::kernels::conv::PackedConv;
+    use refqsr::kernels::cpu::{self, quantize};
+    use refqsr::kernels::int_conv::PackedIntConv;
+    use refqsr::model::{Activation, Conv, Epilogue};
+    let mut rng = Rng::fresh("per-channel folding");
+    let conv = Conv {
+        in_ch: 48,
+        out_ch: 48,
+        k: 3,
+        weights: rng.vec(48 * 48 * 9, -0.2, 0.2),
+        bias: rng.vec(48, -0.1, 0.1),
+        act: Activation::None,
+        epilogue: Epilogue::None,
+    };
+    let (h, w) = (9, 11);
+    let scale: Vec<f32> = (0..48)
+        .map(|_| 10f32.powf(rng.uniform(-1.3, 0.7)))
+        .collect();
+    let mut x = rng.tensor(1, 48, h, w);
+    for (i, v) in x.data.iter_mut().enumerate() {
+        *v *= scale[((i / 4 / (h * w)) % 12) * 4 + i % 4];
+    }
+    let rms =
+        |a: &[f32]| (a.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / a.len() as f64).sqrt();
+    let run = |p: &PackedIntConv| -> f64 {
+        let sums = p.twin_sums(&quantize(&x, &p.act, p.nibbles()), 1, h, w);
+        let store = cpu::Store::Float {
+            epilogue: &p.epilogue,
+            scales: &p.scales,
+            residual: None,
+        };
+        let y: Vec<f32> = cpu::int_store(&sums, store, 1, 48, h, w)
+            .into_iter()
+            .map(f32::from_bits)
+            .collect();
+        // the weights the integer layer stands for, from its codes alone
+        let effective = Conv {
+            weights: (p.codes.iter().enumerate())
+                .map(|(i, &q)| {
+                    q as f32 * p.scales[i / (48 * 9)] / p.act.channel((i / 9) % 48).step()
+                })
+                .collect(),
+            ..conv.clone()
+        };
+        let float = cpu::conv(&x, &PackedConv::new(&effective), None);
+        let e: Vec<f32> = y.iter().zip(&float.data).map(|(a, b)| a - b).collect();
+        rms(&e) / rms(&float.data)
+    };
+    for bits in [8u32, 4] {
+        let top = (1 << (bits - 1)) - 1;
+        let max = scale.iter().fold(0f32, |m, s| m.max(*s));
+        let one = run(&PackedIntConv::new(
+            &conv,
+            8,
+            Quantizer::new(-max, max, bits),
+        ));
+        let steps: Vec<f32> = scale.iter().map(|s| s / top as f32).collect();
+        let lo = -(1 << (bits - 1));
+        let per = run(&PackedIntConv::new(
+            &conv,
+            8,
+            ActQuant::per_channel(bits, lo, &steps),
+        ));
+        eprintln!("{bits} bits: input error relative to the output, one step {one:.5}, per channel {per:.5}");
+        assert!(
+            per < 0.5 * one,
+            "{bits} bits: per channel {per} vs one step {one}"
+        );
+        assert!(bits < 8 || per < 0.005, "8 bits: per channel {per}");
+    }
 }
 
 #[test]
@@ -615,11 +710,25 @@ fn integer_kernels_write_floats_and_next_layer_codes_like_their_twins() {
     let mut rng = Rng::fresh("int store");
     let (h, w) = (6, 11);
     let mut kernels_seen = Vec::new();
-    for (in_ch, out_ch, k, a_bits, next_bits) in [
-        (48, 48, 3, 8, 8),
-        (48, 20, 3, 4, 4),
-        (12, 48, 1, 4, 8),
-        (40, 12, 1, 6, 3),
+    // per-channel input quantizers: random steps over a random shared code range
+    let act = |rng: &mut Rng, ch: usize, bits: u32, per_channel: bool| -> ActQuant {
+        if !per_channel {
+            return Quantizer::new(-1.0, 1.0, bits).into();
+        }
+        let lo = -((rng.next_u64() % (1u64 << bits)) as i32);
+        let steps = rng.vec(ch, 0.1, 2.0);
+        let top = (lo + (1 << bits) - 1).max(1) as f32;
+        ActQuant::per_channel(bits, lo, &steps.iter().map(|s| s / top).collect::<Vec<_>>())
+    };
+    for (in_ch, out_ch, k, a_bits, next_bits, per_channel) in [
+        (48, 48, 3, 8, 8, false),
+        (48, 20, 3, 4, 4, false),
+        (12, 48, 1, 4, 8, false),
+        (40, 12, 1, 6, 3, false),
+        (48, 48, 3, 8, 8, true),
+        (48, 20, 3, 4, 4, true),
+        (12, 48, 1, 4, 8, true),
+        (40, 12, 1, 6, 3, true),
     ] {
         let conv = Conv {
             in_ch,
@@ -630,7 +739,11 @@ fn integer_kernels_write_floats_and_next_layer_codes_like_their_twins() {
             act: Activation::Swish,
             epilogue: Epilogue::SpanGate(0),
         };
-        let p = PackedIntConv::new(&conv, a_bits.max(4), Quantizer::new(-1.0, 1.0, a_bits));
+        let p = PackedIntConv::new(
+            &conv,
+            a_bits.max(4),
+            act(&mut rng, in_ch, a_bits, per_channel),
+        );
         kernels_seen.push(p.kernel);
         let next_conv = Conv {
             in_ch: out_ch,
@@ -641,7 +754,12 @@ fn integer_kernels_write_floats_and_next_layer_codes_like_their_twins() {
             act: Activation::None,
             epilogue: Epilogue::None,
         };
-        let next = PackedIntConv::new(&next_conv, 8, Quantizer::new(-0.6, 0.9, next_bits));
+        let next_act = if per_channel {
+            act(&mut rng, out_ch, next_bits, true)
+        } else {
+            Quantizer::new(-0.6, 0.9, next_bits).into()
+        };
+        let next = PackedIntConv::new(&next_conv, 8, next_act);
         let x = rng.tensor(1, in_ch, h, w);
         let residual = rng.tensor(1, out_ch, h, w);
         let sums = p.twin_sums(&cpu::quantize(&x, &p.act, p.nibbles()), 1, h, w);
@@ -716,7 +834,10 @@ fn integer_kernels_write_floats_and_next_layer_codes_like_their_twins() {
             );
         }
         launch(&ctx, steps);
-        let label = format!("{:?} {in_ch}->{out_ch} a{a_bits} -> a{next_bits}", p.kernel);
+        let label = format!(
+            "{:?} {in_ch}->{out_ch} a{a_bits} -> a{next_bits}, per channel {per_channel}",
+            p.kernel
+        );
         let range = twin_float.iter().fold(0f32, |m, v| m.max(v.abs()));
         let got: Vec<f32> =
             bytemuck::cast_slice(&ctx.read(&float_buf, twin_float.len() as u64 * 4).unwrap())

@@ -27,11 +27,24 @@ fn mask_lanes(v: vec4<f32>, g: u32, channels: u32) -> vec4<f32> {
     return select(vec4<f32>(0.0), v, c < vec4<u32>(channels));
 }
 
+// An input quantizer (src/quant ActQuant): one code range `lo..=hi` with zero point `zero`
+// for every channel, and per channel group the bounds and 1 / step, or with `per_channel` 0
+// one set (entry 0) for all groups.
+struct Eq1 {
+    lo: i32,
+    hi: i32,
+    zero: i32,
+    per_channel: u32,
+    alpha: array<vec4<f32>, 64>,
+    beta: array<vec4<f32>, 64>,
+    inv_step: array<vec4<f32>, 64>,
+}
+
 // Eq. 1 codes of `x` minus the zero point: the signed values the integer kernels carry
 // (src/quant). WGSL's multiply is correctly rounded and round() ties to even, so the CPU
 // (`Quantizer::byte`) reproduces every one.
-fn eq1_codes(x: vec4<f32>, alpha: f32, beta: f32, inv_step: f32, lo: i32, hi: i32, zero: i32) -> vec4<i32> {
-    let c = clamp(x, vec4<f32>(alpha), vec4<f32>(beta));
+fn eq1_codes(x: vec4<f32>, alpha: vec4<f32>, beta: vec4<f32>, inv_step: vec4<f32>, lo: i32, hi: i32, zero: i32) -> vec4<i32> {
+    let c = clamp(x, alpha, beta);
     return clamp(vec4<i32>(round(c * inv_step)), vec4<i32>(lo), vec4<i32>(hi)) - vec4<i32>(zero);
 }
 

@@ -17,25 +17,19 @@ struct StoreParams {
     epi: u32,
     leaky: f32,
     mode: u32,
-    zero: i32,      // next layer: zero point, bounds, 1 / step, code range
-    alpha: f32,
-    beta: f32,
-    inv_step: f32,
-    lo: i32,
-    hi: i32,
-    _p0: u32,
-    _p1: u32,
-    _p2: u32,
+    next: Eq1,      // the input quantizer of the next layer (modes 2 and 3)
 }
 
 fn int_finish(acc: vec4<i32>, g: u32, i: u32) -> vec4<f32> {
     return epilogue(vec4<f32>(acc) * vecs[2u * params.ocg + g], g, i);
 }
 
-// Signed codes of the next layer (Eq. 1 minus its zero point); lanes past the real channels
-// are 0.0 after the epilogue, so they carry the code of a real zero.
-fn requant(y: vec4<f32>) -> vec4<i32> {
-    return eq1_codes(y, params.alpha, params.beta, params.inv_step, params.lo, params.hi, params.zero);
+// Signed codes of output group `g` for the next layer (Eq. 1 minus its zero point); lanes
+// past the real channels are 0.0 after the epilogue, so they carry the code of a real zero.
+fn requant(y: vec4<f32>, g: u32) -> vec4<i32> {
+    let k = select(0u, min(g, 63u), params.next.per_channel != 0u);
+    return eq1_codes(y, params.next.alpha[k], params.next.beta[k], params.next.inv_step[k],
+        params.next.lo, params.next.hi, params.next.zero);
 }
 
 fn store4(i: u32, v: vec4<u32>) {
@@ -61,14 +55,14 @@ fn store_pair(a: vec4<i32>, b: vec4<i32>, g: u32, n: u32, p: u32) {
             if has_b { store4(ib, bitcast<vec4<u32>>(int_finish(b, g + 1u, ib))); }
         }
         case 2u: {
-            dst[ia] = pack4xI8(requant(int_finish(a, g, ia)));
-            if has_b { dst[ib] = pack4xI8(requant(int_finish(b, g + 1u, ib))); }
+            dst[ia] = pack4xI8(requant(int_finish(a, g, ia), g));
+            if has_b { dst[ib] = pack4xI8(requant(int_finish(b, g + 1u, ib), g + 1u)); }
         }
         default: {
-            var high = requant(vec4<f32>(0.0));
-            if has_b { high = requant(int_finish(b, g + 1u, ib)); }
+            var high = requant(vec4<f32>(0.0), g + 1u);
+            if has_b { high = requant(int_finish(b, g + 1u, ib), g + 1u); }
             let ocw = (params.ocg + 1u) / 2u;
-            dst[(n * ocw + g / 2u) * params.plane + p] = nibbles_of(requant(int_finish(a, g, ia)), high);
+            dst[(n * ocw + g / 2u) * params.plane + p] = nibbles_of(requant(int_finish(a, g, ia), g), high);
         }
     }
 }

@@ -15,7 +15,7 @@ use crate::gpu::{Context, IntDot};
 use crate::kernels::conv::EpilogueParams;
 use crate::model::Conv;
 use crate::quant::pack::{nibbles_of, pack_i8x4};
-use crate::quant::{weight_quantizers, Quantizer};
+use crate::quant::{weight_quantizers, ActQuant, Quantizer};
 
 /// Which kernel computes the sums.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,33 +36,53 @@ pub struct PackedIntConv {
     pub k: usize,
     pub in_ch: usize,
     pub out_ch: usize,
-    /// The input activations' quantizer.
-    pub act: Quantizer,
+    /// The input activations' quantizer (one step per channel, or one for all).
+    pub act: ActQuant,
     pub w_bits: u32,
     /// Weight codes `[o][i][ky][kx]`, each in the `w`-bit two's complement range.
     pub codes: Vec<i8>,
     /// The weights in the kernels' layout (input channels padded to 8 for `Conv4`).
     pub gemm: PackedGemmInt8,
     pub kernel: IntKernel,
-    /// Per output channel: weight step x activation step.
+    /// Per output channel: the step of the folded weights (which carry the activation steps,
+    /// see [`ActQuant::fold`]).
     pub scales: Vec<f32>,
     pub epilogue: EpilogueParams,
 }
 
 impl PackedIntConv {
-    /// Quantize `c` with per-channel `w_bits` weights and activations in `[alpha, beta]` at
-    /// `a_bits` (the range must contain 0, the padding value).
-    pub fn new(c: &Conv, w_bits: u32, act: Quantizer) -> Self {
-        Self::with_quantizers(c, &weight_quantizers(&c.weights, c.out_ch, w_bits), act)
+    /// Quantize `c` with per-channel `w_bits` weights (min/max bounds) and input quantizer
+    /// `act` (its range must contain 0, the padding value).
+    pub fn new(c: &Conv, w_bits: u32, act: impl Into<ActQuant>) -> Self {
+        let act = act.into();
+        let folded = Conv {
+            weights: act.fold(&c.weights, c.in_ch, c.k * c.k),
+            ..c.clone()
+        };
+        Self::with_quantizers(
+            &folded,
+            &weight_quantizers(&folded.weights, c.out_ch, w_bits),
+            act,
+        )
     }
 
-    /// Quantize `c` with the given per-output-channel weight quantizers (all of one bit-width).
-    pub fn with_quantizers(c: &Conv, wq: &[Quantizer], act: Quantizer) -> Self {
+    /// Quantize `c`, whose weights are already folded with `act`'s steps
+    /// ([`ActQuant::fold`]), with the given per-output-channel quantizers of those folded
+    /// weights (all of one bit-width).
+    pub fn with_quantizers(c: &Conv, wq: &[Quantizer], act: ActQuant) -> Self {
+        assert_eq!(wq.len(), c.out_ch);
         assert!(
-            act.alpha <= 0.0 && act.beta >= 0.0,
+            act.channels()
+                .iter()
+                .all(|q| q.alpha <= 0.0 && q.beta >= 0.0),
             "activation range must contain 0"
         );
-        assert_eq!(wq.len(), c.out_ch);
+        assert!(
+            !act.is_per_channel() || act.channels().len() == c.in_ch,
+            "{} activation steps for {} channels",
+            act.channels().len(),
+            c.in_ch
+        );
         let w_bits = wq[0].bits;
         let per = c.in_ch * c.k * c.k;
         let (lo, hi) = (-(1i32 << (w_bits - 1)), (1i32 << (w_bits - 1)) - 1);
@@ -84,7 +104,7 @@ impl PackedIntConv {
             out_ch: c.out_ch,
             gemm,
             kernel,
-            scales: wq.iter().map(|q| q.step() * act.step()).collect(),
+            scales: wq.iter().map(|q| q.step()).collect(),
             codes,
             act,
             w_bits,

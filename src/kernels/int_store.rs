@@ -4,8 +4,9 @@
 //! packed, without an i32 or f32 round trip through memory.
 
 use super::conv::EpilogueParams;
+use super::quantize::Eq1;
 use crate::gpu::Context;
-use crate::quant::Quantizer;
+use crate::quant::ActQuant;
 
 /// A layer's float epilogue on the device: bias, PReLU slopes and the dequantization scales
 /// (weight step x activation step, per output channel), one buffer of `3 x ocg` vec4.
@@ -44,13 +45,13 @@ pub enum Store<'a> {
     Packed {
         epilogue: &'a IntEpilogue,
         residual: Option<&'a wgpu::Buffer>,
-        next: &'a Quantizer,
+        next: &'a ActQuant,
         nibbles: bool,
     },
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct StoreParams {
     plane: u32,
     ocg: u32,
@@ -59,25 +60,18 @@ struct StoreParams {
     epi: u32,
     leaky: f32,
     mode: u32,
-    zero: i32,
-    alpha: f32,
-    beta: f32,
-    inv_step: f32,
-    lo: i32,
-    hi: i32,
-    _pad: [u32; 3],
+    _pad: u32,
+    next: Eq1,
 }
 
 impl Store<'_> {
     /// The uniform for a kernel of `ocg` output groups (`oc` channels without an epilogue)
     /// and `plane` columns per image.
     pub(crate) fn uniform(&self, ctx: &Context, ocg: u32, plane: u32) -> wgpu::Buffer {
-        let mut p = StoreParams {
-            plane,
-            ocg,
-            oc: ocg * 4,
-            ..Default::default()
-        };
+        let mut p: StoreParams = bytemuck::Zeroable::zeroed();
+        p.plane = plane;
+        p.ocg = ocg;
+        p.oc = ocg * 4;
         let (epilogue, next, mode) = match *self {
             Store::Sums => (None, None, 0),
             Store::Float { epilogue, .. } => (Some(epilogue), None, 1),
@@ -98,12 +92,7 @@ impl Store<'_> {
         }
         if let Some(q) = next {
             assert!(!matches!(self, Store::Packed { nibbles: true, .. }) || q.bits <= 4);
-            p.zero = q.zero_point();
-            p.alpha = q.alpha;
-            p.beta = q.beta;
-            p.inv_step = q.inv_step();
-            p.lo = q.lo();
-            p.hi = q.lo() + (1 << q.bits) - 1;
+            p.next = Eq1::new(q);
         }
         ctx.uniform("int store params", &p)
     }

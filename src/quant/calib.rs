@@ -14,7 +14,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::Quantizer;
+use super::{ActQuant, Quantizer};
 use crate::error::{Error, Result};
 use crate::model::{Conv, Graph, Op};
 
@@ -60,13 +60,27 @@ pub struct LayerBounds {
     /// its measured sensitivity (see [`crate::calibrate::FLOOR_DB`]). Absent: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub floor: Option<[u32; 2]>,
+    /// Per bit-width, one step per input channel over a shared code range (the per-channel
+    /// input quantizer, [`crate::quant::ActQuant`]); absent for a bit-width: `bounds` serves.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub channels: BTreeMap<u32, ChannelSteps>,
 }
 
-/// How bounds are chosen: searched (the default) or plain min/max, to show what the search
-/// is worth.
+/// A layer's per-channel input quantizer at one bit-width: channel `c` quantizes over
+/// `[lo steps[c], (lo + 2^b - 1) steps[c]]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChannelSteps {
+    /// The smallest code, shared by every channel: in `-(2^b - 1)..=0`, so that 0 is a code.
+    pub lo: i32,
+    pub steps: Vec<f32>,
+}
+
+/// How the input bounds are chosen: searched per channel (the default, where the calibration
+/// has them), searched per tensor, or plain min/max per tensor, to show what each is worth.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Bounds {
     #[default]
+    Channel,
     Searched,
     MinMax,
 }
@@ -74,6 +88,7 @@ pub enum Bounds {
 impl std::fmt::Display for Bounds {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
+            Bounds::Channel => "channel",
             Bounds::Searched => "searched",
             Bounds::MinMax => "minmax",
         })
@@ -84,10 +99,11 @@ impl std::str::FromStr for Bounds {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
         match s {
+            "channel" => Ok(Bounds::Channel),
             "searched" => Ok(Bounds::Searched),
             "minmax" => Ok(Bounds::MinMax),
             _ => Err(Error::Invalid(format!(
-                "unknown bounds `{s}`: use searched or minmax"
+                "unknown bounds `{s}`: use channel, searched or minmax"
             ))),
         }
     }
@@ -171,6 +187,24 @@ impl Calibration {
                     l.name
                 )));
             }
+            for (&b, ch) in &l.channels {
+                let what = if !BITS.contains(&b) {
+                    Some(format!("{b} bits"))
+                } else if !(-((1 << b) - 1)..=0).contains(&ch.lo) {
+                    Some(format!("lo {} (codes must contain 0)", ch.lo))
+                } else if ch.steps.len() != l.in_ch || l.in_ch > crate::quant::MAX_ACT_CHANNELS {
+                    Some(format!("{} steps for {} channels", ch.steps.len(), l.in_ch))
+                } else {
+                    (ch.steps.iter().position(|s| !(s.is_finite() && *s > 0.0)))
+                        .map(|c| format!("step {} of channel {c}", ch.steps[c]))
+                };
+                if let Some(what) = what {
+                    return Err(bad(format!(
+                        "layer `{}`: channels.{b}: {what}, steps must be finite and positive",
+                        l.name
+                    )));
+                }
+            }
         }
         Ok(c)
     }
@@ -196,14 +230,16 @@ impl Calibration {
             .collect()
     }
 
-    /// The input quantizer of body layer `i` (index into [`body_convs`]) at `bits`.
-    pub fn quantizer(&self, i: usize, bits: u32, how: Bounds) -> Quantizer {
+    /// The input quantizer of body layer `i` (index into [`body_convs`]) at `bits`
+    /// ([`Bounds::Channel`] falls back to the per-tensor bounds where the file has no steps).
+    pub fn quantizer(&self, i: usize, bits: u32, how: Bounds) -> ActQuant {
         let l = &self.layers[i];
-        match how {
-            Bounds::MinMax => Quantizer::new(l.min, l.max, bits),
-            Bounds::Searched => {
+        match (how, l.channels.get(&bits)) {
+            (Bounds::MinMax, _) => Quantizer::new(l.min, l.max, bits).into(),
+            (Bounds::Channel, Some(ch)) => ActQuant::per_channel(bits, ch.lo, &ch.steps),
+            _ => {
                 let [a, b] = l.bounds[&bits];
-                Quantizer::new(a, b, bits)
+                Quantizer::new(a, b, bits).into()
             }
         }
     }
@@ -256,19 +292,29 @@ pub const CLIP_GAIN: f64 = 9.0;
 /// Bins per histogram: 16 per step of an 8-bit quantizer over the full range.
 const BINS: usize = 4096;
 
+/// Bins per channel's histogram: there are 48-64 per layer, each searched once per
+/// bit-width and shared code range ([`channel_steps`]).
+pub const CHANNEL_BINS: usize = 1024;
+
 impl Histogram {
     /// An empty histogram over `[lo, hi]` (which must contain 0).
     pub fn new(lo: f32, hi: f32) -> Self {
+        Self::with_bins(lo, hi, BINS)
+    }
+
+    /// An empty histogram of `bins` bins over `[lo, hi]`.
+    pub fn with_bins(lo: f32, hi: f32, bins: usize) -> Self {
         Histogram {
             lo,
             hi: if hi > lo { hi } else { lo + 1.0 },
-            bins: vec![[0.0; 3]; BINS],
+            bins: vec![[0.0; 3]; bins],
         }
     }
 
     pub fn add(&mut self, x: f32, weight: f64) {
-        let t = ((x - self.lo) / (self.hi - self.lo) * BINS as f32) as isize;
-        let b = &mut self.bins[t.clamp(0, BINS as isize - 1) as usize];
+        let n = self.bins.len();
+        let t = ((x - self.lo) / (self.hi - self.lo) * n as f32) as isize;
+        let b = &mut self.bins[t.clamp(0, n as isize - 1) as usize];
         let x = x as f64;
         b[0] += weight;
         b[1] += weight * x;
@@ -330,6 +376,92 @@ pub fn search_bounds(h: &Histogram, bits: u32) -> [f32; 2] {
         }
     }
     out.1
+}
+
+/// The per-channel input quantizer at `bits` of a layer whose channels' values (each weighted
+/// by what its errors cost the output, as in [`search_bounds`]) are `hists`.
+///
+/// The channels share one code range `lo..lo + 2^b` (see [`ActQuant`]), so a channel's bounds
+/// are `[lo s_c, (lo + 2^b - 1) s_c]`: the choice of `lo` sets how the codes split between
+/// negative and positive values in every channel. Each channel's own bounds are searched
+/// first; then every `lo` is tried, with each step the smallest that keeps the channel's
+/// searched bounds, and then each step scaled down where clipping more costs less; the `lo`
+/// of least total error wins.
+pub fn channel_steps(hists: &[Histogram], bits: u32) -> ChannelSteps {
+    let n = 1i32 << bits;
+    let own: Vec<[f32; 2]> = hists.iter().map(|h| search_bounds(h, bits)).collect();
+    // a step for a channel with nothing in it: any will do, so the widest one seen
+    let fallback = own
+        .iter()
+        .map(|[a, b]| (b - a) / (n - 1) as f32)
+        .fold(f32::MIN_POSITIVE, f32::max);
+    let step = |[a, b]: [f32; 2], lo: i32| -> f32 {
+        // lo codes below zero, n - 1 + lo above it; a side without codes is clipped
+        let below = if lo < 0 { -a / -lo as f32 } else { 0.0 };
+        let above = if n - 1 + lo > 0 {
+            b / (n - 1 + lo) as f32
+        } else {
+            0.0
+        };
+        let s = below.max(above);
+        if s > 0.0 && s.is_finite() {
+            s
+        } else {
+            fallback
+        }
+    };
+    let error = |h: &Histogram, lo: i32, s: f32| {
+        h.error(&Quantizer::new(
+            lo as f32 * s,
+            (lo + n - 1) as f32 * s,
+            bits,
+        ))
+    };
+    // each channel's best step at `lo`, and its error
+    let best = |h: &Histogram, bounds: [f32; 2], lo: i32| -> (f64, f32) {
+        let s0 = step(bounds, lo);
+        (0..=12)
+            .map(|i| s0 * (1.0 - 0.05 * i as f32))
+            .map(|s| (error(h, lo, s), s))
+            .fold((f64::INFINITY, s0), |a, b| if b.0 < a.0 { b } else { a })
+    };
+    // the coarse pass tries every lo at the channels' own steps; the fine one rescales steps
+    // around the best few
+    let mut coarse: Vec<(f64, i32)> = (-(n - 1)..=0)
+        .map(|lo| {
+            let e = hists
+                .iter()
+                .zip(&own)
+                .map(|(h, &b)| error(h, lo, step(b, lo)))
+                .sum::<f64>();
+            (e, lo)
+        })
+        .collect();
+    coarse.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (_, lo, steps) = coarse
+        .iter()
+        .take(4)
+        .map(|&(_, lo)| {
+            let per: Vec<(f64, f32)> = hists
+                .iter()
+                .zip(&own)
+                .map(|(h, &b)| best(h, b, lo))
+                .collect();
+            let total: f64 = per.iter().map(|p| p.0).sum();
+            (
+                total,
+                lo,
+                per.into_iter().map(|p| p.1).collect::<Vec<f32>>(),
+            )
+        })
+        .fold((f64::INFINITY, 0, Vec::new()), |a, b| {
+            if b.0 < a.0 {
+                b
+            } else {
+                a
+            }
+        });
+    ChannelSteps { lo, steps }
 }
 
 /// Per-output-channel symmetric weight quantizers with the clipping bound searched for the
@@ -426,6 +558,48 @@ mod tests {
     }
 
     #[test]
+    fn channel_steps_follow_each_channel_and_beat_one_step() {
+        // channels of one sign or both, with ranges 100x apart
+        let base = tailed(20_000);
+        let shapes: [(f32, bool); 4] = [(0.05, false), (5.0, false), (0.5, true), (2.0, true)];
+        let hists: Vec<Histogram> = shapes
+            .iter()
+            .map(|&(scale, signed)| {
+                let xs: Vec<f32> = base
+                    .iter()
+                    .map(|&x| if signed { x * scale } else { x.abs() * scale })
+                    .collect();
+                let (lo, hi) = xs
+                    .iter()
+                    .fold((0f32, 0f32), |(a, b), &x| (a.min(x), b.max(x)));
+                let mut h = Histogram::with_bins(lo, hi, CHANNEL_BINS);
+                xs.iter().for_each(|&x| h.add(x, 1.0));
+                h
+            })
+            .collect();
+        for bits in [4, 8] {
+            let ch = channel_steps(&hists, bits);
+            let n = 1 << bits;
+            assert!((-(n - 1)..=0).contains(&ch.lo), "{bits}: lo {}", ch.lo);
+            assert_eq!(ch.steps.len(), 4);
+            assert!(ch.steps.iter().all(|s| s.is_finite() && *s > 0.0));
+            // the step follows the channel's scale
+            assert!(ch.steps[1] > 20.0 * ch.steps[0], "{bits}: {:?}", ch.steps);
+            // and the total error is far below that of the best single quantizer of them all
+            let q = ActQuant::per_channel(bits, ch.lo, &ch.steps);
+            let per: f64 = (0..4).map(|c| hists[c].error(q.channel(c))).sum();
+            let mut all = Histogram::new(-10.0, 10.0);
+            for (&(scale, signed), _) in shapes.iter().zip(&hists) {
+                base.iter()
+                    .for_each(|&x| all.add(if signed { x * scale } else { x.abs() * scale }, 1.0));
+            }
+            let [a, b] = search_bounds(&all, bits);
+            let one = all.error(&Quantizer::new(a, b, bits));
+            assert!(per < 0.8 * one, "{bits} bits: per channel {per}, one {one}");
+        }
+    }
+
+    #[test]
     fn weight_search_never_loses_to_min_max() {
         let w = tailed(4 * 432);
         for bits in [3, 4, 8] {
@@ -493,9 +667,42 @@ mod file_tests {
         let mut zero = c.clone();
         zero.layers[1].bounds.insert(8, [0.5, 1.0]);
         check(&zero, "contain 0");
-        let mut means = c;
+        let mut means = c.clone();
         means.layers[2].mean.pop();
         check(&means, "channel means");
+        // per-channel steps: reversed or empty code ranges, NaN, zero or negative steps, too few
+        let mut good = c.clone();
+        let in_ch = good.layers[0].in_ch;
+        good.layers[0].channels.insert(
+            8,
+            ChannelSteps {
+                lo: -3,
+                steps: vec![0.01; in_ch],
+            },
+        );
+        assert!(Calibration::parse(
+            &serde_json::to_string(&good).unwrap(),
+            Path::new("ok.json"),
+            &g
+        )
+        .is_ok());
+        for (lo, step, count, want) in [
+            (1, 0.01, 0, "lo 1"),
+            (-300, 0.01, 0, "lo -300"),
+            (-3, f32::NAN, 0, "not a calibration file"),
+            (-3, 0.0, 0, "step 0"),
+            (-3, -0.5, 0, "step -0.5"),
+            (-3, 0.01, 1, "steps for"),
+        ] {
+            let mut bad = good.clone();
+            let ch = bad.layers[0].channels.get_mut(&8).unwrap();
+            ch.lo = lo;
+            ch.steps[7] = step;
+            for _ in 0..count {
+                ch.steps.pop();
+            }
+            check(&bad, want);
+        }
         // unrelated JSON
         let e = Calibration::parse("{\"rows\": []}", Path::new("bad.json"), &g).unwrap_err();
         assert!(e.to_string().contains("not a calibration file"), "{e}");

@@ -19,7 +19,7 @@ pub use calib::{body_convs, Bounds, Calibration};
 pub use mode::Mode;
 
 use crate::kernels::int_conv::PackedIntConv;
-use crate::model::{Graph, Op};
+use crate::model::{Conv, Graph, Op};
 
 /// The graph the integer modes (and their calibration) run: `graph` with each pointwise
 /// convolution over a concatenation split per input, so every concatenated tensor gets its
@@ -51,17 +51,55 @@ pub fn int_layers(
                 unreachable!("body_convs lists convolutions")
             };
             let [w, a] = spec[i];
-            let wq = match how {
-                Bounds::Searched => calib::searched_weight_quantizers(&c.weights, c.out_ch, w),
-                Bounds::MinMax => weight_quantizers(&c.weights, c.out_ch, w),
-            };
-            let c = calib::correct_bias(c, &wq, &calib.layers[i].mean);
-            (
-                j,
-                PackedIntConv::with_quantizers(&c, &wq, calib.quantizer(i, a, how)),
-            )
+            let act = calib.quantizer(i, a, how);
+            (j, int_layer(c, w, act, &calib.layers[i].mean, how))
         })
         .collect()
+}
+
+/// `c` in integers: `act`'s steps folded into the weights, which are then quantized per output
+/// channel at `w_bits` ([`fold_layer`]).
+pub fn int_layer(c: &Conv, w_bits: u32, act: ActQuant, mean: &[f32], how: Bounds) -> PackedIntConv {
+    let (folded, wq) = fold_layer(c, w_bits, &act, mean, how);
+    PackedIntConv::with_quantizers(&folded, &wq, act)
+}
+
+/// `c` with `act`'s steps folded into its weights ([`ActQuant::fold`]), the per-output-channel
+/// quantizers of those weights at `w_bits` (searched, or min/max with [`Bounds::MinMax`]), and
+/// the bias corrected for the shift the quantized weights cause on inputs of channel means
+/// `mean`.
+pub fn fold_layer(
+    c: &Conv,
+    w_bits: u32,
+    act: &ActQuant,
+    mean: &[f32],
+    how: Bounds,
+) -> (Conv, Vec<Quantizer>) {
+    let folded = Conv {
+        weights: act.fold(&c.weights, c.in_ch, c.k * c.k),
+        ..c.clone()
+    };
+    let wq = match how {
+        Bounds::MinMax => weight_quantizers(&folded.weights, c.out_ch, w_bits),
+        _ => calib::searched_weight_quantizers(&folded.weights, c.out_ch, w_bits),
+    };
+    // a folded weight multiplies the input divided by its channel's step
+    let mean: Vec<f32> = (mean.iter().enumerate())
+        .map(|(ch, m)| m / act.channel(ch).step())
+        .collect();
+    let folded = calib::correct_bias(&folded, &wq, &mean);
+    (folded, wq)
+}
+
+/// The float weights an integer layer computes with: [`fold_layer`]'s quantized weights with
+/// the activation steps taken back out, and its corrected bias.
+pub fn effective_weights(c: &Conv, w_bits: u32, act: &ActQuant, mean: &[f32], how: Bounds) -> Conv {
+    let (mut folded, wq) = fold_layer(c, w_bits, act, mean, how);
+    let (taps, per) = (c.k * c.k, c.in_ch * c.k * c.k);
+    for (i, w) in folded.weights.iter_mut().enumerate() {
+        *w = wq[i / per].quantize(*w) / act.channel((i / taps) % c.in_ch).step();
+    }
+    folded
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -128,6 +166,104 @@ impl Quantizer {
     }
 }
 
+/// The most input channels whose activation steps travel to the kernels one per channel (the
+/// uniform arrays of `shaders/shared/common.wgsl`'s `Eq1`); wider layers take one step.
+pub const MAX_ACT_CHANNELS: usize = 256;
+
+/// The input quantizer of an integer layer: Eq. 1 per input channel, each channel `c` with its
+/// own step `s_c` and so its own bounds `[lo s_c, (lo + 2^b - 1) s_c]`, but one code range
+/// `lo..lo + 2^b` for all. A per-tensor quantizer is the case of one step.
+///
+/// Why one code range: a real zero (the convolutions' padding) is then the same byte in every
+/// channel, so the kernels keep one pad word and one zero-point correction per output channel,
+/// and the steps fold into the consumer's weights ([`ActQuant::fold`]) before they are
+/// quantized per output channel. Outlier channels no longer set the step of every other one,
+/// which is what the per-tensor bounds cost on SPAN (a channel reaching 137 next to channels
+/// below 1). Channels of different signs share `lo` at some cost; the calibration picks the
+/// `lo` that costs least (see `calib::channel_steps`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActQuant {
+    pub bits: u32,
+    /// One quantizer per input channel, or one for all; they share `lo()`.
+    channels: Vec<Quantizer>,
+}
+
+impl From<Quantizer> for ActQuant {
+    fn from(q: Quantizer) -> Self {
+        ActQuant {
+            bits: q.bits,
+            channels: vec![q],
+        }
+    }
+}
+
+impl ActQuant {
+    /// Per-channel steps over the codes `lo..lo + 2^bits` (`lo <= 0 < lo + 2^bits`, so that 0
+    /// is a code; steps finite and positive; at most [`MAX_ACT_CHANNELS`]).
+    pub fn per_channel(bits: u32, lo: i32, steps: &[f32]) -> Self {
+        let top = lo + (1 << bits) - 1;
+        assert!(lo <= 0 && top >= 0, "codes {lo}..={top} miss 0");
+        assert!(!steps.is_empty() && steps.len() <= MAX_ACT_CHANNELS);
+        let channels: Vec<Quantizer> = steps
+            .iter()
+            .map(|&s| {
+                assert!(s.is_finite() && s > 0.0, "activation step {s}");
+                Quantizer::new(lo as f32 * s, top as f32 * s, bits)
+            })
+            .collect();
+        assert!(
+            channels.iter().all(|q| q.lo() == lo),
+            "codes drifted from {lo}"
+        );
+        ActQuant { bits, channels }
+    }
+
+    /// Whether each channel has its own step.
+    pub fn is_per_channel(&self) -> bool {
+        self.channels.len() > 1
+    }
+
+    /// The quantizer of input channel `c`.
+    pub fn channel(&self, c: usize) -> &Quantizer {
+        &self.channels[if self.channels.len() == 1 { 0 } else { c }]
+    }
+
+    /// The quantizers as stored: one, or one per channel.
+    pub fn channels(&self) -> &[Quantizer] {
+        &self.channels
+    }
+
+    /// The smallest code, shared by every channel.
+    pub fn lo(&self) -> i32 {
+        self.channels[0].lo()
+    }
+
+    /// The code of byte 0, shared by every channel (see [`Quantizer::zero_point`]).
+    pub fn zero_point(&self) -> i32 {
+        self.channels[0].zero_point()
+    }
+
+    /// The byte the kernels carry for `x` in channel `c`.
+    pub fn byte(&self, c: usize, x: f32) -> i8 {
+        self.channel(c).byte(x)
+    }
+
+    /// `Q_b(x)` in channel `c`.
+    pub fn quantize(&self, c: usize, x: f32) -> f32 {
+        self.channel(c).quantize(x)
+    }
+
+    /// Conv weights `[o][c][tap]` times their input channel's step: the weights the integer
+    /// sums multiply the bytes with, so that one step per output channel dequantizes them.
+    pub fn fold(&self, weights: &[f32], in_ch: usize, taps: usize) -> Vec<f32> {
+        weights
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| w * self.channel((i / taps) % in_ch).step())
+            .collect()
+    }
+}
+
 /// Per-output-channel weight quantizers: symmetric bounds `[-max|w|, max|w|]` per channel.
 pub fn weight_quantizers(weights: &[f32], out_ch: usize, bits: u32) -> Vec<Quantizer> {
     let per = weights.len() / out_ch;
@@ -188,6 +324,39 @@ mod tests {
                 assert_eq!(q.stored(a - 10.0), (q.code(a - 10.0) - q.lo()) as u8);
             }
         }
+    }
+
+    #[test]
+    fn per_channel_steps_share_one_code_range_and_keep_zero_exact() {
+        let steps = [0.01f32, 0.3, 2.5, 1e-4, 7.0];
+        for bits in 2..=8 {
+            let n = 1 << bits;
+            for lo in [0, -1, -(n / 2), -(n - 1)] {
+                let q = ActQuant::per_channel(bits, lo, &steps);
+                assert!(q.is_per_channel());
+                for (c, &s) in steps.iter().enumerate() {
+                    let ch = q.channel(c);
+                    assert_eq!(ch.lo(), lo);
+                    assert_eq!(ch.zero_point(), q.zero_point());
+                    assert!((ch.step() - s).abs() <= 1e-5 * s, "{bits} {lo} {c}");
+                    assert_eq!(q.quantize(c, 0.0), 0.0);
+                    assert_eq!(q.byte(c, 0.0) as i32, -q.zero_point());
+                    // the codes span the whole range, clipped at both ends
+                    assert_eq!(q.byte(c, -1e9) as i32, -(n / 2));
+                    assert_eq!(q.byte(c, 1e9) as i32, n / 2 - 1);
+                }
+            }
+        }
+        // one quantizer for all channels
+        let one = ActQuant::from(Quantizer::new(-1.0, 3.0, 8));
+        assert!(!one.is_per_channel());
+        assert_eq!(one.channel(40), one.channel(0));
+        // folding multiplies each input channel's weights by its step
+        let q = ActQuant::per_channel(8, -3, &[0.5, 2.0]);
+        let w = [1.0f32, 1.0, 1.0, 1.0, -1.0, -1.0, -1.0, -1.0];
+        let f = q.fold(&w, 2, 2);
+        let s = [q.channel(0).step(), q.channel(1).step()];
+        assert_eq!(f, vec![s[0], s[0], s[1], s[1], -s[0], -s[0], -s[1], -s[1]]);
     }
 
     #[test]

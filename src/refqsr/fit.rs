@@ -168,7 +168,7 @@ pub fn fit_refer(
         .collect::<Result<Vec<_>>>()?;
     let model = |w: u32, a: u32| {
         let layers =
-            crate::quant::int_layers(&graph, Mode::Uniform { w, a }, calib, Bounds::Searched);
+            crate::quant::int_layers(&graph, Mode::Uniform { w, a }, calib, Bounds::Channel);
         GpuModel::quantized(ctx.clone(), graph.clone(), layers)
     };
     let mut fits = Vec::new();
@@ -181,7 +181,7 @@ pub fn fit_refer(
         let query = GpuModel::quantized(
             ctx.clone(),
             graph.clone(),
-            super::query_layers(&graph, calib, (high, low), Bounds::Searched),
+            super::query_layers(&graph, calib, (high, low), Bounds::Channel),
         )?;
         let bits = low;
         let clip = clip(bits, c);

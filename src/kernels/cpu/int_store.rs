@@ -3,7 +3,7 @@
 use super::conv::finish;
 use super::{quantize, Tensor};
 use crate::kernels::conv::EpilogueParams;
-use crate::quant::Quantizer;
+use crate::quant::ActQuant;
 
 /// What the kernel writes (see [`crate::kernels::int_store::Store`]).
 #[derive(Clone, Copy)]
@@ -18,7 +18,7 @@ pub enum Store<'a> {
         epilogue: &'a EpilogueParams,
         scales: &'a [f32],
         residual: Option<&'a Tensor>,
-        next: &'a Quantizer,
+        next: &'a ActQuant,
         nibbles: bool,
     },
 }

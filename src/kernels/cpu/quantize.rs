@@ -2,11 +2,12 @@
 
 use super::Tensor;
 use crate::quant::pack::{nibbles_of, pack_i8x4};
-use crate::quant::Quantizer;
+use crate::quant::ActQuant;
 
 /// Packed codes of `x` (C4HW): one word of four bytes per pixel and channel group, or with
-/// `nibbles` one word of eight nibbles per pixel and pair of groups (C8HW).
-pub fn quantize(x: &Tensor, q: &Quantizer, nibbles: bool) -> Vec<u32> {
+/// `nibbles` one word of eight nibbles per pixel and pair of groups (C8HW); each channel with
+/// its own step where `q` is per channel.
+pub fn quantize(x: &Tensor, q: &ActQuant, nibbles: bool) -> Vec<u32> {
     let zero_byte = (-q.zero_point()) as i8;
     let plane = x.h * x.w;
     let groups = x.groups();
@@ -18,7 +19,7 @@ pub fn quantize(x: &Tensor, q: &Quantizer, nibbles: bool) -> Vec<u32> {
         };
         let bytes: [i8; 4] = std::array::from_fn(|l| {
             if g * 4 + l < x.c {
-                q.byte(v[l])
+                q.byte(g * 4 + l, v[l])
             } else {
                 zero_byte
             }
