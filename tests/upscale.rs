@@ -294,18 +294,30 @@ fn runs_repeat_bit_for_bit_and_tiles_and_budgets_change_only_float_noise() {
             "{mode}: a second upscaler differs"
         );
         // Other tilings and budgets: the windows overlap by the receptive field, so only the
-        // float rounding of the Winograd tiles' alignment changes (measured: 1.9e-6 in fp32,
-        // 2.7e-7 in w8a8, whose float first conv and tail see the same alignment).
-        let tol = FLOAT_NOISE;
+        // float rounding of the Winograd tiles' alignment changes (measured: 1.9e-6 in fp32).
+        // In w8a8 that noise, in the float layers before an integer one, flips an activation
+        // code now and then where a value sits on a rounding boundary; with per-channel steps
+        // (down to 3e-4 on SPAN x2) that happens at some pixels of every tiling, and moves
+        // them by a fraction of an output level (measured: at most 2.0e-3, on average 4.1e-5).
+        let (max_tol, mean_tol) = if mode == "fp32" {
+            (FLOAT_NOISE, FLOAT_NOISE)
+        } else {
+            (CODE_FLIP, FLOAT_NOISE)
+        };
         for (tile, mib) in [(Some(16), 1024), (Some(33), 1024), (None, 8)] {
-            let d = worst(
-                &a,
-                &make(tile, mib).upscale_rgb(&lr, &mut |_, _| {}).unwrap(),
-            );
-            eprintln!("{mode} tile {tile:?} budget {mib} MiB: max diff {d:.2e}");
+            let other = make(tile, mib).upscale_rgb(&lr, &mut |_, _| {}).unwrap();
+            let d = worst(&a, &other);
+            let mean = a
+                .as_raw()
+                .iter()
+                .zip(other.as_raw())
+                .map(|(p, q)| (p - q).abs() as f64)
+                .sum::<f64>()
+                / a.as_raw().len() as f64;
+            eprintln!("{mode} tile {tile:?} budget {mib} MiB: max diff {d:.2e}, mean {mean:.2e}");
             assert!(
-                d <= tol,
-                "{mode} tile {tile:?} budget {mib} MiB: max diff {d}"
+                d <= max_tol && mean <= mean_tol as f64,
+                "{mode} tile {tile:?} budget {mib} MiB: max diff {d}, mean {mean}"
             );
         }
     }
@@ -313,3 +325,6 @@ fn runs_repeat_bit_for_bit_and_tiles_and_budgets_change_only_float_noise() {
 
 /// Across tilings: Winograd tiles aligned differently round differently.
 const FLOAT_NOISE: f32 = 1e-4;
+/// Across tilings in an integer mode: float noise that flips an activation code moves an
+/// output pixel by less than one 8-bit level.
+const CODE_FLIP: f32 = 1.0 / 255.0;
