@@ -378,6 +378,29 @@ fn calibrate_then_upscale_any_model_in_integer_modes() {
     // the broken file is named and skipped, the run still writes the calibration
     assert!(stderr.contains("broken.png"), "{stderr}");
     assert!(d.join("m.calib.json").exists(), "{stderr}");
+    assert!(d.join("m.refqsr.json").exists(), "{stderr}");
+    // --bounds-only writes the bounds and not RefQSR's parameters, and still says what it
+    // skipped with a failing exit
+    let out = refqsr()
+        .args([
+            "calibrate",
+            "-m",
+            "m.param",
+            "--images",
+            "cal",
+            "--bounds-only",
+        ])
+        .args(["-o", "b.calib.json"])
+        .current_dir(&d)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("broken.png"),
+        "{stderr}"
+    );
+    assert!(d.join("b.calib.json").exists(), "{stderr}");
+    assert!(!d.join("b.refqsr.json").exists(), "{stderr}");
     for mode in ["w8a8", "w5a3"] {
         let _ = std::fs::remove_file(d.join("out.png"));
         let out = upscale(mode, &[]);
