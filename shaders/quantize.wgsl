@@ -27,7 +27,7 @@ fn codes(n: u32, g: u32, p: u32) -> vec4<i32> {
     if g < params.groups {
         x = src[(n * params.groups + g) * params.plane + p];
     }
-    let k = select(0u, min(g, 63u), params.q.per_channel != 0u);
+    let k = eq1_slot(params.q.per_channel, g);
     let code = eq1_codes(x, params.q.alpha[k], params.q.beta[k], params.q.inv_step[k], params.q.lo, params.q.hi, params.q.zero);
     return select(vec4<i32>(-params.q.zero), code, c < vec4<u32>(params.channels));
 }

@@ -369,11 +369,15 @@ fn calibrate_then_upscale_any_model_in_integer_modes() {
         "{stderr}"
     );
 
-    let out = refqsr()
-        .args(["calibrate", "-m", "m.param", "--images", "cal"])
-        .current_dir(&d)
-        .output()
-        .unwrap();
+    let calibrate = |extra: &[&str]| {
+        refqsr()
+            .args(["calibrate", "-m", "m.param", "--images", "cal"])
+            .args(extra)
+            .current_dir(&d)
+            .output()
+            .unwrap()
+    };
+    let out = calibrate(&[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     // the broken file is named and skipped, the run still writes the calibration
     assert!(stderr.contains("broken.png"), "{stderr}");
@@ -381,19 +385,7 @@ fn calibrate_then_upscale_any_model_in_integer_modes() {
     assert!(d.join("m.refqsr.json").exists(), "{stderr}");
     // --bounds-only writes the bounds and not RefQSR's parameters, and still says what it
     // skipped with a failing exit
-    let out = refqsr()
-        .args([
-            "calibrate",
-            "-m",
-            "m.param",
-            "--images",
-            "cal",
-            "--bounds-only",
-        ])
-        .args(["-o", "b.calib.json"])
-        .current_dir(&d)
-        .output()
-        .unwrap();
+    let out = calibrate(&["--bounds-only", "-o", "b.calib.json"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && stderr.contains("broken.png"),
@@ -416,20 +408,13 @@ fn calibrate_then_upscale_any_model_in_integer_modes() {
     // The sensitivity report on the calibration just written: its all-layers w8a8 figure
     // must be what the two upscales measure against each other (8-bit PNGs here, float
     // outputs there: within rounding), and it must order the bit-widths as quantization does.
-    let out = refqsr()
-        .args([
-            "calibrate",
-            "-m",
-            "m.param",
-            "--images",
-            "cal",
-            "--report",
-            "r.json",
-        ])
-        .args(["--report-only", "--report-patches", "1"])
-        .current_dir(&d)
-        .output()
-        .unwrap();
+    let out = calibrate(&[
+        "--report",
+        "r.json",
+        "--report-only",
+        "--report-patches",
+        "1",
+    ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("| all (wXaX) |"), "{stderr}");

@@ -338,9 +338,28 @@ fn integer_3x3_convolution_is_exact() {
     }
 }
 
+/// The float output of integer layer `p` on `x` (one image) by its CPU twins: quantize,
+/// the integer sums, and the dequantizing store.
+fn twin_floats(
+    p: &refqsr::kernels::int_conv::PackedIntConv,
+    x: &refqsr::kernels::cpu::Tensor,
+) -> Vec<f32> {
+    use refqsr::kernels::cpu;
+    let sums = p.twin_sums(&cpu::quantize(x, &p.act, p.nibbles()), 1, x.h, x.w);
+    let store = cpu::Store::Float {
+        epilogue: &p.epilogue,
+        scales: &p.scales,
+        residual: None,
+    };
+    cpu::int_store(&sums, store, 1, p.out_ch, x.h, x.w)
+        .into_iter()
+        .map(f32::from_bits)
+        .collect()
+}
+
 #[test]
 fn integer_convolution_layer_matches_its_twins_and_the_float_layer() {
-    use refqsr::kernels::cpu::{self, quantize};
+    use refqsr::kernels::cpu;
     use refqsr::kernels::int_conv::{GpuIntConv, IntInput, IntOutput, PackedIntConv};
     use refqsr::model::{Activation, Graph, Op};
     let ctx = ctx();
@@ -367,16 +386,7 @@ fn integer_convolution_layer_matches_its_twins_and_the_float_layer() {
         let act = Quantizer::new(-1.0, 1.0, bits);
         let p = PackedIntConv::new(&conv, bits, act);
         // the twins, step by step
-        let sums = p.twin_sums(&quantize(&x, &p.act, p.nibbles()), 1, h, w);
-        let store = cpu::Store::Float {
-            epilogue: &p.epilogue,
-            scales: &p.scales,
-            residual: None,
-        };
-        let want: Vec<f32> = cpu::int_store(&sums, store, 1, 48, h, w)
-            .into_iter()
-            .map(f32::from_bits)
-            .collect();
+        let want = twin_floats(&p, &x);
         // the GPU
         let gpu = GpuIntConv::new(&ctx, p.clone()).unwrap();
         let (nw, nc) = p.scratch_words(1, h * w);
@@ -434,7 +444,7 @@ fn per_channel_steps_fold_into_the_weights_and_cut_the_input_error_on_uneven_cha
     // float layer with exactly those weights, what is left is the input's rounding. With one
     // step per channel folded into the weights it must be small, and far below one step's.
     use refqsr::kernels::conv::PackedConv;
-    use refqsr::kernels::cpu::{self, quantize};
+    use refqsr::kernels::cpu;
     use refqsr::kernels::int_conv::PackedIntConv;
     use refqsr::model::{Activation, Conv, Epilogue};
     let mut rng = Rng::fresh("per-channel folding");
@@ -458,16 +468,7 @@ fn per_channel_steps_fold_into_the_weights_and_cut_the_input_error_on_uneven_cha
     let rms =
         |a: &[f32]| (a.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / a.len() as f64).sqrt();
     let run = |p: &PackedIntConv| -> f64 {
-        let sums = p.twin_sums(&quantize(&x, &p.act, p.nibbles()), 1, h, w);
-        let store = cpu::Store::Float {
-            epilogue: &p.epilogue,
-            scales: &p.scales,
-            residual: None,
-        };
-        let y: Vec<f32> = cpu::int_store(&sums, store, 1, 48, h, w)
-            .into_iter()
-            .map(f32::from_bits)
-            .collect();
+        let y = twin_floats(p, &x);
         // the weights the integer layer stands for, from its codes alone
         let effective = Conv {
             weights: (p.codes.iter().enumerate())

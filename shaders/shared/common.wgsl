@@ -40,6 +40,11 @@ struct Eq1 {
     inv_step: array<vec4<f32>, 64>,
 }
 
+// The entry of `Eq1`'s arrays that holds channel group `g`.
+fn eq1_slot(per_channel: u32, g: u32) -> u32 {
+    return select(0u, min(g, 63u), per_channel != 0u);
+}
+
 // Eq. 1 codes of `x` minus the zero point: the signed values the integer kernels carry
 // (src/quant). WGSL's multiply is correctly rounded and round() ties to even, so the CPU
 // (`Quantizer::byte`) reproduces every one.

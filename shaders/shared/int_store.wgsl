@@ -27,7 +27,7 @@ fn int_finish(acc: vec4<i32>, g: u32, i: u32) -> vec4<f32> {
 // Signed codes of output group `g` for the next layer (Eq. 1 minus its zero point); lanes
 // past the real channels are 0.0 after the epilogue, so they carry the code of a real zero.
 fn requant(y: vec4<f32>, g: u32) -> vec4<i32> {
-    let k = select(0u, min(g, 63u), params.next.per_channel != 0u);
+    let k = eq1_slot(params.next.per_channel, g);
     return eq1_codes(y, params.next.alpha[k], params.next.beta[k], params.next.inv_step[k],
         params.next.lo, params.next.hi, params.next.zero);
 }

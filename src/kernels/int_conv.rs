@@ -55,10 +55,7 @@ impl PackedIntConv {
     /// `act` (its range must contain 0, the padding value).
     pub fn new(c: &Conv, w_bits: u32, act: impl Into<ActQuant>) -> Self {
         let act = act.into();
-        let folded = Conv {
-            weights: act.fold(&c.weights, c.in_ch, c.k * c.k),
-            ..c.clone()
-        };
+        let folded = act.fold_conv(c);
         Self::with_quantizers(
             &folded,
             &weight_quantizers(&folded.weights, c.out_ch, w_bits),

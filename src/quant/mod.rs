@@ -75,10 +75,7 @@ pub fn fold_layer(
     mean: &[f32],
     how: Bounds,
 ) -> (Conv, Vec<Quantizer>) {
-    let folded = Conv {
-        weights: act.fold(&c.weights, c.in_ch, c.k * c.k),
-        ..c.clone()
-    };
+    let folded = act.fold_conv(c);
     let wq = match how {
         Bounds::MinMax => weight_quantizers(&folded.weights, c.out_ch, w_bits),
         _ => calib::searched_weight_quantizers(&folded.weights, c.out_ch, w_bits),
@@ -261,6 +258,14 @@ impl ActQuant {
             .enumerate()
             .map(|(i, &w)| w * self.channel((i / taps) % in_ch).step())
             .collect()
+    }
+
+    /// `c` with its weights folded ([`ActQuant::fold`]).
+    pub fn fold_conv(&self, c: &Conv) -> Conv {
+        Conv {
+            weights: self.fold(&c.weights, c.in_ch, c.k * c.k),
+            ..c.clone()
+        }
     }
 }
 
