@@ -116,6 +116,23 @@ enum Command {
         /// Patches the report runs on, spread over the images.
         #[arg(long, default_value_t = 24)]
         report_patches: usize,
+        /// Optimizer steps of the reconstruction calibration, per mode of --recon-modes: the
+        /// activation steps learned against the fp32 model's output (0: keep the searched
+        /// ones).
+        #[arg(long, default_value_t = refqsr::quant::recon::Options::default().steps)]
+        recon_steps: usize,
+        /// The uniform modes whose activation steps are learned, widest first.
+        #[arg(long, default_value = refqsr::calibrate::RECON_MODES)]
+        recon_modes: String,
+        /// Seed of the reconstruction's crop sampler.
+        #[arg(long, default_value_t = refqsr::quant::recon::Options::default().seed)]
+        seed: u64,
+        /// Learn only the activation steps by reconstruction, not the weights' clipping.
+        #[arg(long)]
+        recon_no_clip: bool,
+        /// Keep the existing calibration and only learn its activation steps by reconstruction.
+        #[arg(long, conflicts_with_all = ["bounds_only", "refqsr_only", "report"])]
+        recon_only: bool,
     },
     /// List the GPU adapters wgpu can see.
     Adapters,
@@ -253,12 +270,26 @@ fn main() -> ExitCode {
             report,
             report_only,
             report_patches,
+            recon_steps,
+            recon_modes,
+            seed,
+            recon_only,
+            recon_no_clip,
         } => calibrate(
             &images,
             output,
-            refqsr_only || report_only,
-            bounds_only,
+            refqsr_only || report_only || recon_only,
+            bounds_only || recon_only,
             report.map(|r| (r, report_only, report_patches)),
+            (!refqsr_only && !report_only && recon_steps > 0).then(|| Recon {
+                modes: recon_modes,
+                opts: refqsr::quant::recon::Options {
+                    steps: recon_steps,
+                    seed,
+                    weights: !recon_no_clip,
+                    ..Default::default()
+                },
+            }),
             Options {
                 model,
                 scale,
@@ -531,12 +562,19 @@ fn eval(
     })
 }
 
+/// What `calibrate` learns by reconstruction.
+struct Recon {
+    modes: String,
+    opts: refqsr::quant::recon::Options,
+}
+
 fn calibrate(
     images: &Path,
     output: Option<PathBuf>,
     refqsr_only: bool,
     bounds_only: bool,
     report: Option<(PathBuf, bool, usize)>,
+    recon: Option<Recon>,
     opts: Options,
 ) -> refqsr::Result<ExitCode> {
     if !images.is_dir() {
@@ -609,6 +647,38 @@ fn calibrate(
         if only {
             return Ok(ExitCode::SUCCESS);
         }
+    }
+    if let Some(r) = recon {
+        let modes = refqsr::quant::Mode::parse_list(&r.modes)?;
+        let b = bar(
+            0,
+            "{spinner} [{bar:30}] {pos}/{len} reconstruction steps, {msg} {elapsed}",
+        );
+        let outcomes = refqsr::calibrate::reconstruct(
+            &graph,
+            &mut calibration,
+            images,
+            &modes,
+            &r.opts,
+            &mut |m, d, t| {
+                b.set_message(m.to_string());
+                b.set_length(t as u64);
+                b.set_position(d as u64);
+            },
+        )?;
+        b.finish_and_clear();
+        for o in &outcomes {
+            eprintln!(
+                "refqsr: {} reconstruction of {} layers: held-out PSNR vs fp32 {:.2} -> {:.2} dB, {}",
+                o.mode,
+                o.layers,
+                o.psnr[0],
+                o.psnr[1],
+                if o.kept { "kept" } else { "searched steps kept" }
+            );
+        }
+        calibration.save(&output)?;
+        eprintln!("refqsr: wrote {}", output.display());
     }
     let done = if skipped == 0 {
         ExitCode::SUCCESS

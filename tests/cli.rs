@@ -377,21 +377,39 @@ fn calibrate_then_upscale_any_model_in_integer_modes() {
             .output()
             .unwrap()
     };
-    let out = calibrate(&[]);
+    // a short reconstruction: the 40x32 photo is smaller than the default crop
+    let out = calibrate(&["--recon-steps", "3"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     // the broken file is named and skipped, the run still writes the calibration
     assert!(stderr.contains("broken.png"), "{stderr}");
+    assert!(stderr.contains("w4a4 reconstruction of"), "{stderr}");
     assert!(d.join("m.calib.json").exists(), "{stderr}");
     assert!(d.join("m.refqsr.json").exists(), "{stderr}");
     // --bounds-only writes the bounds and not RefQSR's parameters, and still says what it
     // skipped with a failing exit
-    let out = calibrate(&["--bounds-only", "-o", "b.calib.json"]);
+    let out = calibrate(&["--bounds-only", "-o", "b.calib.json", "--recon-steps", "0"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && stderr.contains("broken.png"),
         "{stderr}"
     );
     assert!(d.join("b.calib.json").exists(), "{stderr}");
+    assert!(!d.join("b.refqsr.json").exists(), "{stderr}");
+    // --recon-only learns the steps of an existing calibration and fits nothing else
+    let out = calibrate(&[
+        "--recon-only",
+        "-o",
+        "b.calib.json",
+        "--recon-steps",
+        "2",
+        "--recon-modes",
+        "w6a6,w4a3",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("w6a6 reconstruction of"), "{stderr}");
+    assert!(stderr.contains("w4a3 reconstruction of"), "{stderr}");
+    assert!(!stderr.contains("w4a4 reconstruction"), "{stderr}");
     assert!(!d.join("b.refqsr.json").exists(), "{stderr}");
     for mode in ["w8a8", "w5a3"] {
         let _ = std::fs::remove_file(d.join("out.png"));

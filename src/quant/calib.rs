@@ -64,6 +64,12 @@ pub struct LayerBounds {
     /// input quantizer, [`crate::quant::ActQuant`]); absent for a bit-width: `bounds` serves.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub channels: BTreeMap<u32, ChannelSteps>,
+    /// Per weight bit-width, one clipping ratio per output channel, learned by reconstruction
+    /// ([`crate::quant::recon`]): the symmetric bound of the channel's folded weights is this
+    /// share (in `(0, 1]`) of their largest magnitude. Absent for a bit-width: the bound is
+    /// searched from the weights alone.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub weight_clip: BTreeMap<u32, Vec<f32>>,
 }
 
 /// A layer's per-channel input quantizer at one bit-width: channel `c` quantizes over
@@ -205,6 +211,26 @@ impl Calibration {
                     )));
                 }
             }
+            for (&b, clip) in &l.weight_clip {
+                let what = if !BITS.contains(&b) {
+                    Some(format!("{b} bits"))
+                } else if clip.len() != conv.out_ch {
+                    Some(format!(
+                        "{} ratios for {} channels",
+                        clip.len(),
+                        conv.out_ch
+                    ))
+                } else {
+                    (clip.iter().position(|r| !(*r > 0.0 && *r <= 1.0)))
+                        .map(|o| format!("ratio {} of channel {o}", clip[o]))
+                };
+                if let Some(what) = what {
+                    return Err(bad(format!(
+                        "layer `{}`: weight_clip.{b}: {what}, ratios must be in (0, 1]",
+                        l.name
+                    )));
+                }
+            }
         }
         Ok(c)
     }
@@ -228,6 +254,15 @@ impl Calibration {
                 [w.max(fw), a.max(fa)]
             })
             .collect()
+    }
+
+    /// The learned weight clip of body layer `i` at `bits` (with [`Bounds::Channel`] only: it
+    /// was learned with the per-channel steps).
+    pub fn weight_clip(&self, i: usize, bits: u32, how: Bounds) -> Option<&[f32]> {
+        match how {
+            Bounds::Channel => self.layers[i].weight_clip.get(&bits).map(Vec::as_slice),
+            _ => None,
+        }
     }
 
     /// The input quantizer of body layer `i` (index into [`body_convs`]) at `bits`
@@ -701,6 +736,32 @@ mod file_tests {
             for _ in 0..count {
                 ch.steps.pop();
             }
+            check(&bad, want);
+        }
+        // learned weight clips: one ratio in (0, 1] per output channel
+        let out_ch = match &g.nodes[body_convs(&g)[0]].op {
+            Op::Conv(conv) => conv.out_ch,
+            _ => unreachable!(),
+        };
+        good.layers[0].weight_clip.insert(4, vec![0.8; out_ch]);
+        assert!(Calibration::parse(
+            &serde_json::to_string(&good).unwrap(),
+            Path::new("ok.json"),
+            &g
+        )
+        .is_ok());
+        for (ratio, count, bits, want) in [
+            (0.0, 0, 4, "ratio 0 of channel 5"),
+            (1.5, 0, 4, "ratio 1.5"),
+            (-0.2, 0, 4, "ratio -0.2"),
+            (0.8, 1, 4, "ratios for"),
+            (0.8, 0, 9, "weight_clip.9: 9 bits"),
+        ] {
+            let mut bad = good.clone();
+            let mut clip = bad.layers[0].weight_clip.remove(&4).unwrap();
+            clip[5] = ratio;
+            clip.truncate(clip.len() - count);
+            bad.layers[0].weight_clip.insert(bits, clip);
             check(&bad, want);
         }
         // unrelated JSON

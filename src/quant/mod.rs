@@ -11,6 +11,7 @@ pub mod accounting;
 pub mod calib;
 pub mod mode;
 pub mod pack;
+pub mod recon;
 
 use std::collections::BTreeMap;
 
@@ -52,32 +53,46 @@ pub fn int_layers(
             };
             let [w, a] = spec[i];
             let act = calib.quantizer(i, a, how);
-            (j, int_layer(c, w, act, &calib.layers[i].mean, how))
+            let clip = calib.weight_clip(i, w, how);
+            (j, int_layer(c, w, act, &calib.layers[i].mean, how, clip))
         })
         .collect()
 }
 
 /// `c` in integers: `act`'s steps folded into the weights, which are then quantized per output
 /// channel at `w_bits` ([`fold_layer`]).
-pub fn int_layer(c: &Conv, w_bits: u32, act: ActQuant, mean: &[f32], how: Bounds) -> PackedIntConv {
-    let (folded, wq) = fold_layer(c, w_bits, &act, mean, how);
+pub fn int_layer(
+    c: &Conv,
+    w_bits: u32,
+    act: ActQuant,
+    mean: &[f32],
+    how: Bounds,
+    clip: Option<&[f32]>,
+) -> PackedIntConv {
+    let (folded, wq) = fold_layer(c, w_bits, &act, mean, how, clip);
     PackedIntConv::with_quantizers(&folded, &wq, act)
 }
 
 /// `c` with `act`'s steps folded into its weights ([`ActQuant::fold`]), the per-output-channel
-/// quantizers of those weights at `w_bits` (searched, or min/max with [`Bounds::MinMax`]), and
-/// the bias corrected for the shift the quantized weights cause on inputs of channel means
-/// `mean`.
+/// quantizers of those weights at `w_bits` (each channel's bound `clip[o]` times its largest
+/// magnitude where a learned clip is given, else searched, or min/max with
+/// [`Bounds::MinMax`]), and the bias corrected for the shift the quantized weights cause on
+/// inputs of channel means `mean`.
 pub fn fold_layer(
     c: &Conv,
     w_bits: u32,
     act: &ActQuant,
     mean: &[f32],
     how: Bounds,
+    clip: Option<&[f32]>,
 ) -> (Conv, Vec<Quantizer>) {
     let folded = act.fold_conv(c);
-    let wq = match how {
-        Bounds::MinMax => weight_quantizers(&folded.weights, c.out_ch, w_bits),
+    let wq = match (how, clip) {
+        (Bounds::MinMax, _) => weight_quantizers(&folded.weights, c.out_ch, w_bits),
+        (_, Some(clip)) => (weight_quantizers(&folded.weights, c.out_ch, w_bits).iter())
+            .zip(clip)
+            .map(|(q, r)| Quantizer::new(q.alpha * r, q.beta * r, w_bits))
+            .collect(),
         _ => calib::searched_weight_quantizers(&folded.weights, c.out_ch, w_bits),
     };
     // a folded weight multiplies the input divided by its channel's step
@@ -90,8 +105,15 @@ pub fn fold_layer(
 
 /// The float weights an integer layer computes with: [`fold_layer`]'s quantized weights with
 /// the activation steps taken back out, and its corrected bias.
-pub fn effective_weights(c: &Conv, w_bits: u32, act: &ActQuant, mean: &[f32], how: Bounds) -> Conv {
-    let (mut folded, wq) = fold_layer(c, w_bits, act, mean, how);
+pub fn effective_weights(
+    c: &Conv,
+    w_bits: u32,
+    act: &ActQuant,
+    mean: &[f32],
+    how: Bounds,
+    clip: Option<&[f32]>,
+) -> Conv {
+    let (mut folded, wq) = fold_layer(c, w_bits, act, mean, how, clip);
     let (taps, per) = (c.k * c.k, c.in_ch * c.k * c.k);
     for (i, w) in folded.weights.iter_mut().enumerate() {
         *w = wq[i / per].quantize(*w) / act.channel((i / taps) % c.in_ch).step();

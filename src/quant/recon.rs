@@ -1,0 +1,851 @@
+//! Reconstruction calibration (issue 12): learn the per-channel input steps of every integer
+//! layer against the float model's own output, on calibration crops, with no HR images
+//! (distillation, as 2DQuant's DQC and PTQ4SR do after their bound initialisation).
+//!
+//! The searched steps of [`super::calib::channel_steps`] minimise each layer's own input error;
+//! what a user sees is the output, where the errors of all layers meet, pass through the gates
+//! and the upsampler, and partly cancel. Here the whole network runs on the CPU in candle, in
+//! float, with every integer layer's input fake-quantized as Eq. 1 does it (per-channel step,
+//! shared code range, codes clamped to `lo..lo + 2^b`) and its weights replaced by what the
+//! integer kernel computes with ([`super::effective_weights`]: folded, quantized per output
+//! channel, bias-corrected). The rounding passes the gradient straight through and the clamp
+//! stops it outside the codes, so the gradient of the log-steps is LSQ's. Adam minimises the
+//! mean squared error against the float output. The weights' quantization follows the steps:
+//! it is rebuilt from them every [`Options::refresh`] steps, so the model trained is the
+//! model the kernels run, to within the codes a refresh moves.
+//!
+//! Why candle: its CPU convolutions (im2col and a multi-threaded GEMM) and tape autodiff cover
+//! every op the graph uses. Its own convolution backward also computes the weight gradient
+//! (wasted here, the weights are constants) and transposes with a per-pixel dot product, so
+//! the convolutions are a custom op whose backward is one more forward convolution with the
+//! flipped kernel ([`FixedConv`]): 2x the forward cost instead of 4x.
+//!
+//! Learned steps are kept only where they lower the error on held-out crops
+//! ([`Outcome::kept`]); the searched ones stay otherwise.
+
+use std::collections::BTreeMap;
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Device, Layout, Shape, Tensor, Var};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use image::Rgb32FImage;
+use rand::{Rng, SeedableRng};
+
+use super::calib::{self, body_convs, Bounds, Calibration, ChannelSteps};
+use super::{effective_weights, ActQuant, Mode};
+use crate::error::{Error, Result};
+use crate::model::{Activation, BinaryKind, Conv, Epilogue, Graph, Op, Rhs};
+
+/// The knobs of one reconstruction.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Optimizer steps.
+    pub steps: usize,
+    /// Crops per step.
+    pub batch: usize,
+    /// Side of the square crops (input pixels); smaller images are not used.
+    pub crop: usize,
+    /// Adam's initial learning rate on the log-steps (a step moves by about this fraction per
+    /// optimizer step), decayed linearly to zero.
+    pub lr: f64,
+    /// Seed of the crop sampler.
+    pub seed: u64,
+    /// Steps between rebuilds of the quantized weights from the current steps.
+    pub refresh: usize,
+    /// Held-out crops the result is judged on.
+    pub holdout: usize,
+    /// Also learn the weights' clipping per output channel (where the layer's weights take the
+    /// mode's bits).
+    pub weights: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            steps: 150,
+            batch: 4,
+            crop: 40,
+            lr: 0.02,
+            seed: 12,
+            refresh: 10,
+            holdout: 16,
+            weights: true,
+        }
+    }
+}
+
+/// The smallest crop worth learning from: a 3x3 convolution's padding touches most of a
+/// smaller one.
+pub const MIN_CROP: usize = 8;
+
+/// What one reconstruction did.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub mode: Mode,
+    /// Layers whose steps were learned.
+    pub layers: usize,
+    /// PSNR (RGB, against the float output) on the held-out crops with the searched steps and
+    /// with the learned ones.
+    pub psnr: [f64; 2],
+    /// Whether the learned steps were written (they beat the searched ones).
+    pub kept: bool,
+}
+
+fn cerr(e: candle_core::Error) -> Error {
+    // candle's messages may carry a backtrace after the first line
+    let e = e.to_string();
+    Error::Invalid(format!(
+        "reconstruction calibration: {}",
+        e.lines().next().unwrap_or_default()
+    ))
+}
+
+/// Learn the activation steps that `mode` (uniform `wXaY`) runs at: every body layer whose
+/// spec in `mode` has `a`-bit inputs and per-channel steps gets its steps at `a` bits trained
+/// against the float output of `graph` (prepared, [`super::prepare`]) on crops of `images`;
+/// layers at other widths run quantized with their stored steps. `calib` is updated in place
+/// where the learned steps measure better on held-out crops. `progress(done, total)` is called
+/// per optimizer step.
+pub fn reconstruct(
+    graph: &Graph,
+    calib: &mut Calibration,
+    mode: Mode,
+    images: &[Rgb32FImage],
+    opts: &Options,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Outcome> {
+    let Mode::Uniform { w, a } = mode else {
+        return Err(Error::Invalid(format!(
+            "reconstruction calibration runs uniform modes (wXaY), not {mode}"
+        )));
+    };
+    // the crops are as large as asked where some image allows it, else as large as the
+    // largest image allows; smaller images are left out
+    let side = |i: &&Rgb32FImage| i.width().min(i.height()) as usize;
+    let crop_side = images
+        .iter()
+        .map(|i| side(&i))
+        .max()
+        .unwrap_or(0)
+        .min(opts.crop);
+    let usable: Vec<&Rgb32FImage> = images.iter().filter(|i| side(i) >= crop_side).collect();
+    if crop_side < MIN_CROP {
+        return Err(Error::Invalid(format!(
+            "reconstruction calibration: no image is at least {MIN_CROP}x{MIN_CROP} pixels"
+        )));
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
+    let mut crop = |n: usize| -> Result<Tensor> {
+        let mut data = Vec::with_capacity(n * 3 * crop_side * crop_side);
+        for _ in 0..n {
+            let img = usable[rng.random_range(0..usable.len())];
+            let x0 = rng.random_range(0..=img.width() as usize - crop_side);
+            let y0 = rng.random_range(0..=img.height() as usize - crop_side);
+            for c in 0..3 {
+                for y in y0..y0 + crop_side {
+                    for x in x0..x0 + crop_side {
+                        data.push(img.get_pixel(x as u32, y as u32).0[c]);
+                    }
+                }
+            }
+        }
+        Tensor::from_vec(data, (n, 3, crop_side, crop_side), &Device::Cpu).map_err(cerr)
+    };
+    let holdout = crop(opts.holdout.max(1))?;
+
+    let mut net = Net::new(graph)?;
+    let vars = net.quantize(calib, (w, a), true, opts.weights)?;
+    let layers = net
+        .int
+        .values()
+        .filter(|l| matches!(l.log, Steps::Learned(_)))
+        .count();
+    net.refresh(calib)?;
+    let target = net.forward(&holdout, false)?;
+    let before = net.mse(&holdout, &target)?;
+    let mut opt = AdamW::new(
+        vars.clone(),
+        ParamsAdamW {
+            lr: opts.lr,
+            weight_decay: 0.0,
+            ..Default::default()
+        },
+    )
+    .map_err(cerr)?;
+    progress(0, opts.steps);
+    for step in 0..opts.steps {
+        if step > 0 && step % opts.refresh.max(1) == 0 {
+            net.refresh(calib)?;
+        }
+        // decayed linearly to zero, so the last steps settle rather than jitter
+        opt.set_learning_rate(opts.lr * (1.0 - step as f64 / opts.steps as f64));
+        let x = crop(opts.batch.max(1))?;
+        let y = net.forward(&x, false)?;
+        let out = net.forward(&x, true)?;
+        opt.backward_step(&loss(&out, &y)?).map_err(cerr)?;
+        net.clamp_clips()?;
+        progress(step + 1, opts.steps);
+    }
+    net.refresh(calib)?;
+    let after = net.mse(&holdout, &target)?;
+    let kept = after < before && layers > 0;
+    if kept {
+        net.store(calib)?;
+    }
+    let psnr = |mse: f64| 10.0 * (1.0 / mse.max(1e-20)).log10();
+    Ok(Outcome {
+        mode,
+        layers,
+        psnr: [psnr(before), psnr(after)],
+        kept,
+    })
+}
+
+/// The mean squared error against the float output. (The mean over crops of the log of each
+/// crop's error, which is what the mean PSNR of `eval` weighs, measured worse on SPAN x4's
+/// held-out photos at w4a4: 36.04 against 36.29 dB after 100 steps.)
+fn loss(out: &Tensor, target: &Tensor) -> Result<Tensor> {
+    (out - target)
+        .and_then(|d| d.sqr())
+        .and_then(|d| d.mean_all())
+        .map_err(cerr)
+}
+
+/// The output of `graph` (prepared, [`super::prepare`]) for `input` (`[n][3][h][w]`, planar),
+/// as the reconstruction computes it: in float, or with `calib`'s integer layers of `mode`
+/// fake-quantized. It is the model the learning sees, exposed to test it against the CPU
+/// twins and the integer kernels.
+pub fn output(
+    graph: &Graph,
+    quant: Option<(&Calibration, Mode)>,
+    input: &[f32],
+    (n, h, w): (usize, usize, usize),
+) -> Result<Vec<f32>> {
+    let x = Tensor::from_slice(input, (n, 3, h, w), &Device::Cpu).map_err(cerr)?;
+    let mut net = Net::new(graph)?;
+    if let Some((calib, mode)) = quant {
+        let Mode::Uniform { w, a } = mode else {
+            return Err(Error::Invalid(format!("{mode} is not a uniform mode")));
+        };
+        net.quantize(calib, (w, a), false, false)?;
+        net.refresh(calib)?;
+    }
+    let y = net.forward(&x, quant.is_some())?;
+    (y.flatten_all()).and_then(|t| t.to_vec1()).map_err(cerr)
+}
+
+/// An integer layer's input steps, as logarithms (so they stay positive): learned or fixed.
+enum Steps {
+    Learned(Var),
+    Fixed(Tensor),
+}
+
+impl Steps {
+    fn log(&self) -> &Tensor {
+        match self {
+            Steps::Learned(v) => v.as_tensor(),
+            Steps::Fixed(t) => t,
+        }
+    }
+}
+
+/// One integer layer of the trained network.
+struct IntLayer {
+    /// Index among the body convolutions (into the calibration's layers).
+    index: usize,
+    w_bits: u32,
+    bits: u32,
+    /// The smallest code, shared by every channel.
+    lo: i32,
+    log: Steps,
+    /// The effective convolution at the current steps ([`Net::refresh`]), where the weights'
+    /// quantization is not learned.
+    conv: Option<(FixedConv, Tensor)>,
+    /// Where it is: the float layer and the learned clip.
+    weights: Option<LearnedWeights>,
+}
+
+/// A layer whose weight clipping is learned: its weights are quantized in the graph, from the
+/// current steps and clip, on every forward pass.
+struct LearnedWeights {
+    /// Log of each output channel's clip ratio (`LayerBounds::weight_clip`), `[o, 1, 1, 1]`.
+    log_clip: Var,
+    /// The float weights `[o, c, k, k]`, bias `[1, o, 1, 1]` and input channel means
+    /// `[1, c, 1, 1]`.
+    weights: Tensor,
+    bias: Tensor,
+    mean: Tensor,
+    pad: usize,
+}
+
+impl LearnedWeights {
+    /// `c` at `bits` with input quantizer `act`: the clip starts from the stored one, else from
+    /// the searched bounds.
+    fn new(c: &Conv, act: &ActQuant, bits: u32, layer: &super::calib::LayerBounds) -> Result<Self> {
+        let folded = act.fold_conv(c);
+        let max = super::weight_quantizers(&folded.weights, c.out_ch, bits);
+        let clip: Vec<f32> = match layer.weight_clip.get(&bits) {
+            Some(clip) => clip.clone(),
+            None => calib::searched_weight_quantizers(&folded.weights, c.out_ch, bits)
+                .iter()
+                .zip(&max)
+                .map(|(q, m)| (q.beta / m.beta).min(1.0))
+                .collect(),
+        };
+        let t = |v: &[f32], shape: (usize, usize, usize, usize)| {
+            Tensor::from_slice(v, shape, &Device::Cpu).map_err(cerr)
+        };
+        let log: Vec<f32> = clip.iter().map(|r| r.ln()).collect();
+        Ok(LearnedWeights {
+            log_clip: Var::from_tensor(&t(&log, (c.out_ch, 1, 1, 1))?).map_err(cerr)?,
+            weights: t(&c.weights, (c.out_ch, c.in_ch, c.k, c.k))?,
+            bias: t(&c.bias, (1, c.out_ch, 1, 1))?,
+            mean: t(&layer.mean, (1, c.in_ch, 1, 1))?,
+            pad: c.k / 2,
+        })
+    }
+
+    /// The effective weights and corrected bias of the integer layer with input steps `s`
+    /// (`[1, c, 1, 1]`) at `bits`, as [`super::fold_layer`] builds them: the weights times
+    /// their input channel's step, quantized per output channel over `[-r m, r m]` (`m` the
+    /// largest magnitude, `r` the clip; rounding straight through), divided by the steps again;
+    /// the bias less the shift the quantization causes on the channel means.
+    fn quantized(&self, s: &Tensor, bits: u32) -> candle_core::Result<(Tensor, Tensor)> {
+        let o = self.weights.dim(0)?;
+        let folded = self.weights.broadcast_mul(s)?;
+        let m = (folded.abs()?.reshape((o, ())))?.max_keepdim(1)?.detach();
+        let m = m.maximum(f32::MIN_POSITIVE)?.reshape((o, 1, 1, 1))?;
+        // the float steps of `Quantizer::new(-beta, beta, bits)` and `Quantizer::code`, so that
+        // the codes match to the last bit: whether the clipped end is code -2^(b-1) or
+        // 2^(b-1) depends on how `alpha / s` rounds
+        let levels = ((1u32 << bits) - 1) as f64;
+        let beta = m.broadcast_mul(&self.log_clip.as_tensor().exp()?)?;
+        // a true division (candle's `/ f64` multiplies by the reciprocal)
+        let divisor = Tensor::new(&[levels as f32], beta.device())?;
+        let step = (&beta + &beta)?.broadcast_div(&divisor)?;
+        let inv = step.recip()?;
+        let lo = (beta.broadcast_mul(&inv)?.neg()?.round()?).detach();
+        let hi = (&lo + levels)?;
+        let v = (folded
+            .broadcast_maximum(&beta.neg()?)?
+            .broadcast_minimum(&beta)?)
+        .broadcast_mul(&inv)?;
+        let codes = v.round()?.broadcast_maximum(&lo)?.broadcast_minimum(&hi)?;
+        let v = (&v + (codes - &v)?.detach())?;
+        let w = v.broadcast_mul(&step)?.broadcast_div(s)?;
+        let shift = (&w - &self.weights)?.broadcast_mul(&self.mean)?;
+        let shift = shift.sum_keepdim((1, 2, 3))?.reshape((1, o, 1, 1))?;
+        Ok((w, self.bias.broadcast_sub(&shift)?))
+    }
+}
+
+impl IntLayer {
+    fn steps(&self) -> Result<Vec<f32>> {
+        (self.log.log().exp().and_then(|s| s.flatten_all()))
+            .and_then(|s| s.to_vec1::<f32>())
+            .map_err(cerr)
+    }
+
+    fn act(&self) -> Result<ActQuant> {
+        let steps = self.steps()?;
+        if steps.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+            return Err(Error::Invalid(
+                "reconstruction calibration diverged: a step is not finite".into(),
+            ));
+        }
+        Ok(if steps.len() == 1 {
+            let top = self.lo + (1 << self.bits) - 1;
+            super::Quantizer::new(self.lo as f32 * steps[0], top as f32 * steps[0], self.bits)
+                .into()
+        } else {
+            ActQuant::per_channel(self.bits, self.lo, &steps)
+        })
+    }
+
+    /// `x` through Eq. 1 with the layer's steps; the rounding passes the gradient straight
+    /// through, the clamp stops it outside the codes.
+    fn fake_quant(&self, x: &Tensor) -> Result<Tensor> {
+        let s = self.log.log().exp().map_err(cerr)?;
+        let top = (self.lo + (1 << self.bits) - 1) as f64;
+        let v = x.broadcast_div(&s).map_err(cerr)?;
+        let v = v.clamp(self.lo as f64, top).map_err(cerr)?;
+        let r = (v.round().map_err(cerr)? - &v).map_err(cerr)?.detach();
+        (v + r).map_err(cerr)?.broadcast_mul(&s).map_err(cerr)
+    }
+}
+
+/// `graph` in candle (NCHW, f32), float or with its integer layers fake-quantized.
+struct Net<'g> {
+    graph: &'g Graph,
+    /// The float convolutions, by node index.
+    float: BTreeMap<usize, (FixedConv, Tensor)>,
+    /// The integer layers, by node index.
+    int: BTreeMap<usize, IntLayer>,
+}
+
+impl<'g> Net<'g> {
+    fn new(graph: &'g Graph) -> Result<Self> {
+        let mut float = BTreeMap::new();
+        for (j, n) in graph.nodes.iter().enumerate() {
+            match &n.op {
+                Op::Conv(c) => {
+                    float.insert(j, FixedConv::new(c)?);
+                }
+                Op::RefEr { .. } => {
+                    return Err(Error::Unsupported {
+                        model: graph.name.clone(),
+                        message: "reconstruction calibration of a RefQSR graph".into(),
+                    })
+                }
+                _ => {}
+            }
+        }
+        Ok(Net {
+            graph,
+            float,
+            int: BTreeMap::new(),
+        })
+    }
+
+    /// Quantize the body layers as mode `w`/`a` runs them; with `learn`, the steps of the
+    /// layers whose inputs take `a` bits per channel become variables, which are returned.
+    fn quantize(
+        &mut self,
+        calib: &Calibration,
+        (w, a): (u32, u32),
+        learn: bool,
+        weights: bool,
+    ) -> Result<Vec<Var>> {
+        let spec = calib.spec(w, a);
+        let mut vars = Vec::new();
+        for (i, &j) in body_convs(self.graph).iter().enumerate() {
+            let [lw, la] = spec[i];
+            if la == calib::FLOAT {
+                continue;
+            }
+            let act = calib.quantizer(i, la, Bounds::Channel);
+            let steps: Vec<f32> = (0..act.channels().len())
+                .map(|c| act.channel(c).step().ln())
+                .collect();
+            let log = Tensor::from_vec(steps, (1, act.channels().len(), 1, 1), &Device::Cpu)
+                .map_err(cerr)?;
+            let learned = learn && la == a && act.is_per_channel();
+            let log = if learned {
+                let v = Var::from_tensor(&log).map_err(cerr)?;
+                vars.push(v.clone());
+                Steps::Learned(v)
+            } else {
+                Steps::Fixed(log)
+            };
+            let weights = if learned && weights && lw == w {
+                let Op::Conv(c) = &self.graph.nodes[j].op else {
+                    unreachable!("body_convs lists convolutions")
+                };
+                let learned = LearnedWeights::new(c, &act, lw, &calib.layers[i])?;
+                vars.push(learned.log_clip.clone());
+                Some(learned)
+            } else {
+                None
+            };
+            let layer = IntLayer {
+                index: i,
+                w_bits: lw,
+                bits: la,
+                lo: act.lo(),
+                log,
+                conv: None,
+                weights,
+            };
+            self.int.insert(j, layer);
+        }
+        Ok(vars)
+    }
+
+    /// Rebuild every integer layer's effective weights from its current steps.
+    fn refresh(&mut self, calib: &Calibration) -> Result<()> {
+        for (&j, l) in self.int.iter_mut().filter(|(_, l)| l.weights.is_none()) {
+            let Op::Conv(c) = &self.graph.nodes[j].op else {
+                unreachable!("integer layers are convolutions")
+            };
+            let mean = &calib.layers[l.index].mean;
+            let clip = calib.weight_clip(l.index, l.w_bits, Bounds::Channel);
+            let eff = effective_weights(c, l.w_bits, &l.act()?, mean, Bounds::Channel, clip);
+            l.conv = Some(FixedConv::new(&eff)?);
+        }
+        Ok(())
+    }
+
+    /// Keep every learned clip ratio at most 1: a bound beyond the largest weight only
+    /// coarsens the step.
+    fn clamp_clips(&self) -> Result<()> {
+        for lw in self.int.values().filter_map(|l| l.weights.as_ref()) {
+            let t = lw.log_clip.as_tensor().minimum(0f32).map_err(cerr)?;
+            lw.log_clip.set(&t).map_err(cerr)?;
+        }
+        Ok(())
+    }
+
+    /// Write the steps (and clips) of the learned layers into `calib`.
+    fn store(&self, calib: &mut Calibration) -> Result<()> {
+        for l in self.int.values() {
+            if let Steps::Learned(_) = l.log {
+                let steps = l.steps()?;
+                calib.layers[l.index]
+                    .channels
+                    .insert(l.bits, ChannelSteps { lo: l.lo, steps });
+            }
+            if let Some(lw) = &l.weights {
+                let clip = (lw.log_clip.as_tensor().exp())
+                    .and_then(|c| c.flatten_all())
+                    .and_then(|c| c.to_vec1::<f32>())
+                    .map_err(cerr)?;
+                // exp of a log clamped to <= 0 may round just above 1
+                let clip = clip.into_iter().map(|r| r.min(1.0)).collect();
+                calib.layers[l.index].weight_clip.insert(l.w_bits, clip);
+            }
+        }
+        Ok(())
+    }
+
+    /// Mean squared error of the quantized network against `target` on `x`, in batches.
+    fn mse(&self, x: &Tensor, target: &Tensor) -> Result<f64> {
+        let out = self.forward(x, true)?;
+        let d = (out - target).map_err(cerr)?;
+        let m = d.sqr().and_then(|s| s.mean_all()).map_err(cerr)?;
+        Ok(m.to_scalar::<f32>().map_err(cerr)? as f64)
+    }
+
+    /// The network's output for `x` (`[n, 3, h, w]`), with the integer layers fake-quantized
+    /// when `quant`.
+    fn forward(&self, x: &Tensor, quant: bool) -> Result<Tensor> {
+        let g = self.graph;
+        let mut values: Vec<Option<Tensor>> = vec![None; g.values.len()];
+        values[g.input] = Some(x.clone());
+        for (j, node) in g.nodes.iter().enumerate() {
+            let get = |v: usize| {
+                values[v]
+                    .clone()
+                    .ok_or_else(|| Error::Invalid(format!("value {v} used before it is computed")))
+            };
+            let x = get(node.inputs[0])?;
+            let out = match &node.op {
+                Op::Conv(c) => {
+                    let r = c.epilogue.residual().map(get).transpose()?;
+                    let int = self.int.get(&j).filter(|_| quant);
+                    let y = match int {
+                        Some(
+                            l @ IntLayer {
+                                weights: Some(lw), ..
+                            },
+                        ) => {
+                            let x = l.fake_quant(&x)?.contiguous().map_err(cerr)?;
+                            let s = l.log.log().exp().map_err(cerr)?;
+                            let (w, b) = lw.quantized(&s, l.w_bits).map_err(cerr)?;
+                            (x.apply_op2(&w, LearnedConv { pad: lw.pad }))
+                                .and_then(|y| y.broadcast_add(&b))
+                                .map_err(cerr)?
+                        }
+                        _ => {
+                            let (input, (conv, bias)) = match int {
+                                Some(l) => (
+                                    l.fake_quant(&x)?,
+                                    l.conv.as_ref().expect("refreshed before use"),
+                                ),
+                                None => (x, &self.float[&j]),
+                            };
+                            (input.contiguous())
+                                .and_then(|t| t.apply_op1(conv.clone()))
+                                .and_then(|y| y.broadcast_add(bias))
+                                .map_err(cerr)?
+                        }
+                    };
+                    epilogue(&y, c, r.as_ref())?
+                }
+                Op::Binary { kind, rhs } => {
+                    let b = match rhs {
+                        Rhs::Tensor => get(node.inputs[1])?,
+                        Rhs::Scalar(s) => Tensor::new(&[*s], &Device::Cpu)
+                            .and_then(|t| t.reshape((1, 1, 1, 1)))
+                            .map_err(cerr)?,
+                        Rhs::PerChannel(v) => {
+                            Tensor::from_slice(v, (1, v.len(), 1, 1), &Device::Cpu).map_err(cerr)?
+                        }
+                    };
+                    binary(&x, &b, *kind)?
+                }
+                Op::Act(act) => activate(&x, act)?,
+                Op::Concat => {
+                    let ins: Vec<Tensor> =
+                        node.inputs.iter().map(|&v| get(v)).collect::<Result<_>>()?;
+                    Tensor::cat(&ins, 1).map_err(cerr)?
+                }
+                Op::PixelShuffle { factor } => {
+                    let f = *factor as usize;
+                    let (n, c, h, w) = x.dims4().map_err(cerr)?;
+                    (x.reshape((n, c / (f * f), f, f, h, w)))
+                        .and_then(|t| t.permute((0, 1, 4, 2, 5, 3)))
+                        .and_then(|t| t.reshape((n, c / (f * f), h * f, w * f)))
+                        .map_err(cerr)?
+                }
+                Op::InterpNearest { factor } => {
+                    let f = *factor as usize;
+                    let (_, _, h, w) = x.dims4().map_err(cerr)?;
+                    x.upsample_nearest2d(h * f, w * f).map_err(cerr)?
+                }
+                Op::RefEr { .. } => unreachable!("refused by Net::new"),
+            };
+            values[node.output] = Some(out);
+        }
+        values[g.output]
+            .take()
+            .ok_or_else(|| Error::Invalid("the graph output is never computed".into()))
+    }
+}
+
+/// `finish` of the convolution shaders on the biased sum `y`: activation, then SPAN's gate or
+/// the residual add.
+fn epilogue(y: &Tensor, c: &Conv, r: Option<&Tensor>) -> Result<Tensor> {
+    match (c.epilogue, r) {
+        (Epilogue::SpanGate(_), Some(r)) => {
+            let gate = (candle_nn::ops::sigmoid(y).map_err(cerr)? - 0.5).map_err(cerr)?;
+            (y + r).and_then(|s| s * gate).map_err(cerr)
+        }
+        (Epilogue::Add(_), Some(r)) => (activate(y, &c.act)? + r).map_err(cerr),
+        _ => activate(y, &c.act),
+    }
+}
+
+/// `activate` of `common.wgsl`.
+fn activate(x: &Tensor, act: &Activation) -> Result<Tensor> {
+    let negative_slope = |s: &Tensor| -> candle_core::Result<Tensor> {
+        x.relu()? + x.minimum(0f32)?.broadcast_mul(s)?
+    };
+    match act {
+        Activation::None => Ok(x.clone()),
+        Activation::Relu => x.relu(),
+        Activation::Leaky(a) => Tensor::new(&[*a], &Device::Cpu)
+            .and_then(|s| s.reshape((1, 1, 1, 1)))
+            .and_then(|s| negative_slope(&s)),
+        Activation::PRelu(v) => {
+            Tensor::from_slice(v, (1, v.len(), 1, 1), &Device::Cpu).and_then(|s| negative_slope(&s))
+        }
+        Activation::Swish => candle_nn::ops::sigmoid(x).and_then(|s| x * s),
+        Activation::Sigmoid => candle_nn::ops::sigmoid(x),
+    }
+    .map_err(cerr)
+}
+
+/// `a (op) b`, `b` broadcast.
+fn binary(a: &Tensor, b: &Tensor, kind: BinaryKind) -> Result<Tensor> {
+    match kind {
+        BinaryKind::Add => a.broadcast_add(b),
+        BinaryKind::Sub => a.broadcast_sub(b),
+        BinaryKind::Mul => a.broadcast_mul(b),
+        BinaryKind::Div => a.broadcast_div(b),
+        BinaryKind::RSub => b.broadcast_sub(a),
+        BinaryKind::Max => a.broadcast_maximum(b),
+        BinaryKind::Min => a.broadcast_minimum(b),
+    }
+    .map_err(cerr)
+}
+
+/// A "same"-padded stride-1 convolution by constant weights, as a custom op: forward is
+/// candle's convolution, backward the input gradient alone (the convolution of the output
+/// gradient with the kernel flipped and its channel axes swapped).
+#[derive(Clone)]
+struct FixedConv {
+    weights: Tensor,
+    flipped: Tensor,
+    pad: usize,
+}
+
+impl FixedConv {
+    /// The convolution of `c` and its bias as `[1, out, 1, 1]`.
+    fn new(c: &Conv) -> Result<(Self, Tensor)> {
+        let (o, i, k) = (c.out_ch, c.in_ch, c.k);
+        let weights = Tensor::from_slice(&c.weights, (o, i, k, k), &Device::Cpu).map_err(cerr)?;
+        let mut flipped = vec![0f32; c.weights.len()];
+        for (n, &w) in c.weights.iter().enumerate() {
+            let (oc, ic, ky, kx) = (n / (i * k * k), n / (k * k) % i, n / k % k, n % k);
+            flipped[((ic * o + oc) * k + (k - 1 - ky)) * k + (k - 1 - kx)] = w;
+        }
+        let flipped = Tensor::from_vec(flipped, (i, o, k, k), &Device::Cpu).map_err(cerr)?;
+        let bias = Tensor::from_slice(&c.bias, (1, o, 1, 1), &Device::Cpu).map_err(cerr)?;
+        Ok((
+            FixedConv {
+                weights,
+                flipped,
+                pad: k / 2,
+            },
+            bias,
+        ))
+    }
+}
+
+impl CustomOp1 for FixedConv {
+    fn name(&self) -> &'static str {
+        "refqsr-fixed-conv"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let y = tensor_of(storage, layout)?.conv2d(&self.weights, self.pad, 1, 1, 1)?;
+        let shape = y.shape().clone();
+        Ok((CpuStorage::F32(y.flatten_all()?.to_vec1::<f32>()?), shape))
+    }
+
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(grad.contiguous()?.conv2d(
+            &self.flipped,
+            self.pad,
+            1,
+            1,
+            1,
+        )?))
+    }
+}
+
+/// A "same"-padded stride-1 convolution of an input by learned weights, as a custom op: forward
+/// is candle's convolution, backward two more (the input gradient by the flipped kernel, the
+/// weight gradient by the output gradient), where candle's own backward transposes with a
+/// per-pixel dot product.
+struct LearnedConv {
+    pad: usize,
+}
+
+impl CustomOp2 for LearnedConv {
+    fn name(&self) -> &'static str {
+        "refqsr-conv"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let y = tensor_of(s1, l1)?.conv2d(&tensor_of(s2, l2)?, self.pad, 1, 1, 1)?;
+        let shape = y.shape().clone();
+        Ok((CpuStorage::F32(y.flatten_all()?.to_vec1::<f32>()?), shape))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (x, w, grad) = (x.detach(), w.detach(), grad.detach().contiguous()?);
+        let k = w.dim(2)?;
+        let rev = Tensor::from_vec((0..k as u32).rev().collect::<Vec<_>>(), k, x.device())?;
+        let flipped = (w.transpose(0, 1)?.contiguous()?.index_select(&rev, 2)?)
+            .index_select(&rev, 3)?
+            .contiguous()?;
+        let dx = grad.conv2d(&flipped, self.pad, 1, 1, 1)?;
+        let dw = (x.transpose(0, 1)?.contiguous()?)
+            .conv2d(&grad.transpose(0, 1)?.contiguous()?, self.pad, 1, 1, 1)?
+            .transpose(0, 1)?
+            .contiguous()?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+/// A contiguous tensor of a custom op's f32 input.
+fn tensor_of(storage: &CpuStorage, layout: &Layout) -> candle_core::Result<Tensor> {
+    let data = storage.as_slice::<f32>()?;
+    match layout.contiguous_offsets() {
+        Some((a, b)) => Tensor::from_slice(&data[a..b], layout.shape(), &Device::Cpu),
+        None => candle_core::bail!("refqsr's convolutions need a contiguous input"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Activation, Epilogue};
+
+    #[test]
+    fn learned_weights_quantize_as_the_integer_layer_does() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let (o, i, k, bits) = (5, 6, 3, 4);
+        let mut uniform = |n: usize, lo: f32, hi: f32| -> Vec<f32> {
+            (0..n).map(|_| rng.random_range(lo..hi)).collect()
+        };
+        let c = Conv {
+            in_ch: i,
+            out_ch: o,
+            k,
+            weights: uniform(o * i * k * k, -1.0, 1.0),
+            bias: uniform(o, -0.5, 0.5),
+            act: Activation::None,
+            epilogue: Epilogue::None,
+        };
+        let act = ActQuant::per_channel(bits, -5, &uniform(i, 0.01, 0.3));
+        let mut layer = calib::LayerBounds {
+            name: "conv".into(),
+            in_ch: i,
+            min: -1.0,
+            max: 1.0,
+            bounds: BTreeMap::new(),
+            mean: uniform(i, -1.0, 1.0),
+            floor: None,
+            channels: BTreeMap::new(),
+            weight_clip: BTreeMap::new(),
+        };
+        let s: Vec<f32> = (0..i).map(|ch| act.channel(ch).step()).collect();
+        let s = Tensor::from_slice(&s, (1, i, 1, 1), &Device::Cpu).unwrap();
+        // without a stored clip it starts from the searched bounds, then with a stored one
+        for clip in [None, Some(vec![0.9f32, 0.7, 1.0, 0.55, 0.8])] {
+            if let Some(clip) = &clip {
+                layer.weight_clip.insert(bits, clip.clone());
+            }
+            let learned = LearnedWeights::new(&c, &act, bits, &layer).unwrap();
+            let (w, b) = learned.quantized(&s, bits).unwrap();
+            let w = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            // the clip as it would be stored: the searched bounds' share of the largest weight
+            let stored: Vec<f32> = (learned.log_clip.as_tensor().exp())
+                .and_then(|t| t.flatten_all())
+                .and_then(|t| t.to_vec1())
+                .unwrap();
+            let folded = act.fold_conv(&c);
+            let searched = calib::searched_weight_quantizers(&folded.weights, o, bits);
+            let max = crate::quant::weight_quantizers(&folded.weights, o, bits);
+            for (ch, r) in stored.iter().enumerate() {
+                let want = match &clip {
+                    Some(clip) => clip[ch],
+                    None => searched[ch].beta / max[ch].beta,
+                };
+                assert!((r - want).abs() <= 1e-6, "{clip:?} clip {ch}: {r} {want}");
+            }
+            let want =
+                effective_weights(&c, bits, &act, &layer.mean, Bounds::Channel, Some(&stored));
+            for (n, (x, y)) in w.iter().zip(&want.weights).enumerate() {
+                assert!(
+                    (x - y).abs() <= 1e-4 * y.abs().max(1.0),
+                    "{clip:?} weight {n}: {x} {y}"
+                );
+            }
+            for (x, y) in b.iter().zip(&want.bias) {
+                assert!((x - y).abs() <= 1e-4, "{clip:?} bias: {x} {y}");
+            }
+            // the weights take at most 2^b levels per output channel
+            let per = i * k * k;
+            for ch in w.chunks(per) {
+                let folded: std::collections::BTreeSet<i64> = (ch.iter().enumerate())
+                    .map(|(n, v)| (v * act.channel(n / (k * k)).step() * 1e5).round() as i64)
+                    .collect();
+                assert!(folded.len() <= 1 << bits, "{} levels", folded.len());
+            }
+        }
+    }
+}

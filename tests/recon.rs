@@ -1,0 +1,205 @@
+//! Reconstruction calibration: the model it learns on is the model the engine runs (the float
+//! graph of the CPU twins, the integer kernels' output), and learning the steps recovers the
+//! output from a bad start.
+
+mod common;
+
+use common::ctx;
+use refqsr::exec::GpuModel;
+use refqsr::quant::recon::{self, Options};
+use refqsr::quant::{Bounds, Calibration, Mode};
+
+/// The shipped SPAN x4, prepared for the integer modes, and its shipped calibration.
+fn span() -> (refqsr::model::Graph, Calibration) {
+    let graph = refqsr::quant::prepare(refqsr::upscaler::load_graph(None, Some(4)).unwrap());
+    let calib = refqsr::upscaler::load_calibration(&refqsr::Options::default(), &graph).unwrap();
+    (graph, calib)
+}
+
+/// Planar `[3][h][w]` crops of a shipped photo.
+fn photo(name: &str, (x, y, w, h): (u32, u32, u32, u32)) -> (image::Rgb32FImage, Vec<f32>) {
+    let img = image::open(common::asset(&format!("images/{name}")))
+        .unwrap()
+        .crop_imm(x, y, w, h)
+        .to_rgb32f();
+    let planar = (0..3)
+        .flat_map(|c| img.pixels().map(move |p| p.0[c]))
+        .collect();
+    (img, planar)
+}
+
+/// Planar `[c][h][w]` to the engine's C4HW (one batch).
+fn c4hw(planar: &[f32], c: usize, h: usize, w: usize) -> Vec<f32> {
+    let groups = c.div_ceil(4);
+    let mut out = vec![0f32; groups * 4 * h * w];
+    for ch in 0..c {
+        for i in 0..h * w {
+            out[((ch / 4) * h * w + i) * 4 + ch % 4] = planar[ch * h * w + i];
+        }
+    }
+    out
+}
+
+/// C4HW (one batch) back to planar `[c][h][w]`.
+fn planar(c4: &[f32], c: usize, h: usize, w: usize) -> Vec<f32> {
+    (0..c)
+        .flat_map(|ch| (0..h * w).map(move |i| c4[((ch / 4) * h * w + i) * 4 + ch % 4]))
+        .collect()
+}
+
+fn mse(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| ((x - y) as f64).powi(2))
+        .sum::<f64>()
+        / a.len() as f64
+}
+
+#[test]
+fn the_learned_model_is_the_cpu_twins_graph_and_the_integer_kernels_output() {
+    let (graph, calib) = span();
+    let (h, w) = (20, 24);
+    let (_, x) = photo("coffee.png", (200, 120, w as u32, h as u32));
+    let float = recon::output(&graph, None, &x, (1, h, w)).unwrap();
+    // the float graph: the CPU twins are an independent implementation of every op
+    let input = refqsr::kernels::cpu::Tensor {
+        n: 1,
+        c: 3,
+        h,
+        w,
+        data: c4hw(&x, 3, h, w),
+    };
+    let twin = refqsr::kernels::cpu::run_graph(&graph, &input);
+    let twin = planar(&twin.data, 3, 4 * h, 4 * w);
+    let worst = common::max_abs_diff(&float, &twin);
+    eprintln!("candle float vs CPU twins: max |diff| {worst:.2e}");
+    assert!(worst < 1e-4, "{worst}");
+
+    // fake quantization against the integer kernels on the GPU
+    let ctx = ctx();
+    let gpu = |calib: &Calibration, mode: Mode| {
+        let int = refqsr::quant::int_layers(&graph, mode, calib, Bounds::Channel);
+        let model = GpuModel::quantized(ctx.clone(), graph.clone(), int).unwrap();
+        let out = model
+            .plan(1, h, w)
+            .unwrap()
+            .run(&c4hw(&x, 3, h, w))
+            .unwrap();
+        planar(&out, 3, 4 * h, 4 * w)
+    };
+    let w8a8: Mode = "w8a8".parse().unwrap();
+    // One integer layer at a time: the two may differ only where float noise (the GPU's float
+    // layers run Winograd) moves a value across a rounding boundary, far less than the
+    // quantization itself (1/13 to 1/600 of it on this crop; a wrong step or weight gives
+    // about as much as the quantization).
+    for k in 0..calib.layers.len() {
+        let mut one = calib.clone();
+        for (i, l) in one.layers.iter_mut().enumerate() {
+            if i != k {
+                l.floor = Some([refqsr::quant::calib::FLOAT; 2]);
+            }
+        }
+        if one.spec(8, 8)[k][0] == refqsr::quant::calib::FLOAT {
+            continue;
+        }
+        let fake = recon::output(&graph, Some((&one, w8a8)), &x, (1, h, w)).unwrap();
+        let int = gpu(&one, w8a8);
+        let (mismatch, error) = (mse(&fake, &int), mse(&int, &float));
+        assert!(
+            error > 0.0 && mismatch < error / 8.0,
+            "{}: fake vs integer MSE {mismatch:.3e}, integer vs float {error:.3e}",
+            one.layers[k].name
+        );
+    }
+    // All layers: a flipped code perturbs every later layer, so the two drift apart pixel by
+    // pixel, but their errors against float must be the same size.
+    for mode in ["w8a8", "w4a4"] {
+        let mode: Mode = mode.parse().unwrap();
+        let fake = recon::output(&graph, Some((&calib, mode)), &x, (1, h, w)).unwrap();
+        let int = gpu(&calib, mode);
+        let (a, b) = (mse(&fake, &float), mse(&int, &float));
+        eprintln!("{mode}: MSE against float: fake-quantized {a:.3e}, integer kernels {b:.3e}");
+        assert!(
+            b > 0.0 && (a / b - 1.0).abs() < 0.15,
+            "{mode}: {a:.3e} vs {b:.3e}"
+        );
+    }
+}
+
+#[test]
+fn learning_the_steps_recovers_the_output_from_coarse_ones() {
+    let (graph, mut calib) = span();
+    // every 4-bit step four times too coarse: most activations fall in a few codes
+    for l in &mut calib.layers {
+        l.weight_clip.clear();
+        if let Some(ch) = l.channels.get_mut(&4) {
+            ch.steps.iter_mut().for_each(|s| *s *= 4.0);
+        }
+    }
+    let before = calib.clone();
+    let images: Vec<image::Rgb32FImage> = [
+        ("chelsea.png", (60, 40, 64, 64)),
+        ("astronaut.png", (150, 100, 64, 64)),
+        ("coffee.png", (250, 150, 64, 64)),
+    ]
+    .into_iter()
+    .map(|(n, r)| photo(n, r).0)
+    .collect();
+    let opts = Options {
+        steps: 40,
+        batch: 2,
+        crop: 24,
+        lr: 0.05,
+        holdout: 4,
+        ..Options::default()
+    };
+    let mode: Mode = "w4a4".parse().unwrap();
+    let out = recon::reconstruct(&graph, &mut calib, mode, &images, &opts, &mut |_, _| {}).unwrap();
+    eprintln!(
+        "w4a4 from 4x coarse steps: held-out PSNR {:.2} -> {:.2} dB over {} layers",
+        out.psnr[0], out.psnr[1], out.layers
+    );
+    assert!(out.kept && out.psnr[1] > out.psnr[0] + 1.0, "{out:?}");
+    let spec = calib.spec(4, 4);
+    let mut log_ratio = Vec::new();
+    for (i, (l, b)) in calib.layers.iter().zip(&before.layers).enumerate() {
+        // only the layers whose inputs take 4 bits per channel in w4a4 learn, and only there
+        let learned = spec[i][1] == 4 && b.channels.contains_key(&4);
+        assert_eq!(
+            l.channels.get(&4) != b.channels.get(&4),
+            learned,
+            "{}",
+            l.name
+        );
+        assert_eq!(l.channels.get(&8), b.channels.get(&8), "{}", l.name);
+        // the weights' clips are learned where the weights take the mode's 4 bits, only there
+        assert_eq!(
+            l.weight_clip.contains_key(&4),
+            learned && spec[i][0] == 4,
+            "{}",
+            l.name
+        );
+        assert!(l.weight_clip.keys().all(|&b| b == 4), "{}", l.name);
+        if learned {
+            let (s, s0) = (&l.channels[&4], &b.channels[&4]);
+            assert_eq!(s.lo, s0.lo);
+            log_ratio.extend(
+                s.steps
+                    .iter()
+                    .zip(&s0.steps)
+                    .map(|(a, b)| (a / b).ln() as f64),
+            );
+        }
+    }
+    // the coarse steps shrink on the whole
+    let mean = log_ratio.iter().sum::<f64>() / log_ratio.len() as f64;
+    assert!(mean < 0.0, "mean log ratio of the steps {mean}");
+    // what it writes is a valid calibration
+    let text = serde_json::to_string(&calib).unwrap();
+    Calibration::parse(&text, std::path::Path::new("learned.calib.json"), &graph).unwrap();
+    // images too small to crop are refused with a clear error
+    let tiny = vec![image::Rgb32FImage::new(5, 5)];
+    let e = recon::reconstruct(&graph, &mut calib, mode, &tiny, &opts, &mut |_, _| {}).unwrap_err();
+    assert!(e.to_string().contains("8x8"), "{e}");
+}
