@@ -166,6 +166,8 @@ pub fn calibrate(
                 floor: None,
                 channels: channel_steps,
                 weight_clip: BTreeMap::new(),
+                query_channels: BTreeMap::new(),
+                query_weight_clip: BTreeMap::new(),
             }
         })
         .collect();
@@ -279,15 +281,18 @@ fn grid(image: usize, width: usize, height: usize) -> Vec<Patch> {
     out
 }
 
-/// The uniform modes whose activation steps `calibrate` learns by reconstruction (a list runs
-/// widest first, so a narrower mode's layers held at a wider floor run with steps already
-/// learned). Only 4 bits pays: learned 8- and 6-bit steps won 0.4 dB on held-out crops of the
+/// The modes whose activation steps (and weight clips) `calibrate` learns by reconstruction:
+/// uniform ones, and RefQSR's 8-4 for its query path, whose 4-bit inputs meet 6-bit weights
+/// rather than w4a4's 4-bit ones and so get steps of their own. A list runs in order, widest
+/// first, so a narrower mode's layers held at a wider floor run with steps already learned.
+/// Only 4 bits and below pay: learned 8- and 6-bit steps won 0.4 dB on held-out crops of the
 /// calibration photos but lost 0.20 and 0.04 dB on SPAN x4's held-out photos, one of which
 /// (a city at night) lost 4 dB at w8a8. The learning tightens steps where the calibration
 /// photos seldom reach, which photos beyond them do reach; at 8 and 6 bits the searched steps
 /// are already near the rounding floor, so there is little to win and that to lose. At 4
-/// bits the same photos gain (w4a4 35.85 -> 36.47 dB).
-pub const RECON_MODES: &str = "w4a4";
+/// and 3 bits the same photos gain (w4a4 35.85 -> 36.69 dB with the weights' clips, w4a3
+/// 34.96 -> 36.18), and the RefQSR modes' queries run on those steps.
+pub const RECON_MODES: &str = "w4a4,w4a3,refqsr:8-4";
 
 /// Reconstruction calibration ([`crate::quant::recon`]) of `calib` for each of `modes` (in
 /// order), on the images under `dir`; `progress(mode, done, total)` per optimizer step.
@@ -302,12 +307,28 @@ pub fn reconstruct(
     let (images, _) = load_images(dir)?;
     let images: Vec<Rgb32FImage> = images.into_iter().map(|(_, i)| i).collect();
     let prepared = crate::quant::prepare(graph.clone());
+    // a layer's steps (and clips) at some width belong to the first mode of the run that
+    // learns them: w4a3 after w4a4 keeps the 4-bit clips and the 6-bit steps of layers held
+    // at 6 bits rather than refitting them to itself; RefQSR's queries keep their own
+    let mut opts = opts.clone();
     modes
         .iter()
         .map(|&m| {
-            crate::quant::recon::reconstruct(&prepared, calib, m, &images, opts, &mut |d, t| {
-                progress(m, d, t)
-            })
+            let out = crate::quant::recon::reconstruct(
+                &prepared,
+                calib,
+                m,
+                &images,
+                &opts,
+                &mut |d, t| progress(m, d, t),
+            )?;
+            if matches!(m, crate::quant::Mode::Uniform { .. }) {
+                for &(l, a, w) in &out.learned {
+                    opts.fixed_steps.insert((l, a));
+                    opts.fixed_clips.extend(w.map(|w| (l, w)));
+                }
+            }
+            Ok(out)
         })
         .collect()
 }

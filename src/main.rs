@@ -121,7 +121,8 @@ enum Command {
         /// ones).
         #[arg(long, default_value_t = refqsr::quant::recon::Options::default().steps)]
         recon_steps: usize,
-        /// The uniform modes whose activation steps are learned, widest first.
+        /// The modes whose activation steps (and weight clips) are learned, widest first:
+        /// wXaY, or refqsr:H-L for its query path.
         #[arg(long, default_value = refqsr::calibrate::RECON_MODES)]
         recon_modes: String,
         /// Seed of the reconstruction's crop sampler.
@@ -668,6 +669,13 @@ fn calibrate(
         )?;
         b.finish_and_clear();
         for o in &outcomes {
+            if o.layers == 0 {
+                eprintln!(
+                    "refqsr: {}: no layer takes its inputs at this mode's bits (the floors raise them all); nothing to learn",
+                    o.mode
+                );
+                continue;
+            }
             eprintln!(
                 "refqsr: {} reconstruction of {} layers: held-out PSNR vs fp32 {:.2} -> {:.2} dB, {}",
                 o.mode,

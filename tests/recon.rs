@@ -133,6 +133,8 @@ fn learning_the_steps_recovers_the_output_from_coarse_ones() {
     // every 4-bit step four times too coarse: most activations fall in a few codes
     for l in &mut calib.layers {
         l.weight_clip.clear();
+        l.query_channels.clear();
+        l.query_weight_clip.clear();
         if let Some(ch) = l.channels.get_mut(&4) {
             ch.steps.iter_mut().for_each(|s| *s *= 4.0);
         }
@@ -162,26 +164,24 @@ fn learning_the_steps_recovers_the_output_from_coarse_ones() {
     );
     assert!(out.kept && out.psnr[1] > out.psnr[0] + 1.0, "{out:?}");
     let spec = calib.spec(4, 4);
+    let float = refqsr::quant::calib::FLOAT;
     let mut log_ratio = Vec::new();
     for (i, (l, b)) in calib.layers.iter().zip(&before.layers).enumerate() {
-        // only the layers whose inputs take 4 bits per channel in w4a4 learn, and only there
-        let learned = spec[i][1] == 4 && b.channels.contains_key(&4);
-        assert_eq!(
-            l.channels.get(&4) != b.channels.get(&4),
-            learned,
-            "{}",
-            l.name
-        );
-        assert_eq!(l.channels.get(&8), b.channels.get(&8), "{}", l.name);
-        // the weights' clips are learned where the weights take the mode's 4 bits, only there
-        assert_eq!(
-            l.weight_clip.contains_key(&4),
-            learned && spec[i][0] == 4,
-            "{}",
-            l.name
-        );
-        assert!(l.weight_clip.keys().all(|&b| b == 4), "{}", l.name);
-        if learned {
+        // every integer layer learns the steps it runs at in w4a4 (its floor may hold it at
+        // 6 or 8 bits), and its weights' clip at their bits; nothing else changes
+        let [w, a] = spec[i];
+        let learned = a != float && b.channels.contains_key(&a);
+        for (bits, steps) in &l.channels {
+            assert_eq!(
+                steps != &b.channels[bits],
+                learned && *bits == a,
+                "{}",
+                l.name
+            );
+        }
+        let clips: Vec<u32> = l.weight_clip.keys().copied().collect();
+        assert_eq!(clips, if learned { vec![w] } else { vec![] }, "{}", l.name);
+        if learned && a == 4 {
             let (s, s0) = (&l.channels[&4], &b.channels[&4]);
             assert_eq!(s.lo, s0.lo);
             log_ratio.extend(
@@ -195,6 +195,33 @@ fn learning_the_steps_recovers_the_output_from_coarse_ones() {
     // the coarse steps shrink on the whole
     let mean = log_ratio.iter().sum::<f64>() / log_ratio.len() as f64;
     assert!(mean < 0.0, "mean log ratio of the steps {mean}");
+    // RefQSR's 8-4 learns its queries' own steps and clips (4-bit inputs, 6-bit weights, the
+    // first block at 8), leaving the shared ones to the uniform modes, and the query path runs
+    // on them
+    let shared = calib.clone();
+    let refqsr: Mode = "refqsr:8-4".parse().unwrap();
+    let out =
+        recon::reconstruct(&graph, &mut calib, refqsr, &images, &opts, &mut |_, _| {}).unwrap();
+    eprintln!(
+        "refqsr:8-4 queries: held-out PSNR {:.2} -> {:.2} dB over {} layers",
+        out.psnr[0], out.psnr[1], out.layers
+    );
+    assert!(out.kept, "{out:?}");
+    let q = refqsr::refqsr::query_calibration(&graph, &calib, 8);
+    let query_spec = q.spec(6, 4);
+    for (i, (l, b)) in calib.layers.iter().zip(&shared.layers).enumerate() {
+        assert_eq!((&l.channels, &l.weight_clip), (&b.channels, &b.weight_clip));
+        let [w, a] = query_spec[i];
+        let learned = a != float && b.channels.contains_key(&a);
+        let steps: Vec<u32> = l.query_channels.keys().copied().collect();
+        let clips: Vec<u32> = l.query_weight_clip.keys().copied().collect();
+        assert_eq!(steps, if learned { vec![a] } else { vec![] }, "{}", l.name);
+        assert_eq!(clips, if learned { vec![w] } else { vec![] }, "{}", l.name);
+        if learned {
+            assert_eq!(q.layers[i].channels[&a], l.query_channels[&a]);
+            assert_eq!(q.layers[i].weight_clip[&w], l.query_weight_clip[&w]);
+        }
+    }
     // what it writes is a valid calibration
     let text = serde_json::to_string(&calib).unwrap();
     Calibration::parse(&text, std::path::Path::new("learned.calib.json"), &graph).unwrap();

@@ -70,6 +70,14 @@ pub struct LayerBounds {
     /// searched from the weights alone.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub weight_clip: BTreeMap<u32, Vec<f32>>,
+    /// RefQSR's queries' own input steps, per bit-width, where reconstruction learned them on
+    /// the query path (weights at b_medium): they replace `channels` there
+    /// ([`crate::refqsr::query_calibration`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub query_channels: BTreeMap<u32, ChannelSteps>,
+    /// The queries' own weight clips, per weight bit-width (see `weight_clip`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub query_weight_clip: BTreeMap<u32, Vec<f32>>,
 }
 
 /// A layer's per-channel input quantizer at one bit-width: channel `c` quantizes over
@@ -193,7 +201,9 @@ impl Calibration {
                     l.name
                 )));
             }
-            for (&b, ch) in &l.channels {
+            let steps = (l.channels.iter().map(|c| ("channels", c)))
+                .chain(l.query_channels.iter().map(|c| ("query_channels", c)));
+            for (field, (&b, ch)) in steps {
                 let what = if !BITS.contains(&b) {
                     Some(format!("{b} bits"))
                 } else if !(-((1 << b) - 1)..=0).contains(&ch.lo) {
@@ -206,12 +216,14 @@ impl Calibration {
                 };
                 if let Some(what) = what {
                     return Err(bad(format!(
-                        "layer `{}`: channels.{b}: {what}, steps must be finite and positive",
+                        "layer `{}`: {field}.{b}: {what}, steps must be finite and positive",
                         l.name
                     )));
                 }
             }
-            for (&b, clip) in &l.weight_clip {
+            let clips = (l.weight_clip.iter().map(|c| ("weight_clip", c)))
+                .chain(l.query_weight_clip.iter().map(|c| ("query_weight_clip", c)));
+            for (field, (&b, clip)) in clips {
                 let what = if !BITS.contains(&b) {
                     Some(format!("{b} bits"))
                 } else if clip.len() != conv.out_ch {
@@ -226,7 +238,7 @@ impl Calibration {
                 };
                 if let Some(what) = what {
                     return Err(bad(format!(
-                        "layer `{}`: weight_clip.{b}: {what}, ratios must be in (0, 1]",
+                        "layer `{}`: {field}.{b}: {what}, ratios must be in (0, 1]",
                         l.name
                     )));
                 }
@@ -738,6 +750,16 @@ mod file_tests {
             }
             check(&bad, want);
         }
+        // the queries' own steps are checked the same way
+        let mut bad = good.clone();
+        let mut steps = bad.layers[0].channels[&8].clone();
+        steps.lo = 1;
+        bad.layers[0].query_channels.insert(8, steps);
+        check(&bad, "query_channels.8: lo 1");
+        let mut bad = good.clone();
+        let n = bad.layers[0].in_ch;
+        bad.layers[0].query_weight_clip.insert(6, vec![1.2; n]);
+        check(&bad, "query_weight_clip.6: ratio 1.2");
         // learned weight clips: one ratio in (0, 1] per output channel
         let out_ch = match &g.nodes[body_convs(&g)[0]].op {
             Op::Conv(conv) => conv.out_ch,

@@ -1,29 +1,33 @@
-//! Reconstruction calibration (issue 12): learn the per-channel input steps of every integer
-//! layer against the float model's own output, on calibration crops, with no HR images
-//! (distillation, as 2DQuant's DQC and PTQ4SR do after their bound initialisation).
+//! Reconstruction calibration (issue 12): learn the per-channel input steps and the
+//! per-output-channel weight clips of every integer layer against the float model's own
+//! output, on calibration crops, with no HR images (distillation, as 2DQuant's DQC and PTQ4SR
+//! do after their bound initialisation).
 //!
 //! The searched steps of [`super::calib::channel_steps`] minimise each layer's own input error;
 //! what a user sees is the output, where the errors of all layers meet, pass through the gates
 //! and the upsampler, and partly cancel. Here the whole network runs on the CPU in candle, in
 //! float, with every integer layer's input fake-quantized as Eq. 1 does it (per-channel step,
-//! shared code range, codes clamped to `lo..lo + 2^b`) and its weights replaced by what the
-//! integer kernel computes with ([`super::effective_weights`]: folded, quantized per output
-//! channel, bias-corrected). The rounding passes the gradient straight through and the clamp
-//! stops it outside the codes, so the gradient of the log-steps is LSQ's. Adam minimises the
-//! mean squared error against the float output. The weights' quantization follows the steps:
-//! it is rebuilt from them every [`Options::refresh`] steps, so the model trained is the
-//! model the kernels run, to within the codes a refresh moves.
+//! shared code range, codes clamped to `lo..lo + 2^b`) and its weights quantized as
+//! [`super::fold_layer`] does (folded with the steps, per output channel over `[-r m, r m]`,
+//! `m` the largest magnitude and `r` the learned clip, bias-corrected), with the same float
+//! operations, so that the codes agree to the last bit (a unit test holds them to
+//! [`super::effective_weights`]). The rounding passes the gradient straight through and the
+//! clamps stop it outside the codes, so the gradients of the log-steps and log-clips are
+//! LSQ's. Adam minimises the mean squared error against the float output, its rate decayed
+//! linearly to zero. Layers whose steps are held fixed run with [`super::effective_weights`],
+//! rebuilt every [`Options::refresh`] steps.
 //!
 //! Why candle: its CPU convolutions (im2col and a multi-threaded GEMM) and tape autodiff cover
-//! every op the graph uses. Its own convolution backward also computes the weight gradient
-//! (wasted here, the weights are constants) and transposes with a per-pixel dot product, so
-//! the convolutions are a custom op whose backward is one more forward convolution with the
-//! flipped kernel ([`FixedConv`]): 2x the forward cost instead of 4x.
+//! every op the graph uses. Its own convolution backward transposes with a per-pixel dot
+//! product and always computes the weight gradient, so the convolutions are custom ops whose
+//! backward is forward convolutions: the input gradient by the flipped kernel
+//! ([`FixedConv`], constant weights), plus the weight gradient where the weights learn
+//! ([`LearnedConv`]).
 //!
-//! Learned steps are kept only where they lower the error on held-out crops
-//! ([`Outcome::kept`]); the searched ones stay otherwise.
+//! What is learned is kept only where it lowers the error on held-out crops
+//! ([`Outcome::kept`]); the previous steps stay otherwise.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Device, Layout, Shape, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
@@ -53,9 +57,13 @@ pub struct Options {
     pub refresh: usize,
     /// Held-out crops the result is judged on.
     pub holdout: usize,
-    /// Also learn the weights' clipping per output channel (where the layer's weights take the
-    /// mode's bits).
+    /// Also learn the weights' clipping per output channel.
     pub weights: bool,
+    /// (body layer, bits) whose input steps stay as they are: learned by an earlier mode of
+    /// the same run.
+    pub fixed_steps: BTreeSet<(usize, u32)>,
+    /// (body layer, weight bits) whose clips stay as they are.
+    pub fixed_clips: BTreeSet<(usize, u32)>,
 }
 
 impl Default for Options {
@@ -69,6 +77,8 @@ impl Default for Options {
             refresh: 10,
             holdout: 16,
             weights: true,
+            fixed_steps: BTreeSet::new(),
+            fixed_clips: BTreeSet::new(),
         }
     }
 }
@@ -88,6 +98,8 @@ pub struct Outcome {
     pub psnr: [f64; 2],
     /// Whether the learned steps were written (they beat the searched ones).
     pub kept: bool,
+    /// What was written: (body layer, input bits, weight bits where the clip was learned).
+    pub learned: Vec<(usize, u32, Option<u32>)>,
 }
 
 fn cerr(e: candle_core::Error) -> Error {
@@ -99,12 +111,14 @@ fn cerr(e: candle_core::Error) -> Error {
     ))
 }
 
-/// Learn the activation steps that `mode` (uniform `wXaY`) runs at: every body layer whose
-/// spec in `mode` has `a`-bit inputs and per-channel steps gets its steps at `a` bits trained
-/// against the float output of `graph` (prepared, [`super::prepare`]) on crops of `images`;
-/// layers at other widths run quantized with their stored steps. `calib` is updated in place
-/// where the learned steps measure better on held-out crops. `progress(done, total)` is called
-/// per optimizer step.
+/// Learn the activation steps that `mode` runs at: for a uniform `wXaY`, every body layer
+/// whose spec has `a`-bit inputs and per-channel steps gets its steps at `a` bits (and, where
+/// its weights take `w` bits, their clips) trained against the float output of `graph`
+/// (prepared, [`super::prepare`]) on crops of `images`; layers at other widths run quantized
+/// with their stored steps. For a RefQSR mode the same runs on its query path (weights at
+/// b_medium, inputs at b_low, the first block at b_high), into the queries' own steps and
+/// clips. `calib` is updated in place where the learned steps measure better on held-out
+/// crops. `progress(done, total)` is called per optimizer step.
 pub fn reconstruct(
     graph: &Graph,
     calib: &mut Calibration,
@@ -113,11 +127,62 @@ pub fn reconstruct(
     opts: &Options,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Outcome> {
+    if let Mode::RefQsr { high, low } = mode {
+        // the query path: its own copy of the steps and clips, learned on the query spec
+        let q = crate::refqsr::query_calibration(graph, calib, high);
+        let w = crate::refqsr::medium(high, low);
+        // what uniform modes learned is theirs, not the queries'
+        let opts = Options {
+            fixed_steps: BTreeSet::new(),
+            fixed_clips: BTreeSet::new(),
+            ..opts.clone()
+        };
+        let (out, learned) = learn(graph, &q, (w, low), images, &opts, progress)?;
+        for n in learned {
+            let l = &mut calib.layers[n.layer];
+            l.query_channels.insert(n.bits, n.steps);
+            if let Some((b, clip)) = n.clip {
+                l.query_weight_clip.insert(b, clip);
+            }
+        }
+        return Ok(Outcome { mode, ..out });
+    }
     let Mode::Uniform { w, a } = mode else {
-        return Err(Error::Invalid(format!(
-            "reconstruction calibration runs uniform modes (wXaY), not {mode}"
-        )));
+        unreachable!("modes are uniform or RefQSR")
     };
+    let (out, learned) = learn(graph, calib, (w, a), images, opts, progress)?;
+    for n in learned {
+        let l = &mut calib.layers[n.layer];
+        l.channels.insert(n.bits, n.steps);
+        if let Some((b, clip)) = n.clip {
+            l.weight_clip.insert(b, clip);
+        }
+    }
+    Ok(out)
+}
+
+/// What one layer learned.
+struct Learned {
+    /// Index among the body convolutions.
+    layer: usize,
+    /// Its input's bits and steps.
+    bits: u32,
+    steps: ChannelSteps,
+    /// Its weights' bits and clip, where learned.
+    clip: Option<(u32, Vec<f32>)>,
+}
+
+/// [`reconstruct`] of the uniform mode `w`/`a` on `calib`; the learned steps and clips where
+/// they beat the initial ones on held-out crops (else none).
+fn learn(
+    graph: &Graph,
+    calib: &Calibration,
+    (w, a): (u32, u32),
+    images: &[Rgb32FImage],
+    opts: &Options,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<(Outcome, Vec<Learned>)> {
+    let mode = Mode::Uniform { w, a };
     // the crops are as large as asked where some image allows it, else as large as the
     // largest image allows; smaller images are left out
     let side = |i: &&Rgb32FImage| i.width().min(i.height()) as usize;
@@ -153,7 +218,7 @@ pub fn reconstruct(
     let holdout = crop(opts.holdout.max(1))?;
 
     let mut net = Net::new(graph)?;
-    let vars = net.quantize(calib, (w, a), true, opts.weights)?;
+    let vars = net.quantize(calib, (w, a), Some(opts))?;
     let layers = net
         .int
         .values()
@@ -162,6 +227,18 @@ pub fn reconstruct(
     net.refresh(calib)?;
     let target = net.forward(&holdout, false)?;
     let before = net.mse(&holdout, &target)?;
+    let psnr = |mse: f64| 10.0 * (1.0 / mse.max(1e-20)).log10();
+    if layers == 0 {
+        // every layer sits at other widths (floors): nothing to learn in this mode
+        let out = Outcome {
+            mode,
+            layers,
+            psnr: [psnr(before); 2],
+            kept: false,
+            learned: Vec::new(),
+        };
+        return Ok((out, Vec::new()));
+    }
     let mut opt = AdamW::new(
         vars.clone(),
         ParamsAdamW {
@@ -187,17 +264,18 @@ pub fn reconstruct(
     }
     net.refresh(calib)?;
     let after = net.mse(&holdout, &target)?;
-    let kept = after < before && layers > 0;
-    if kept {
-        net.store(calib)?;
-    }
-    let psnr = |mse: f64| 10.0 * (1.0 / mse.max(1e-20)).log10();
-    Ok(Outcome {
+    let kept = after < before;
+    let learned = if kept { net.learned()? } else { Vec::new() };
+    let out = Outcome {
         mode,
         layers,
         psnr: [psnr(before), psnr(after)],
         kept,
-    })
+        learned: (learned.iter())
+            .map(|n| (n.layer, n.bits, n.clip.as_ref().map(|c| c.0)))
+            .collect(),
+    };
+    Ok((out, learned))
 }
 
 /// The mean squared error against the float output. (The mean over crops of the log of each
@@ -226,7 +304,7 @@ pub fn output(
         let Mode::Uniform { w, a } = mode else {
             return Err(Error::Invalid(format!("{mode} is not a uniform mode")));
         };
-        net.quantize(calib, (w, a), false, false)?;
+        net.quantize(calib, (w, a), None)?;
         net.refresh(calib)?;
     }
     let y = net.forward(&x, quant.is_some())?;
@@ -406,14 +484,14 @@ impl<'g> Net<'g> {
         })
     }
 
-    /// Quantize the body layers as mode `w`/`a` runs them; with `learn`, the steps of the
-    /// layers whose inputs take `a` bits per channel become variables, which are returned.
+    /// Quantize the body layers as mode `w`/`a` runs them; with `learn`, the steps (and clips)
+    /// of the layers with per-channel steps become variables, which are returned, except
+    /// those the options hold fixed.
     fn quantize(
         &mut self,
         calib: &Calibration,
         (w, a): (u32, u32),
-        learn: bool,
-        weights: bool,
+        learn: Option<&Options>,
     ) -> Result<Vec<Var>> {
         let spec = calib.spec(w, a);
         let mut vars = Vec::new();
@@ -428,7 +506,10 @@ impl<'g> Net<'g> {
                 .collect();
             let log = Tensor::from_vec(steps, (1, act.channels().len(), 1, 1), &Device::Cpu)
                 .map_err(cerr)?;
-            let learned = learn && la == a && act.is_per_channel();
+            // every layer learns the steps it runs at in this mode, unless an earlier mode
+            // of the run learned them
+            let learned =
+                learn.is_some_and(|o| !o.fixed_steps.contains(&(i, la))) && act.is_per_channel();
             let log = if learned {
                 let v = Var::from_tensor(&log).map_err(cerr)?;
                 vars.push(v.clone());
@@ -436,7 +517,8 @@ impl<'g> Net<'g> {
             } else {
                 Steps::Fixed(log)
             };
-            let weights = if learned && weights && lw == w {
+            let clip = learn.is_some_and(|o| o.weights && !o.fixed_clips.contains(&(i, lw)));
+            let weights = if learned && clip {
                 let Op::Conv(c) = &self.graph.nodes[j].op else {
                     unreachable!("body_convs lists convolutions")
                 };
@@ -484,26 +566,35 @@ impl<'g> Net<'g> {
         Ok(())
     }
 
-    /// Write the steps (and clips) of the learned layers into `calib`.
-    fn store(&self, calib: &mut Calibration) -> Result<()> {
+    /// The steps (and clips) of the learned layers.
+    fn learned(&self) -> Result<Vec<Learned>> {
+        let mut out = Vec::new();
         for l in self.int.values() {
             if let Steps::Learned(_) = l.log {
-                let steps = l.steps()?;
-                calib.layers[l.index]
-                    .channels
-                    .insert(l.bits, ChannelSteps { lo: l.lo, steps });
-            }
-            if let Some(lw) = &l.weights {
-                let clip = (lw.log_clip.as_tensor().exp())
-                    .and_then(|c| c.flatten_all())
-                    .and_then(|c| c.to_vec1::<f32>())
-                    .map_err(cerr)?;
-                // exp of a log clamped to <= 0 may round just above 1
-                let clip = clip.into_iter().map(|r| r.min(1.0)).collect();
-                calib.layers[l.index].weight_clip.insert(l.w_bits, clip);
+                let steps = ChannelSteps {
+                    lo: l.lo,
+                    steps: l.steps()?,
+                };
+                let clip = match &l.weights {
+                    Some(lw) => {
+                        let clip = (lw.log_clip.as_tensor().exp())
+                            .and_then(|c| c.flatten_all())
+                            .and_then(|c| c.to_vec1::<f32>())
+                            .map_err(cerr)?;
+                        // exp of a log clamped to <= 0 may round just above 1
+                        Some((l.w_bits, clip.into_iter().map(|r| r.min(1.0)).collect()))
+                    }
+                    None => None,
+                };
+                out.push(Learned {
+                    layer: l.index,
+                    bits: l.bits,
+                    steps,
+                    clip,
+                });
             }
         }
-        Ok(())
+        Ok(out)
     }
 
     /// Mean squared error of the quantized network against `target` on `x`, in batches.
@@ -800,6 +891,8 @@ mod tests {
             floor: None,
             channels: BTreeMap::new(),
             weight_clip: BTreeMap::new(),
+            query_channels: BTreeMap::new(),
+            query_weight_clip: BTreeMap::new(),
         };
         let s: Vec<f32> = (0..i).map(|ch| act.channel(ch).step()).collect();
         let s = Tensor::from_slice(&s, (1, i, 1, 1), &Device::Cpu).unwrap();

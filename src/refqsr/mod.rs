@@ -215,9 +215,17 @@ pub fn first_block(g: &Graph) -> std::ops::Range<usize> {
 }
 
 /// The per-layer spec of queries in mode `high`-`low`, as a calibration: `calib`, with the
-/// first block's floors raised to `high` (see [`first_block`]; float layers stay float).
+/// first block's floors raised to `high` (see [`first_block`]; float layers stay float), and
+/// the queries' own steps and clips, where reconstruction learned them, in place of the
+/// shared ones.
 pub fn query_calibration(g: &Graph, calib: &Calibration, high: u32) -> Calibration {
     let mut q = calib.clone();
+    for l in &mut q.layers {
+        let steps = std::mem::take(&mut l.query_channels);
+        l.channels.extend(steps);
+        let clips = std::mem::take(&mut l.query_weight_clip);
+        l.weight_clip.extend(clips);
+    }
     for l in &mut q.layers[first_block(g)] {
         let [w, a] = l.floor.unwrap_or([0, 0]);
         if w != crate::quant::calib::FLOAT {
