@@ -671,7 +671,7 @@ fn calibrate(
         for o in &outcomes {
             if o.layers == 0 {
                 eprintln!(
-                    "refqsr: {}: no layer takes its inputs at this mode's bits (the floors raise them all); nothing to learn",
+                    "refqsr: {}: nothing left to learn (every integer layer runs at widths an earlier mode of this run learned)",
                     o.mode
                 );
                 continue;
