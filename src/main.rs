@@ -117,8 +117,8 @@ enum Command {
         #[arg(long, default_value_t = 24)]
         report_patches: usize,
         /// Optimizer steps of the reconstruction calibration, per mode of --recon-modes: the
-        /// activation steps learned against the fp32 model's output (0: keep the searched
-        /// ones).
+        /// activation steps and weight clips learned against the fp32 model's output (0: no
+        /// reconstruction).
         #[arg(long, default_value_t = refqsr::quant::recon::Options::default().steps)]
         recon_steps: usize,
         /// The modes whose activation steps (and weight clips) are learned, widest first:
@@ -682,7 +682,7 @@ fn calibrate(
                 o.layers,
                 o.psnr[0],
                 o.psnr[1],
-                if o.kept { "kept" } else { "searched steps kept" }
+                if o.kept { "kept" } else { "previous steps kept" }
             );
         }
         calibration.save(&output)?;

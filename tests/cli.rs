@@ -410,6 +410,21 @@ fn calibrate_then_upscale_any_model_in_integer_modes() {
     assert!(stderr.contains("w6a6 reconstruction of"), "{stderr}");
     assert!(stderr.contains("w4a3 reconstruction of"), "{stderr}");
     assert!(!stderr.contains("w4a4 reconstruction"), "{stderr}");
+    // fp32 has nothing to learn: an error, not a panic
+    let out = calibrate(&[
+        "--recon-only",
+        "-o",
+        "b.calib.json",
+        "--recon-modes",
+        "fp32",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("error") && stderr.contains("not fp32"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(!d.join("b.refqsr.json").exists(), "{stderr}");
     for mode in ["w8a8", "w5a3"] {
         let _ = std::fs::remove_file(d.join("out.png"));

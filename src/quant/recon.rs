@@ -93,10 +93,10 @@ pub struct Outcome {
     pub mode: Mode,
     /// Layers whose steps were learned.
     pub layers: usize,
-    /// PSNR (RGB, against the float output) on the held-out crops with the searched steps and
+    /// PSNR (RGB, against the float output) on the held-out crops with the previous steps and
     /// with the learned ones.
     pub psnr: [f64; 2],
-    /// Whether the learned steps were written (they beat the searched ones).
+    /// Whether the learned steps were written (they beat the previous ones).
     pub kept: bool,
     /// What was written: (body layer, input bits, weight bits where the clip was learned).
     pub learned: Vec<(usize, u32, Option<u32>)>,
@@ -111,14 +111,14 @@ fn cerr(e: candle_core::Error) -> Error {
     ))
 }
 
-/// Learn the activation steps that `mode` runs at: for a uniform `wXaY`, every body layer
-/// whose spec has `a`-bit inputs and per-channel steps gets its steps at `a` bits (and, where
-/// its weights take `w` bits, their clips) trained against the float output of `graph`
-/// (prepared, [`super::prepare`]) on crops of `images`; layers at other widths run quantized
-/// with their stored steps. For a RefQSR mode the same runs on its query path (weights at
-/// b_medium, inputs at b_low, the first block at b_high), into the queries' own steps and
-/// clips. `calib` is updated in place where the learned steps measure better on held-out
-/// crops. `progress(done, total)` is called per optimizer step.
+/// Learn the activation steps that `mode` runs at: for a uniform `wXaY`, every body layer with
+/// per-channel steps gets the steps of the width it runs at in that mode's spec (and its
+/// weights' clip at theirs) trained against the float output of `graph` (prepared,
+/// [`super::prepare`]) on crops of `images`, except the (layer, width) pairs `opts` holds
+/// fixed, which run quantized with their stored steps. For a RefQSR mode the same runs on its
+/// query path (weights at b_medium, inputs at b_low, the first block at b_high), into the
+/// queries' own steps and clips. `calib` is updated in place where the learned steps measure
+/// better on held-out crops. `progress(done, total)` is called per optimizer step.
 pub fn reconstruct(
     graph: &Graph,
     calib: &mut Calibration,
@@ -127,38 +127,47 @@ pub fn reconstruct(
     opts: &Options,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Outcome> {
-    if let Mode::RefQsr { high, low } = mode {
-        // the query path: its own copy of the steps and clips, learned on the query spec
-        let q = crate::refqsr::query_calibration(graph, calib, high);
-        let w = crate::refqsr::medium(high, low);
+    let query = matches!(mode, Mode::RefQsr { .. });
+    let (spec, run, opts) = match mode {
+        Mode::Uniform { w, a } => ((w, a), None, opts.clone()),
+        // the query path: its own copy of the steps and clips, learned on the query spec;
         // what uniform modes learned is theirs, not the queries'
-        let opts = Options {
-            fixed_steps: BTreeSet::new(),
-            fixed_clips: BTreeSet::new(),
-            ..opts.clone()
-        };
-        let (out, learned) = learn(graph, &q, (w, low), images, &opts, progress)?;
-        for n in learned {
-            let l = &mut calib.layers[n.layer];
-            l.query_channels.insert(n.bits, n.steps);
-            if let Some((b, clip)) = n.clip {
-                l.query_weight_clip.insert(b, clip);
-            }
+        Mode::RefQsr { high, low } => (
+            (crate::refqsr::medium(high, low), low),
+            Some(crate::refqsr::query_calibration(graph, calib, high)),
+            Options {
+                fixed_steps: BTreeSet::new(),
+                fixed_clips: BTreeSet::new(),
+                ..opts.clone()
+            },
+        ),
+        Mode::Fp32 => {
+            return Err(Error::Invalid(
+                "reconstruction calibration learns wXaY or refqsr:H-L modes, not fp32".into(),
+            ))
         }
-        return Ok(Outcome { mode, ..out });
-    }
-    let Mode::Uniform { w, a } = mode else {
-        unreachable!("modes are uniform or RefQSR")
     };
-    let (out, learned) = learn(graph, calib, (w, a), images, opts, progress)?;
+    let (out, learned) = learn(
+        graph,
+        run.as_ref().unwrap_or(calib),
+        spec,
+        images,
+        &opts,
+        progress,
+    )?;
     for n in learned {
         let l = &mut calib.layers[n.layer];
-        l.channels.insert(n.bits, n.steps);
+        let (steps, clips) = if query {
+            (&mut l.query_channels, &mut l.query_weight_clip)
+        } else {
+            (&mut l.channels, &mut l.weight_clip)
+        };
+        steps.insert(n.bits, n.steps);
         if let Some((b, clip)) = n.clip {
-            l.weight_clip.insert(b, clip);
+            clips.insert(b, clip);
         }
     }
-    Ok(out)
+    Ok(Outcome { mode, ..out })
 }
 
 /// What one layer learned.
@@ -542,9 +551,13 @@ impl<'g> Net<'g> {
         Ok(vars)
     }
 
-    /// Rebuild every integer layer's effective weights from its current steps.
+    /// Build the effective weights of the integer layers whose weights are not learned in the
+    /// graph: all of them the first time, then those whose steps are learned (the others do
+    /// not change).
     fn refresh(&mut self, calib: &Calibration) -> Result<()> {
-        for (&j, l) in self.int.iter_mut().filter(|(_, l)| l.weights.is_none()) {
+        let stale = |l: &IntLayer| l.conv.is_none() || matches!(l.log, Steps::Learned(_));
+        let layers = self.int.iter_mut();
+        for (&j, l) in layers.filter(|(_, l)| l.weights.is_none() && stale(l)) {
             let Op::Conv(c) = &self.graph.nodes[j].op else {
                 unreachable!("integer layers are convolutions")
             };
