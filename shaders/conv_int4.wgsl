@@ -6,7 +6,7 @@
 // gemm_int8, built with the input channels padded to a multiple of 8): the sums are exact
 // and equal conv_int8's on the same codes. Weights stay bytes because a mode like w6a4 pairs
 // 4-bit activations with wider weights, and they are read once per 8 pixels. Out-of-image
-// taps read `pad`, the nibbles of the real value 0.
+// taps read their word's padding word, the nibbles of each channel's real value 0.
 //
 // Tiling, stores and the repeated body as conv_int8.wgsl.
 
@@ -16,9 +16,10 @@ struct Shape {
     icw: u32,       // input words per pixel (eight channels each)
     ocg: u32,       // real output channel groups
     og: u32,        // first output group of this dispatch's block
-    pad: u32,       // packed padding word
     row_tiles: u32, // ceil(width / 8)
     k: u32,         // kernel size, 1 or 3
+    // the padding word of each input word (its channels' real 0), entry min(word, 63)
+    pads: array<vec4<u32>, 16>,
 }
 
 @group(0) @binding(0) var<storage, read> a: array<u32>;
@@ -31,8 +32,14 @@ struct Shape {
 @group(0) @binding(6) var<uniform> shape: Shape;
 @group(0) @binding(7) var<uniform> params: StoreParams;
 
-fn load(i: u32, ok: bool) -> u32 {
-    return select(shape.pad, a[i], ok);
+// The padding word of input word `w`.
+fn pad_of(w: u32) -> u32 {
+    let i = min(w, 63u);
+    return shape.pads[i / 4u][i % 4u];
+}
+
+fn load(i: u32, ok: bool, pad: u32) -> u32 {
+    return select(pad, a[i], ok);
 }
 
 fn dot4(w: vec4<u32>, x: u32) -> vec4<i32> {
@@ -91,6 +98,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     var a3_6 = vec4<i32>(0);
     var a3_7 = vec4<i32>(0);
     for (var ic = 0u; ic < icw; ic++) {
+        let pad = pad_of(ic);
         for (var t = 0u; t < kk * kk; t++) {
         let yy = i32(y) + i32(t / kk) - r;
         let xs = x0 + i32(t % kk) - r;
@@ -105,28 +113,28 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         let u1 = weights[wb + 5u];
         let u2 = weights[wb + 6u];
         let u3 = weights[wb + 7u];
-        let v0 = load(row + u32(clamp(xs + 0, 0, wi - 1)), rok && xs + 0 >= 0 && xs + 0 < wi);
+        let v0 = load(row + u32(clamp(xs + 0, 0, wi - 1)), rok && xs + 0 >= 0 && xs + 0 < wi, pad);
         let l0 = widen(v0 & 0x0f0f0f0fu);
         let h0 = widen((v0 >> 4u) & 0x0f0f0f0fu);
-        let v1 = load(row + u32(clamp(xs + 1, 0, wi - 1)), rok && xs + 1 >= 0 && xs + 1 < wi);
+        let v1 = load(row + u32(clamp(xs + 1, 0, wi - 1)), rok && xs + 1 >= 0 && xs + 1 < wi, pad);
         let l1 = widen(v1 & 0x0f0f0f0fu);
         let h1 = widen((v1 >> 4u) & 0x0f0f0f0fu);
-        let v2 = load(row + u32(clamp(xs + 2, 0, wi - 1)), rok && xs + 2 >= 0 && xs + 2 < wi);
+        let v2 = load(row + u32(clamp(xs + 2, 0, wi - 1)), rok && xs + 2 >= 0 && xs + 2 < wi, pad);
         let l2 = widen(v2 & 0x0f0f0f0fu);
         let h2 = widen((v2 >> 4u) & 0x0f0f0f0fu);
-        let v3 = load(row + u32(clamp(xs + 3, 0, wi - 1)), rok && xs + 3 >= 0 && xs + 3 < wi);
+        let v3 = load(row + u32(clamp(xs + 3, 0, wi - 1)), rok && xs + 3 >= 0 && xs + 3 < wi, pad);
         let l3 = widen(v3 & 0x0f0f0f0fu);
         let h3 = widen((v3 >> 4u) & 0x0f0f0f0fu);
-        let v4 = load(row + u32(clamp(xs + 4, 0, wi - 1)), rok && xs + 4 >= 0 && xs + 4 < wi);
+        let v4 = load(row + u32(clamp(xs + 4, 0, wi - 1)), rok && xs + 4 >= 0 && xs + 4 < wi, pad);
         let l4 = widen(v4 & 0x0f0f0f0fu);
         let h4 = widen((v4 >> 4u) & 0x0f0f0f0fu);
-        let v5 = load(row + u32(clamp(xs + 5, 0, wi - 1)), rok && xs + 5 >= 0 && xs + 5 < wi);
+        let v5 = load(row + u32(clamp(xs + 5, 0, wi - 1)), rok && xs + 5 >= 0 && xs + 5 < wi, pad);
         let l5 = widen(v5 & 0x0f0f0f0fu);
         let h5 = widen((v5 >> 4u) & 0x0f0f0f0fu);
-        let v6 = load(row + u32(clamp(xs + 6, 0, wi - 1)), rok && xs + 6 >= 0 && xs + 6 < wi);
+        let v6 = load(row + u32(clamp(xs + 6, 0, wi - 1)), rok && xs + 6 >= 0 && xs + 6 < wi, pad);
         let l6 = widen(v6 & 0x0f0f0f0fu);
         let h6 = widen((v6 >> 4u) & 0x0f0f0f0fu);
-        let v7 = load(row + u32(clamp(xs + 7, 0, wi - 1)), rok && xs + 7 >= 0 && xs + 7 < wi);
+        let v7 = load(row + u32(clamp(xs + 7, 0, wi - 1)), rok && xs + 7 >= 0 && xs + 7 < wi, pad);
         let l7 = widen(v7 & 0x0f0f0f0fu);
         let h7 = widen((v7 >> 4u) & 0x0f0f0f0fu);
         a0_0 += dot4(w0, l0) + dot4(u0, h0);

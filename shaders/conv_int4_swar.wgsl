@@ -18,9 +18,10 @@ struct Shape {
     icw: u32,       // input words per pixel (eight channels each)
     ocg: u32,       // real output channel groups
     og: u32,        // first output group of this dispatch's block
-    pad: u32,       // packed padding word
     row_tiles: u32, // ceil(width / 8)
     k: u32,         // kernel size, 1 or 3
+    // the padding word of each input word (its channels' real 0), entry min(word, 63)
+    pads: array<vec4<u32>, 16>,
 }
 
 @group(0) @binding(0) var<storage, read> a: array<u32>;
@@ -33,8 +34,14 @@ struct Shape {
 @group(0) @binding(6) var<uniform> shape: Shape;
 @group(0) @binding(7) var<uniform> params: StoreParams;
 
-fn load(i: u32, ok: bool) -> u32 {
-    return select(shape.pad, a[i], ok);
+// The padding word of input word `w`.
+fn pad_of(w: u32) -> u32 {
+    let i = min(w, 63u);
+    return shape.pads[i / 4u][i % 4u];
+}
+
+fn load(i: u32, ok: bool, pad: u32) -> u32 {
+    return select(pad, a[i], ok);
 }
 
 // The pair's dot product from the upper half of the accumulator.
@@ -89,6 +96,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     var a3_6 = vec4<i32>(0);
     var a3_7 = vec4<i32>(0);
     for (var iw = 0u; iw < icw; iw++) {
+        let pad = pad_of(iw);
         for (var t = 0u; t < kk * kk; t++) {
         let yy = i32(y) + i32(t / kk) - r;
         let xs = x0 + i32(t % kk) - r;
@@ -111,42 +119,42 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         let w31 = weights[wb + 13u];
         let w32 = weights[wb + 14u];
         let w33 = weights[wb + 15u];
-        let u0 = load(row + u32(clamp(xs + 0, 0, wi - 1)), rok && xs + 0 >= 0 && xs + 0 < wi) ^ 0x88888888u;
+        let u0 = load(row + u32(clamp(xs + 0, 0, wi - 1)), rok && xs + 0 >= 0 && xs + 0 < wi, pad) ^ 0x88888888u;
         let x0_0 = i32((u0 >> 0u) & 0x000f000fu) - 0x00080008;
         let x0_1 = i32((u0 >> 8u) & 0x000f000fu) - 0x00080008;
         let x0_2 = i32((u0 >> 4u) & 0x000f000fu) - 0x00080008;
         let x0_3 = i32((u0 >> 12u) & 0x000f000fu) - 0x00080008;
-        let u1 = load(row + u32(clamp(xs + 1, 0, wi - 1)), rok && xs + 1 >= 0 && xs + 1 < wi) ^ 0x88888888u;
+        let u1 = load(row + u32(clamp(xs + 1, 0, wi - 1)), rok && xs + 1 >= 0 && xs + 1 < wi, pad) ^ 0x88888888u;
         let x1_0 = i32((u1 >> 0u) & 0x000f000fu) - 0x00080008;
         let x1_1 = i32((u1 >> 8u) & 0x000f000fu) - 0x00080008;
         let x1_2 = i32((u1 >> 4u) & 0x000f000fu) - 0x00080008;
         let x1_3 = i32((u1 >> 12u) & 0x000f000fu) - 0x00080008;
-        let u2 = load(row + u32(clamp(xs + 2, 0, wi - 1)), rok && xs + 2 >= 0 && xs + 2 < wi) ^ 0x88888888u;
+        let u2 = load(row + u32(clamp(xs + 2, 0, wi - 1)), rok && xs + 2 >= 0 && xs + 2 < wi, pad) ^ 0x88888888u;
         let x2_0 = i32((u2 >> 0u) & 0x000f000fu) - 0x00080008;
         let x2_1 = i32((u2 >> 8u) & 0x000f000fu) - 0x00080008;
         let x2_2 = i32((u2 >> 4u) & 0x000f000fu) - 0x00080008;
         let x2_3 = i32((u2 >> 12u) & 0x000f000fu) - 0x00080008;
-        let u3 = load(row + u32(clamp(xs + 3, 0, wi - 1)), rok && xs + 3 >= 0 && xs + 3 < wi) ^ 0x88888888u;
+        let u3 = load(row + u32(clamp(xs + 3, 0, wi - 1)), rok && xs + 3 >= 0 && xs + 3 < wi, pad) ^ 0x88888888u;
         let x3_0 = i32((u3 >> 0u) & 0x000f000fu) - 0x00080008;
         let x3_1 = i32((u3 >> 8u) & 0x000f000fu) - 0x00080008;
         let x3_2 = i32((u3 >> 4u) & 0x000f000fu) - 0x00080008;
         let x3_3 = i32((u3 >> 12u) & 0x000f000fu) - 0x00080008;
-        let u4 = load(row + u32(clamp(xs + 4, 0, wi - 1)), rok && xs + 4 >= 0 && xs + 4 < wi) ^ 0x88888888u;
+        let u4 = load(row + u32(clamp(xs + 4, 0, wi - 1)), rok && xs + 4 >= 0 && xs + 4 < wi, pad) ^ 0x88888888u;
         let x4_0 = i32((u4 >> 0u) & 0x000f000fu) - 0x00080008;
         let x4_1 = i32((u4 >> 8u) & 0x000f000fu) - 0x00080008;
         let x4_2 = i32((u4 >> 4u) & 0x000f000fu) - 0x00080008;
         let x4_3 = i32((u4 >> 12u) & 0x000f000fu) - 0x00080008;
-        let u5 = load(row + u32(clamp(xs + 5, 0, wi - 1)), rok && xs + 5 >= 0 && xs + 5 < wi) ^ 0x88888888u;
+        let u5 = load(row + u32(clamp(xs + 5, 0, wi - 1)), rok && xs + 5 >= 0 && xs + 5 < wi, pad) ^ 0x88888888u;
         let x5_0 = i32((u5 >> 0u) & 0x000f000fu) - 0x00080008;
         let x5_1 = i32((u5 >> 8u) & 0x000f000fu) - 0x00080008;
         let x5_2 = i32((u5 >> 4u) & 0x000f000fu) - 0x00080008;
         let x5_3 = i32((u5 >> 12u) & 0x000f000fu) - 0x00080008;
-        let u6 = load(row + u32(clamp(xs + 6, 0, wi - 1)), rok && xs + 6 >= 0 && xs + 6 < wi) ^ 0x88888888u;
+        let u6 = load(row + u32(clamp(xs + 6, 0, wi - 1)), rok && xs + 6 >= 0 && xs + 6 < wi, pad) ^ 0x88888888u;
         let x6_0 = i32((u6 >> 0u) & 0x000f000fu) - 0x00080008;
         let x6_1 = i32((u6 >> 8u) & 0x000f000fu) - 0x00080008;
         let x6_2 = i32((u6 >> 4u) & 0x000f000fu) - 0x00080008;
         let x6_3 = i32((u6 >> 12u) & 0x000f000fu) - 0x00080008;
-        let u7 = load(row + u32(clamp(xs + 7, 0, wi - 1)), rok && xs + 7 >= 0 && xs + 7 < wi) ^ 0x88888888u;
+        let u7 = load(row + u32(clamp(xs + 7, 0, wi - 1)), rok && xs + 7 >= 0 && xs + 7 < wi, pad) ^ 0x88888888u;
         let x7_0 = i32((u7 >> 0u) & 0x000f000fu) - 0x00080008;
         let x7_1 = i32((u7 >> 8u) & 0x000f000fu) - 0x00080008;
         let x7_2 = i32((u7 >> 4u) & 0x000f000fu) - 0x00080008;

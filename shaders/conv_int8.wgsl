@@ -1,7 +1,8 @@
 // Integer 3x3 convolution without an im2col pass (issue 3): the exact i32 sums
 // M[n][og][p] = corr[og] + sum_ic sum_taps W[tap][og][ic] . A[n][ic][p + tap], where A holds four
-// channels of signed bytes per u32 (C4HW) and out-of-image taps read `pad`, the packed bytes of
-// the real value 0. `dot4I8Packed` does the products (OpSDot where the driver has it). The
+// channels of signed bytes per u32 (C4HW) and out-of-image taps read their word's padding word,
+// the packed bytes of the real value 0 (each channel has its own zero point, so its own byte).
+// `dot4I8Packed` does the products (OpSDot where the driver has it). The
 // sums leave through shared/int_store.wgsl: raw, as floats, or requantized for the next layer.
 //
 // Each invocation computes 8 pixels of a row x 4 output groups (16 channels), looping over
@@ -16,9 +17,10 @@ struct Shape {
     icg: u32,       // input channel groups
     ocg: u32,       // real output channel groups
     og: u32,        // first output group of this dispatch's block
-    pad: u32,       // packed padding word
     row_tiles: u32, // ceil(width / 8)
     k: u32,         // kernel size (3; the row kernels share this uniform)
+    // the padding word of each input word (its channels' real 0), entry min(word, 63)
+    pads: array<vec4<u32>, 16>,
 }
 
 @group(0) @binding(0) var<storage, read> a: array<u32>;
@@ -31,8 +33,14 @@ struct Shape {
 @group(0) @binding(6) var<uniform> shape: Shape;
 @group(0) @binding(7) var<uniform> params: StoreParams;
 
-fn load(i: u32, ok: bool) -> u32 {
-    return select(shape.pad, a[i], ok);
+// The padding word of input word `w`.
+fn pad_of(w: u32) -> u32 {
+    let i = min(w, 63u);
+    return shape.pads[i / 4u][i % 4u];
+}
+
+fn load(i: u32, ok: bool, pad: u32) -> u32 {
+    return select(pad, a[i], ok);
 }
 
 fn dot4(w: vec4<u32>, x: u32) -> vec4<i32> {
@@ -83,19 +91,20 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     var a3_6 = vec4<i32>(0);
     var a3_7 = vec4<i32>(0);
     for (var ic = 0u; ic < icg; ic++) {
+        let pad = pad_of(ic);
         for (var t = 0u; t < 9u; t++) {
         let yy = i32(y) + i32(t / 3u) - 1;
         let xs = x0 + i32(t % 3u) - 1;
         let rok = yy >= 0 && yy < hi;
         let row = ((n * icg + ic) * shape.height + u32(clamp(yy, 0, hi - 1))) * shape.width;
-        let v0 = load(row + u32(clamp(xs + 0, 0, wi - 1)), rok && xs + 0 >= 0 && xs + 0 < wi);
-        let v1 = load(row + u32(clamp(xs + 1, 0, wi - 1)), rok && xs + 1 >= 0 && xs + 1 < wi);
-        let v2 = load(row + u32(clamp(xs + 2, 0, wi - 1)), rok && xs + 2 >= 0 && xs + 2 < wi);
-        let v3 = load(row + u32(clamp(xs + 3, 0, wi - 1)), rok && xs + 3 >= 0 && xs + 3 < wi);
-        let v4 = load(row + u32(clamp(xs + 4, 0, wi - 1)), rok && xs + 4 >= 0 && xs + 4 < wi);
-        let v5 = load(row + u32(clamp(xs + 5, 0, wi - 1)), rok && xs + 5 >= 0 && xs + 5 < wi);
-        let v6 = load(row + u32(clamp(xs + 6, 0, wi - 1)), rok && xs + 6 >= 0 && xs + 6 < wi);
-        let v7 = load(row + u32(clamp(xs + 7, 0, wi - 1)), rok && xs + 7 >= 0 && xs + 7 < wi);
+        let v0 = load(row + u32(clamp(xs + 0, 0, wi - 1)), rok && xs + 0 >= 0 && xs + 0 < wi, pad);
+        let v1 = load(row + u32(clamp(xs + 1, 0, wi - 1)), rok && xs + 1 >= 0 && xs + 1 < wi, pad);
+        let v2 = load(row + u32(clamp(xs + 2, 0, wi - 1)), rok && xs + 2 >= 0 && xs + 2 < wi, pad);
+        let v3 = load(row + u32(clamp(xs + 3, 0, wi - 1)), rok && xs + 3 >= 0 && xs + 3 < wi, pad);
+        let v4 = load(row + u32(clamp(xs + 4, 0, wi - 1)), rok && xs + 4 >= 0 && xs + 4 < wi, pad);
+        let v5 = load(row + u32(clamp(xs + 5, 0, wi - 1)), rok && xs + 5 >= 0 && xs + 5 < wi, pad);
+        let v6 = load(row + u32(clamp(xs + 6, 0, wi - 1)), rok && xs + 6 >= 0 && xs + 6 < wi, pad);
+        let v7 = load(row + u32(clamp(xs + 7, 0, wi - 1)), rok && xs + 7 >= 0 && xs + 7 < wi, pad);
         let wb = (t * icg + ic) * 4u;
         let w0 = weights[wb + 0u];
         let w1 = weights[wb + 1u];

@@ -2,7 +2,7 @@
 // alpha, beta) * (1 / s)) - zero point, four signed bytes per word (C4HW), or for codes of at
 // most 4 bits eight signed nibbles per word (C8HW, the layout of shared/int_store.wgsl:
 // channel group 2 w in the low nibbles of word w, group 2 w + 1 in the high ones). Lanes past
-// the real channels carry the code of 0. Each channel group has its own bounds and step where
+// the real channels carry the code of 0 (of the last channel, where each has its own). Each channel group has its own bounds and step where
 // the quantizer is per channel (common.wgsl's Eq1). The CPU twin reproduces every bit (see eq1_codes).
 
 struct Params {
@@ -28,8 +28,8 @@ fn codes(n: u32, g: u32, p: u32) -> vec4<i32> {
         x = src[(n * params.groups + g) * params.plane + p];
     }
     let k = eq1_slot(params.q.per_channel, g);
-    let code = eq1_codes(x, params.q.alpha[k], params.q.beta[k], params.q.inv_step[k], params.q.lo, params.q.hi, params.q.zero);
-    return select(vec4<i32>(-params.q.zero), code, c < vec4<u32>(params.channels));
+    let code = eq1_codes(x, params.q.alpha[k], params.q.beta[k], params.q.inv_step[k], params.q.lo[k], params.q.hi[k], params.q.zero[k]);
+    return select(-params.q.zero[k], code, c < vec4<u32>(params.channels));
 }
 
 @compute @workgroup_size(256, 1, 1)

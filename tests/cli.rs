@@ -458,14 +458,20 @@ fn calibrate_then_upscale_any_model_in_integer_modes() {
     let calib: serde_json::Value =
         serde_json::from_slice(&std::fs::read(d.join("m.calib.json")).unwrap()).unwrap();
     assert_eq!(layers.len(), calib["layers"].as_array().unwrap().len());
-    // every layer has one input step per channel at every bit-width, over a code range with 0
+    // every layer has one input step per channel at every bit-width, over code ranges with 0:
+    // one per channel at 4 bits and below, one for all above
     for l in calib["layers"].as_array().unwrap() {
+        let in_ch = l["in_ch"].as_u64().unwrap();
         for bits in 2..=8u32 {
             let ch = &l["channels"][bits.to_string()];
-            let lo = ch["lo"].as_i64().unwrap();
-            assert!((-(1i64 << bits) + 1..=0).contains(&lo), "{bits}: {l}");
+            let lo = ch["lo"].as_array().unwrap();
+            let want = if bits <= 4 { in_ch } else { 1 };
+            assert_eq!(lo.len() as u64, want, "{bits}: {l}");
+            for lo in lo.iter().map(|v| v.as_i64().unwrap()) {
+                assert!((-(1i64 << bits) + 1..=0).contains(&lo), "{bits}: {l}");
+            }
             let steps = ch["steps"].as_array().unwrap();
-            assert_eq!(steps.len() as u64, l["in_ch"].as_u64().unwrap());
+            assert_eq!(steps.len() as u64, in_ch);
             assert!(steps.iter().all(|s| s.as_f64().unwrap() > 0.0));
         }
     }

@@ -176,7 +176,7 @@ fn quantize_matches_its_twin_bit_for_bit() {
     let ctx = ctx();
     let mut rng = Rng::fresh("quantize");
     for bits in 2..=8 {
-        // per tensor, then one step per channel over a shared code range
+        // per tensor, then one step and one code range per channel
         for (c, h, w, per_channel) in [
             (48, 5, 7, false),
             (3, 4, 4, false),
@@ -186,9 +186,11 @@ fn quantize_matches_its_twin_bit_for_bit() {
         ] {
             let q: ActQuant = if per_channel {
                 let n = 1i32 << bits;
-                let lo = -((rng.next_u64() % n as u64) as i32);
+                let lo: Vec<i32> = (0..c)
+                    .map(|_| -((rng.next_u64() % n as u64) as i32))
+                    .collect();
                 let steps = rng.vec(c, 0.002, 0.4);
-                ActQuant::per_channel(bits, lo, &steps)
+                ActQuant::per_channel(bits, &lo, &steps)
             } else {
                 Quantizer::new(rng.uniform(-2.0, -0.1), rng.uniform(0.1, 3.0), bits).into()
             };
@@ -253,9 +255,11 @@ fn integer_3x3_convolution_is_exact() {
     ];
     for (in_ch, out_ch, h, w, k) in shapes {
         let icg = in_ch.div_ceil(4);
-        let zero = (rng.next_u64() % 200) as i32;
-        let pad_byte = (-zero).max(-128) as i8;
-        let zero = -(pad_byte as i32);
+        // each input channel's zero point: the padding byte is its negation
+        let pad_byte: Vec<i8> = (0..in_ch)
+            .map(|_| (-((rng.next_u64() % 200) as i32)).max(-128) as i8)
+            .collect();
+        let zero: Vec<i32> = pad_byte.iter().map(|&b| -(b as i32)).collect();
         let bytes: Vec<i8> = (0..in_ch * h * w)
             .map(|_| (rng.next_u64() % 256) as u8 as i8)
             .collect();
@@ -263,14 +267,19 @@ fn integer_3x3_convolution_is_exact() {
         let wc = codes(&mut rng, out_ch * in_ch * k * k);
         let corr: Vec<i32> = (0..out_ch)
             .map(|o| {
-                zero * wc[o * in_ch * k * k..(o + 1) * in_ch * k * k]
-                    .iter()
-                    .map(|&v| v as i32)
+                (0..in_ch * k * k)
+                    .map(|i| zero[i / (k * k)] * wc[o * in_ch * k * k + i] as i32)
                     .sum::<i32>()
             })
             .collect();
         let packed = PackedGemmInt8::conv(k, in_ch, out_ch, &wc, &corr);
-        let pad = pack_i8x4(&[pad_byte; 4])[0];
+        let pads: Vec<u32> = (0..icg)
+            .map(|g| {
+                pack_i8x4(&std::array::from_fn::<i8, 4, _>(|l| {
+                    pad_byte[(4 * g + l).min(in_ch - 1)]
+                }))[0]
+            })
+            .collect();
 
         // the definition
         let r = (k / 2) as isize;
@@ -284,7 +293,7 @@ fn integer_3x3_convolution_is_exact() {
                             let (yy, xx) = (y + (tap / k) as isize - r, x + (tap % k) as isize - r);
                             if yy >= 0 && yy < h as isize && xx >= 0 && xx < w as isize {
                                 let b = bytes[(i * h + yy as usize) * w + xx as usize] as i32;
-                                s += wc[(o * in_ch + i) * k * k + tap] as i32 * (b + zero);
+                                s += wc[(o * in_ch + i) * k * k + tap] as i32 * (b + zero[i]);
                             }
                         }
                     }
@@ -299,7 +308,7 @@ fn integer_3x3_convolution_is_exact() {
         };
 
         // the CPU twins
-        let cols = refqsr::kernels::cpu::im2col_int8(&a, 1, icg, h, w, k, pad);
+        let cols = refqsr::kernels::cpu::im2col_int8(&a, 1, icg, h, w, k, &pads);
         assert_eq!(
             as_channels(gemm_int8(&cols, &packed, 1, h * w)),
             want,
@@ -317,7 +326,7 @@ fn integer_3x3_convolution_is_exact() {
         );
         let gpu = GpuGemmInt8::new(&ctx, packed).unwrap();
         let mut steps = vec![refqsr::kernels::im2col_int8::dispatch(
-            &ctx, "c", &src, &col_buf, 1, icg as u32, h as u32, w as u32, k as u32, pad,
+            &ctx, "c", &src, &col_buf, 1, icg as u32, h as u32, w as u32, k as u32, &pads,
         )
         .unwrap()];
         steps.extend(gpu.dispatch(&ctx, "c", &col_buf, &m, &Store::Sums, 1, (h * w) as u32));
@@ -355,6 +364,116 @@ fn twin_floats(
         .into_iter()
         .map(f32::from_bits)
         .collect()
+}
+
+#[test]
+fn per_channel_zero_points_fold_into_the_corrections_and_the_padding() {
+    // Every channel with its own code range (all on one side of zero, or split): the GPU
+    // layer (each 3x3 kernel, image borders included) must equal the definition, the float
+    // convolution of the dequantized input (zero outside the image) by the dequantized
+    // weights, to float rounding.
+    use refqsr::kernels::int_conv::{GpuIntConv, IntInput, IntKernel, IntOutput, PackedIntConv};
+    use refqsr::model::{Activation, Conv, Epilogue};
+    let ctx = ctx();
+    let mut rng = Rng::fresh("per-channel zero points");
+    let (h, w) = (5, 9);
+    let mut seen = Vec::new();
+    for (bits, in_ch) in [(8u32, 20usize), (6, 12), (4, 20), (4, 16), (3, 13)] {
+        let n = 1i32 << bits;
+        let conv = Conv {
+            in_ch,
+            out_ch: 12,
+            k: 3,
+            weights: rng.vec(12 * in_ch * 9, -1.0, 1.0),
+            bias: rng.vec(12, -0.5, 0.5),
+            act: Activation::None,
+            epilogue: Epilogue::None,
+        };
+        // lo from 0 (all codes positive) to -(n - 1) (all negative), and between
+        let lo: Vec<i32> = (0..in_ch as i32).map(|c| -((c * 7) % n)).collect();
+        let steps = rng.vec(in_ch, 0.01, 0.2);
+        let act = ActQuant::per_channel(bits, &lo, &steps);
+        let p = PackedIntConv::new(&conv, bits.max(4), act.clone());
+        // inputs over each channel's whole range and beyond
+        let mut x = rng.tensor(1, in_ch, h, w);
+        for c in 0..in_ch {
+            let q = act.channel(c);
+            for y in 0..h {
+                for xx in 0..w {
+                    let t = (x.get(0, c, y, xx) + 1.0) / 2.0;
+                    x.set(0, c, y, xx, q.alpha - 0.1 + t * (q.beta - q.alpha + 0.2));
+                }
+            }
+        }
+        let mut want = vec![0f32; 12 * h * w];
+        for o in 0..12 {
+            for y in 0..h as isize {
+                for xx in 0..w as isize {
+                    let mut s = 0f64;
+                    for c in 0..in_ch {
+                        for tap in 0..9 {
+                            let (yy, xs) = (y + tap as isize / 3 - 1, xx + tap as isize % 3 - 1);
+                            if yy >= 0 && yy < h as isize && xs >= 0 && xs < w as isize {
+                                let v = act.quantize(c, x.get(0, c, yy as usize, xs as usize));
+                                let code = p.codes[(o * in_ch + c) * 9 + tap] as f64;
+                                s += code * p.scales[o] as f64 / act.channel(c).step() as f64 * v as f64;
+                            }
+                        }
+                    }
+                    want[(o * h + y as usize) * w + xx as usize] = (s + conv.bias[o] as f64) as f32;
+                }
+            }
+        }
+        let gpu = GpuIntConv::new(&ctx, p.clone()).unwrap();
+        seen.push(p.kernel);
+        let (nw, nc) = p.scratch_words(1, h * w);
+        let src = ctx.upload("x", &x.data);
+        let (packed_in, col_buf) = (
+            ctx.acquire(nw as u64 * 4),
+            ctx.acquire(nc.max(1) as u64 * 4),
+        );
+        let dst = ctx.acquire((3 * h * w * 16) as u64);
+        ctx.queue.write_buffer(
+            &dst,
+            0,
+            bytemuck::cast_slice(&vec![f32::NAN; 3 * h * w * 4]),
+        );
+        let steps_ = gpu
+            .dispatch(
+                &ctx,
+                "zero points",
+                IntInput::Float(&src),
+                None,
+                IntOutput::Float(&dst),
+                [&packed_in, &col_buf],
+                1,
+                h as u32,
+                w as u32,
+            )
+            .unwrap();
+        launch(&ctx, steps_);
+        let got: Vec<f32> =
+            bytemuck::cast_slice(&ctx.read(&dst, (3 * h * w * 16) as u64).unwrap()).to_vec();
+        let range = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for o in 0..12 {
+            for i in 0..h * w {
+                let g = got[((o / 4) * h * w + i) * 4 + o % 4];
+                let e = want[o * h * w + i];
+                assert!(
+                    (g - e).abs() <= 1e-5 * range,
+                    "{bits} bits, {in_ch} channels ({:?}): output {o} pixel {i}: {g} vs {e}",
+                    p.kernel
+                );
+            }
+        }
+        for r in [&packed_in, &col_buf, &dst] {
+            ctx.release(r.clone());
+        }
+    }
+    assert!(
+        seen.contains(&IntKernel::Conv8) && seen.contains(&IntKernel::Conv4),
+        "{seen:?}"
+    );
 }
 
 #[test]
@@ -495,7 +614,7 @@ fn per_channel_steps_fold_into_the_weights_and_cut_the_input_error_on_uneven_cha
         let per = run(&PackedIntConv::new(
             &conv,
             8,
-            ActQuant::per_channel(bits, lo, &steps),
+            ActQuant::per_channel(bits, &[lo], &steps),
         ));
         eprintln!("{bits} bits: input error relative to the output, one step {one:.5}, per channel {per:.5}");
         assert!(
@@ -531,11 +650,13 @@ fn int8_3x3_convolution_kernel_matches_its_twin_bit_for_bit() {
         assert!(conv_int8::applies(&packed, 3));
         let bytes = codes(&mut rng, batch * in_ch * h * w);
         let a = pack_columns(&bytes, batch, in_ch, h * w);
-        let pad = (rng.next_u64() & 0xffff_ffff) as u32;
-        let want = twin(&a, &packed, batch, h, w, pad);
+        let pads: Vec<u32> = (0..icg)
+            .map(|_| (rng.next_u64() & 0xffff_ffff) as u32)
+            .collect();
+        let want = twin(&a, &packed, batch, h, w, &pads);
         assert!(want.iter().all(|v| v[0] != i32::MIN));
         // the twin agrees with im2col + gemm, the path it replaces
-        let cols = refqsr::kernels::cpu::im2col_int8(&a, batch, icg, h, w, 3, pad);
+        let cols = refqsr::kernels::cpu::im2col_int8(&a, batch, icg, h, w, 3, &pads);
         assert_eq!(
             gemm_int8(&cols, &packed, batch, h * w),
             want,
@@ -558,7 +679,7 @@ fn int8_3x3_convolution_kernel_matches_its_twin_bit_for_bit() {
             batch as u32,
             h as u32,
             w as u32,
-            pad,
+            &pads,
         )
         .unwrap();
         launch(&ctx, steps);
@@ -652,14 +773,23 @@ fn int4_convolution_kernel_matches_its_twin_bit_for_bit() {
                 .collect();
             let bytes = pack_columns(&acts, batch, cp, h * w);
             let a = nibble_columns(&bytes, batch, cp / 4, h * w);
-            let pad_byte = (rng.next_u64() % (2 * half) as u64) as i8 - half as i8;
-            let pad_bytes = pack_i8x4(&[pad_byte; 4])[0];
-            let pad = nibbles_of(pad_bytes, pad_bytes);
-            let want = twin(&a, &packed, batch, h, w, k, pad);
+            // one padding code per channel: words of bytes for the byte twins, nibbles here
+            let pad_bytes: Vec<u32> = (0..cp / 4)
+                .map(|_| {
+                    let b = std::array::from_fn::<i8, 4, _>(|_| {
+                        (rng.next_u64() % (2 * half) as u64) as i8 - half as i8
+                    });
+                    pack_i8x4(&b)[0]
+                })
+                .collect();
+            let pads: Vec<u32> = (0..cp / 8)
+                .map(|w| nibbles_of(pad_bytes[2 * w], pad_bytes[2 * w + 1]))
+                .collect();
+            let want = twin(&a, &packed, batch, h, w, k, &pads);
             assert!(want.iter().all(|v| v[0] != i32::MIN));
             // the twin agrees with the byte kernels' twins on the same codes
             let bytes_want = if k == 3 {
-                conv_int8(&bytes, &packed, batch, h, w, pad_bytes)
+                conv_int8(&bytes, &packed, batch, h, w, &pad_bytes)
             } else {
                 gemm_int8(&bytes, &packed, batch, h * w)
             };
@@ -681,7 +811,7 @@ fn int4_convolution_kernel_matches_its_twin_bit_for_bit() {
                 h as u32,
                 w as u32,
                 k as u32,
-                pad,
+                &pads,
             )
             .unwrap();
             launch(&ctx, steps);
@@ -711,15 +841,18 @@ fn integer_kernels_write_floats_and_next_layer_codes_like_their_twins() {
     let mut rng = Rng::fresh("int store");
     let (h, w) = (6, 11);
     let mut kernels_seen = Vec::new();
-    // per-channel input quantizers: random steps over a random shared code range
+    // per-channel input quantizers: random steps and code ranges
     let act = |rng: &mut Rng, ch: usize, bits: u32, per_channel: bool| -> ActQuant {
         if !per_channel {
             return Quantizer::new(-1.0, 1.0, bits).into();
         }
-        let lo = -((rng.next_u64() % (1u64 << bits)) as i32);
-        let steps = rng.vec(ch, 0.1, 2.0);
-        let top = (lo + (1 << bits) - 1).max(1) as f32;
-        ActQuant::per_channel(bits, lo, &steps.iter().map(|s| s / top).collect::<Vec<_>>())
+        let lo: Vec<i32> = (0..ch)
+            .map(|_| -((rng.next_u64() % (1u64 << bits)) as i32))
+            .collect();
+        let steps: Vec<f32> = (rng.vec(ch, 0.1, 2.0).iter().zip(&lo))
+            .map(|(s, lo)| s / (lo + (1 << bits) - 1).max(1) as f32)
+            .collect();
+        ActQuant::per_channel(bits, &lo, &steps)
     };
     for (in_ch, out_ch, k, a_bits, next_bits, per_channel) in [
         (48, 48, 3, 8, 8, false),
@@ -940,13 +1073,19 @@ fn int4_pair_kernel_matches_its_twin_and_conv_int4_bit_for_bit() {
                 .collect();
             let bytes = pack_columns(&acts, batch, cp, h * w);
             let a = nibble_columns(&bytes, batch, cp / 4, h * w);
-            let pad_bytes = pack_i8x4(&[-half as i8; 4])[0];
-            let pad = nibbles_of(pad_bytes, pad_bytes);
-            let want = twin(&a, &swar, batch, h, w, pad);
+            // a different padding code in every word, the extremes among them
+            let pads: Vec<u32> = (0..cp / 8)
+                .map(|w| {
+                    let code = [-half, half - 1, 0][w % 3] as i8;
+                    let b = pack_i8x4(&[code; 4])[0];
+                    nibbles_of(b, b)
+                })
+                .collect();
+            let want = twin(&a, &swar, batch, h, w, &pads);
             let label = format!("{bits} bits {in_ch}->{out_ch} {h}x{w} k{k}");
             assert_eq!(
                 want,
-                conv_int4(&a, &bytes_w, batch, h, w, k, pad),
+                conv_int4(&a, &bytes_w, batch, h, w, k, &pads),
                 "twins, {label}"
             );
 
@@ -964,7 +1103,7 @@ fn int4_pair_kernel_matches_its_twin_and_conv_int4_bit_for_bit() {
                 batch as u32,
                 h as u32,
                 w as u32,
-                pad,
+                &pads,
             );
             launch(&ctx, steps);
             let got = read_sums(&ctx, &m, want.len());

@@ -27,17 +27,17 @@ fn mask_lanes(v: vec4<f32>, g: u32, channels: u32) -> vec4<f32> {
     return select(vec4<f32>(0.0), v, c < vec4<u32>(channels));
 }
 
-// An input quantizer (src/quant ActQuant): one code range `lo..=hi` with zero point `zero`
-// for every channel, and per channel group the bounds and 1 / step, or with `per_channel` 0
-// one set (entry 0) for all groups.
+// An input quantizer (src/quant ActQuant): per channel group its bounds, 1 / step, code range
+// `lo..=hi` and zero point, or with `per_channel` 0 one set (entry 0) for all groups. Entries
+// past the real channels repeat the last channel, as do the CPU twins.
 struct Eq1 {
-    lo: i32,
-    hi: i32,
-    zero: i32,
     per_channel: u32,
     alpha: array<vec4<f32>, 64>,
     beta: array<vec4<f32>, 64>,
     inv_step: array<vec4<f32>, 64>,
+    lo: array<vec4<i32>, 64>,
+    hi: array<vec4<i32>, 64>,
+    zero: array<vec4<i32>, 64>,
 }
 
 // The entry of `Eq1`'s arrays that holds channel group `g`.
@@ -48,9 +48,9 @@ fn eq1_slot(per_channel: u32, g: u32) -> u32 {
 // Eq. 1 codes of `x` minus the zero point: the signed values the integer kernels carry
 // (src/quant). WGSL's multiply is correctly rounded and round() ties to even, so the CPU
 // (`Quantizer::byte`) reproduces every one.
-fn eq1_codes(x: vec4<f32>, alpha: vec4<f32>, beta: vec4<f32>, inv_step: vec4<f32>, lo: i32, hi: i32, zero: i32) -> vec4<i32> {
+fn eq1_codes(x: vec4<f32>, alpha: vec4<f32>, beta: vec4<f32>, inv_step: vec4<f32>, lo: vec4<i32>, hi: vec4<i32>, zero: vec4<i32>) -> vec4<i32> {
     let c = clamp(x, alpha, beta);
-    return clamp(vec4<i32>(round(c * inv_step)), vec4<i32>(lo), vec4<i32>(hi)) - vec4<i32>(zero);
+    return clamp(vec4<i32>(round(c * inv_step)), lo, hi) - zero;
 }
 
 // Two words of four signed codes (at most 4 bits) as one word of eight nibbles: `low`'s code

@@ -30,7 +30,7 @@ pub fn dispatch(
     h: u32,
     w: u32,
     k: u32,
-    pad: u32,
+    pads: &[u32],
 ) -> Result<Vec<Dispatch>> {
     let p = &g.packed;
     assert!(
@@ -46,5 +46,5 @@ pub fn dispatch(
         k,
         kind: "int4 conv",
     };
-    Ok(conv.dispatch(ctx, label, a, dst, store, batch, h, w, pad))
+    Ok(conv.dispatch(ctx, label, a, dst, store, batch, h, w, pads))
 }

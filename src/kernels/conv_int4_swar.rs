@@ -129,7 +129,7 @@ impl GpuSwar {
         batch: u32,
         h: u32,
         w: u32,
-        pad: u32,
+        pads: &[u32],
     ) -> Vec<Dispatch> {
         let conv = RowConv {
             pipeline: self.pipeline.clone(),
@@ -140,6 +140,6 @@ impl GpuSwar {
             k: self.packed.k as u32,
             kind: "int4 pair conv",
         };
-        conv.dispatch(ctx, label, a, dst, store, batch, h, w, pad)
+        conv.dispatch(ctx, label, a, dst, store, batch, h, w, pads)
     }
 }

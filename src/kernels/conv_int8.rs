@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::gemm_int8::{GpuGemmInt8, PackedGemmInt8, OCB};
 use super::int_store::Store;
-use super::{bind_resources, Dispatch, UniformSlices};
+use super::{bind_resources, pad_uniform, Dispatch, UniformSlices, PAD_WORDS};
 use crate::error::Result;
 use crate::gpu::Context;
 
@@ -24,9 +24,10 @@ struct Shape {
     words: u32,
     ocg: u32,
     og: u32,
-    pad: u32,
     row_tiles: u32,
     k: u32,
+    _align: u32,
+    pads: [[u32; 4]; PAD_WORDS / 4],
 }
 
 /// A row-tiled integer convolution's resources: its pipeline, one uniform weight slice per
@@ -57,7 +58,7 @@ impl RowConv<'_> {
         batch: u32,
         h: u32,
         w: u32,
-        pad: u32,
+        pads: &[u32],
     ) -> Vec<Dispatch> {
         let row_tiles = w.div_ceil(PX);
         let store_params = store.uniform(ctx, self.ocg as u32, h * w);
@@ -72,9 +73,10 @@ impl RowConv<'_> {
                         words: self.words as u32,
                         ocg: self.ocg as u32,
                         og: (block * OCB) as u32,
-                        pad,
                         row_tiles,
                         k: self.k,
+                        _align: 0,
+                        pads: pad_uniform(pads),
                     },
                 );
                 let bind_group = bind_resources(
@@ -122,7 +124,7 @@ pub fn dispatch(
     batch: u32,
     h: u32,
     w: u32,
-    pad: u32,
+    pads: &[u32],
 ) -> Result<Vec<Dispatch>> {
     let p = &g.packed;
     assert!(applies(p, 3), "conv_int8 runs 3x3 products in one slice");
@@ -135,5 +137,5 @@ pub fn dispatch(
         k: 3,
         kind: "int8 conv",
     };
-    Ok(conv.dispatch(ctx, label, a, dst, store, batch, h, w, pad))
+    Ok(conv.dispatch(ctx, label, a, dst, store, batch, h, w, pads))
 }

@@ -1,7 +1,7 @@
 //! Launcher of `shaders/im2col_int8.wgsl`: K x K neighbourhoods of packed activations, the
 //! input of an integer convolution computed by `gemm_int8`.
 
-use super::{bind_group, Dispatch};
+use super::{bind_group, pad_uniform, Dispatch, PAD_WORDS};
 use crate::error::Result;
 use crate::gpu::Context;
 
@@ -12,13 +12,13 @@ struct Params {
     height: u32,
     icg: u32,
     k: u32,
-    pad: u32,
     batch: u32,
-    _pad: [u32; 2],
+    _align: [u32; 3],
+    pads: [[u32; 4]; PAD_WORDS / 4],
 }
 
-/// Record the gather of `batch` images of `icg` packed groups, `h` x `w`; `pad` is the packed
-/// word of the real value 0.
+/// Record the gather of `batch` images of `icg` packed groups, `h` x `w`; `pads` holds each
+/// group's packed word of the real value 0.
 #[allow(clippy::too_many_arguments)]
 pub fn dispatch(
     ctx: &Context,
@@ -30,7 +30,7 @@ pub fn dispatch(
     h: u32,
     w: u32,
     k: u32,
-    pad: u32,
+    pads: &[u32],
 ) -> Result<Dispatch> {
     let pipeline = ctx.pipeline("im2col_int8", &[])?;
     let params = ctx.uniform(
@@ -40,9 +40,9 @@ pub fn dispatch(
             height: h,
             icg,
             k,
-            pad,
             batch,
-            _pad: [0; 2],
+            _align: [0; 3],
+            pads: pad_uniform(pads),
         },
     );
     Ok(Dispatch {

@@ -89,10 +89,15 @@ impl PackedIntConv {
             .enumerate()
             .map(|(i, &v)| wq[i / per].code(v).clamp(lo, hi) as i8)
             .collect();
-        let zero = act.zero_point();
+        // each input channel's zero point times its weights' sum, one term per output channel
+        let taps = c.k * c.k;
         let corr: Vec<i32> = codes
             .chunks(per)
-            .map(|w| zero * w.iter().map(|&v| v as i32).sum::<i32>())
+            .map(|w| {
+                (w.chunks(taps).enumerate())
+                    .map(|(i, t)| act.zero_point(i) * t.iter().map(|&v| v as i32).sum::<i32>())
+                    .sum()
+            })
             .collect();
         let (gemm, kernel) = Self::layout(c.k, c.in_ch, c.out_ch, w_bits, act.bits, &codes, &corr);
         PackedIntConv {
@@ -150,14 +155,22 @@ impl PackedIntConv {
         self.kernel == IntKernel::Conv4
     }
 
-    /// The packed word of real zeros (the convolution's padding).
-    pub fn pad_word(&self) -> u32 {
-        let bytes = pack_i8x4(&[(-self.act.zero_point()) as i8; 4])[0];
-        if self.nibbles() {
-            nibbles_of(bytes, bytes)
-        } else {
-            bytes
-        }
+    /// The packed word of real zeros (the convolution's padding) of each input word.
+    pub fn pad_words(&self) -> Vec<u32> {
+        let group = |g: usize| {
+            pack_i8x4(&std::array::from_fn::<i8, 4, _>(|l| {
+                self.act.pad_byte(4 * g + l)
+            }))[0]
+        };
+        (0..self.input_words())
+            .map(|w| {
+                if self.nibbles() {
+                    nibbles_of(group(2 * w), group(2 * w + 1))
+                } else {
+                    group(w)
+                }
+            })
+            .collect()
     }
 
     /// Packed words of the input per pixel.
@@ -179,12 +192,14 @@ impl PackedIntConv {
     pub fn twin_sums(&self, a: &[u32], batch: usize, h: usize, w: usize) -> Vec<[i32; 4]> {
         use super::cpu;
         match self.kernel {
-            IntKernel::Conv4 => cpu::conv_int4(a, &self.gemm, batch, h, w, self.k, self.pad_word()),
-            IntKernel::Conv8 => cpu::conv_int8(a, &self.gemm, batch, h, w, self.pad_word()),
+            IntKernel::Conv4 => {
+                cpu::conv_int4(a, &self.gemm, batch, h, w, self.k, &self.pad_words())
+            }
+            IntKernel::Conv8 => cpu::conv_int8(a, &self.gemm, batch, h, w, &self.pad_words()),
             IntKernel::Gemm => cpu::gemm_int8(a, &self.gemm, batch, h * w),
             IntKernel::Gather => {
                 let icg = self.in_ch.div_ceil(4);
-                let cols = cpu::im2col_int8(a, batch, icg, h, w, self.k, self.pad_word());
+                let cols = cpu::im2col_int8(a, batch, icg, h, w, self.k, &self.pad_words());
                 cpu::gemm_int8(&cols, &self.gemm, batch, h * w)
             }
         }
@@ -319,7 +334,7 @@ impl GpuIntConv {
         };
         match (p.kernel, &self.swar) {
             (IntKernel::Conv4, Some(swar)) => {
-                out.extend(swar.dispatch(ctx, label, a, dst, &store, batch, h, w, p.pad_word()))
+                out.extend(swar.dispatch(ctx, label, a, dst, &store, batch, h, w, &p.pad_words()))
             }
             (IntKernel::Conv4, None) => out.extend(conv_int4::dispatch(
                 ctx,
@@ -332,7 +347,7 @@ impl GpuIntConv {
                 h,
                 w,
                 p.k as u32,
-                p.pad_word(),
+                &p.pad_words(),
             )?),
             (IntKernel::Conv8, _) => out.extend(conv_int8::dispatch(
                 ctx,
@@ -344,7 +359,7 @@ impl GpuIntConv {
                 batch,
                 h,
                 w,
-                p.pad_word(),
+                &p.pad_words(),
             )?),
             (IntKernel::Gemm, _) => {
                 out.extend(self.gemm.dispatch(ctx, label, a, dst, &store, batch, plane))
@@ -360,7 +375,7 @@ impl GpuIntConv {
                     h,
                     w,
                     p.k as u32,
-                    p.pad_word(),
+                    &p.pad_words(),
                 )?);
                 out.extend(
                     self.gemm

@@ -271,6 +271,23 @@ pub fn encode(steps: &[Step], encoder: &mut wgpu::CommandEncoder) {
     }
 }
 
+/// Padding words a packed integer kernel can hold in its uniform: one per input word (its
+/// channels' real 0, see [`crate::quant::ActQuant::pad_byte`]); words past the last entry
+/// share it, which holds where they exist (layers of more than
+/// [`crate::quant::MAX_ACT_CHANNELS`] channels have one quantizer).
+pub(crate) const PAD_WORDS: usize = 64;
+
+/// `pads` (one per input word) as the kernels' `pads: array<vec4<u32>, 16>`.
+pub(crate) fn pad_uniform(pads: &[u32]) -> [[u32; 4]; PAD_WORDS / 4] {
+    assert!(!pads.is_empty());
+    let last = pads.len().min(PAD_WORDS) - 1;
+    assert!(
+        pads[last..].iter().all(|&p| p == pads[last]),
+        "words past {PAD_WORDS} need one padding word"
+    );
+    std::array::from_fn(|i| std::array::from_fn(|l| pads[(4 * i + l).min(last)]))
+}
+
 /// Workgroups for a 1-D launch of `n` invocations with `wg` per group, folded into two
 /// dimensions when it would exceed the per-dimension limit. Returns (groups, row invocations).
 pub(crate) fn grid_1d(n: u32, wg: u32) -> ([u32; 3], u32) {

@@ -9,29 +9,33 @@ use crate::quant::{ActQuant, MAX_ACT_CHANNELS};
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 pub(crate) struct Eq1 {
-    lo: i32,
-    hi: i32,
-    zero: i32,
     per_channel: u32,
+    // WGSL aligns the arrays to 16 bytes
+    _align: [u32; 3],
     alpha: [[f32; 4]; MAX_ACT_CHANNELS / 4],
     beta: [[f32; 4]; MAX_ACT_CHANNELS / 4],
     inv_step: [[f32; 4]; MAX_ACT_CHANNELS / 4],
+    lo: [[i32; 4]; MAX_ACT_CHANNELS / 4],
+    hi: [[i32; 4]; MAX_ACT_CHANNELS / 4],
+    zero: [[i32; 4]; MAX_ACT_CHANNELS / 4],
 }
 
 impl Eq1 {
     pub(crate) fn new(q: &ActQuant) -> Self {
         let mut e: Eq1 = bytemuck::Zeroable::zeroed();
-        e.lo = q.lo();
-        e.hi = q.lo() + (1 << q.bits) - 1;
-        e.zero = q.zero_point();
         e.per_channel = q.is_per_channel() as u32;
         let n = q.channels().len();
-        for c in 0..n.next_multiple_of(4) {
-            // lanes past the channels only ever see 0.0, which any channel's bounds keep
+        for c in 0..MAX_ACT_CHANNELS {
+            // lanes past the channels only ever see 0.0, which any channel's bounds keep; they
+            // repeat the last channel, as the CPU twins do
             let ch = q.channel(c.min(n - 1));
-            e.alpha[c / 4][c % 4] = ch.alpha;
-            e.beta[c / 4][c % 4] = ch.beta;
-            e.inv_step[c / 4][c % 4] = ch.inv_step();
+            let (g, l) = (c / 4, c % 4);
+            e.alpha[g][l] = ch.alpha;
+            e.beta[g][l] = ch.beta;
+            e.inv_step[g][l] = ch.inv_step();
+            e.lo[g][l] = ch.lo();
+            e.hi[g][l] = ch.lo() + (1 << q.bits) - 1;
+            e.zero[g][l] = ch.zero_point();
         }
         e
     }

@@ -81,12 +81,45 @@ pub struct LayerBounds {
 }
 
 /// A layer's per-channel input quantizer at one bit-width: channel `c` quantizes over
-/// `[lo steps[c], (lo + 2^b - 1) steps[c]]`.
+/// `[lo[c] steps[c], (lo[c] + 2^b - 1) steps[c]]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChannelSteps {
-    /// The smallest code, shared by every channel: in `-(2^b - 1)..=0`, so that 0 is a code.
-    pub lo: i32,
+    /// Each channel's smallest code, in `-(2^b - 1)..=0` so that 0 is a code: one per channel,
+    /// or one for all (files written before the zero points were per channel hold one
+    /// integer).
+    #[serde(with = "one_or_many")]
+    pub lo: Vec<i32>,
     pub steps: Vec<f32>,
+}
+
+impl ChannelSteps {
+    /// The smallest code of channel `c`.
+    pub fn lo(&self, c: usize) -> i32 {
+        self.lo[if self.lo.len() == 1 { 0 } else { c }]
+    }
+}
+
+/// `lo` as JSON: an array, or (as older files have it) one integer for every channel.
+mod one_or_many {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(i32),
+        Many(Vec<i32>),
+    }
+
+    pub fn serialize<S: Serializer>(v: &[i32], s: S) -> Result<S::Ok, S::Error> {
+        v.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<i32>, D::Error> {
+        Ok(match OneOrMany::deserialize(d)? {
+            OneOrMany::One(x) => vec![x],
+            OneOrMany::Many(v) => v,
+        })
+    }
 }
 
 /// How the input bounds are chosen: searched per channel (the default, where the calibration
@@ -206,10 +239,14 @@ impl Calibration {
             for (field, (&b, ch)) in steps {
                 let what = if !BITS.contains(&b) {
                     Some(format!("{b} bits"))
-                } else if !(-((1 << b) - 1)..=0).contains(&ch.lo) {
-                    Some(format!("lo {} (codes must contain 0)", ch.lo))
+                } else if let Some(lo) =
+                    (ch.lo.iter()).find(|lo| !(-((1 << b) - 1)..=0).contains(*lo))
+                {
+                    Some(format!("lo {lo} (codes must contain 0)"))
                 } else if ch.steps.len() != l.in_ch || l.in_ch > crate::quant::MAX_ACT_CHANNELS {
                     Some(format!("{} steps for {} channels", ch.steps.len(), l.in_ch))
+                } else if ch.lo.len() != 1 && ch.lo.len() != l.in_ch {
+                    Some(format!("{} lo for {} channels", ch.lo.len(), l.in_ch))
                 } else {
                     (ch.steps.iter().position(|s| !(s.is_finite() && *s > 0.0)))
                         .map(|c| format!("step {} of channel {c}", ch.steps[c]))
@@ -283,7 +320,7 @@ impl Calibration {
         let l = &self.layers[i];
         match (how, l.channels.get(&bits)) {
             (Bounds::MinMax, _) => Quantizer::new(l.min, l.max, bits).into(),
-            (Bounds::Channel, Some(ch)) => ActQuant::per_channel(bits, ch.lo, &ch.steps),
+            (Bounds::Channel, Some(ch)) => ActQuant::per_channel(bits, &ch.lo, &ch.steps),
             _ => {
                 let [a, b] = l.bounds[&bits];
                 Quantizer::new(a, b, bits).into()
@@ -425,15 +462,24 @@ pub fn search_bounds(h: &Histogram, bits: u32) -> [f32; 2] {
     out.1
 }
 
+/// The widest activations whose channels each get their own code range (zero point); wider
+/// ones share one. Measured on SPAN x4's 29 held-out photos, against one shared range:
+/// w4a4 35.85 -> 36.22 dB and w4a3 34.96 -> 35.45, but w8a8 40.40 -> 39.61 and w6a6 38.86 ->
+/// 38.67. With few codes, those a channel spends on a sign it never takes cost more than the
+/// clipping of values the calibration photos never reached; with many codes the trade turns:
+/// a channel that never went negative on them gets no negative code, and photos that do (a
+/// smooth digital painting lost 6.3 dB at w8a8) are clipped to a biased output.
+pub const OWN_ZERO_BITS: u32 = 4;
+
 /// The per-channel input quantizer at `bits` of a layer whose channels' values (each weighted
 /// by what its errors cost the output, as in [`search_bounds`]) are `hists`.
 ///
-/// The channels share one code range `lo..lo + 2^b` (see [`ActQuant`]), so a channel's bounds
-/// are `[lo s_c, (lo + 2^b - 1) s_c]`: the choice of `lo` sets how the codes split between
-/// negative and positive values in every channel. Each channel's own bounds are searched
-/// first; then every `lo` is tried, with each step the smallest that keeps the channel's
-/// searched bounds, and then each step scaled down where clipping more costs less; the `lo`
-/// of least total error wins.
+/// Channel `c`'s bounds are `[lo_c s_c, (lo_c + 2^b - 1) s_c]`: `lo_c` sets how its codes
+/// split between negative and positive values. Each channel's own bounds are searched first.
+/// At [`OWN_ZERO_BITS`] or fewer, each channel then tries every `lo_c` with the smallest step
+/// that keeps its bounds, and the best few are refined by scaling the step down where
+/// clipping more costs less. Wider, the channels share one `lo` (see [`ActQuant`]): every
+/// `lo` is tried the same way, and the one of least total error wins.
 pub fn channel_steps(hists: &[Histogram], bits: u32) -> ChannelSteps {
     let n = 1i32 << bits;
     let own: Vec<[f32; 2]> = hists.iter().map(|h| search_bounds(h, bits)).collect();
@@ -464,7 +510,8 @@ pub fn channel_steps(hists: &[Histogram], bits: u32) -> ChannelSteps {
             bits,
         ))
     };
-    // each channel's best step at `lo`, and its error
+    // a channel's best step at `lo` (its error and step): the smallest that keeps its bounds,
+    // scaled down where clipping more costs less
     let best = |h: &Histogram, bounds: [f32; 2], lo: i32| -> (f64, f32) {
         let s0 = step(bounds, lo);
         (0..=12)
@@ -472,43 +519,58 @@ pub fn channel_steps(hists: &[Histogram], bits: u32) -> ChannelSteps {
             .map(|s| (error(h, lo, s), s))
             .fold((f64::INFINITY, s0), |a, b| if b.0 < a.0 { b } else { a })
     };
-    // the coarse pass tries every lo at the channels' own steps; the fine one rescales steps
-    // around the best few
-    let mut coarse: Vec<(f64, i32)> = (-(n - 1)..=0)
-        .map(|lo| {
-            let e = hists
-                .iter()
-                .zip(&own)
-                .map(|(h, &b)| error(h, lo, step(b, lo)))
-                .sum::<f64>();
-            (e, lo)
-        })
-        .collect();
-    coarse.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let (_, lo, steps) = coarse
-        .iter()
-        .take(4)
-        .map(|&(_, lo)| {
-            let per: Vec<(f64, f32)> = hists
-                .iter()
-                .zip(&own)
-                .map(|(h, &b)| best(h, b, lo))
-                .collect();
-            let total: f64 = per.iter().map(|p| p.0).sum();
-            (
-                total,
-                lo,
-                per.into_iter().map(|p| p.1).collect::<Vec<f32>>(),
-            )
-        })
-        .fold((f64::INFINITY, 0, Vec::new()), |a, b| {
-            if b.0 < a.0 {
-                b
-            } else {
-                a
-            }
-        });
-    ChannelSteps { lo, steps }
+    // the coarse pass tries every lo at the channels' own bounds, the fine one refines the
+    // best few; `channels` are those whose error counts
+    let search = |channels: &[usize]| -> (i32, Vec<f32>) {
+        let mut coarse: Vec<(f64, i32)> = (-(n - 1)..=0)
+            .map(|lo| {
+                let e = channels
+                    .iter()
+                    .map(|&c| error(&hists[c], lo, step(own[c], lo)))
+                    .sum::<f64>();
+                (e, lo)
+            })
+            .collect();
+        coarse.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let (_, lo, steps) = coarse
+            .iter()
+            .take(4)
+            .map(|&(_, lo)| {
+                let per: Vec<(f64, f32)> = (channels.iter())
+                    .map(|&c| best(&hists[c], own[c], lo))
+                    .collect();
+                let total: f64 = per.iter().map(|p| p.0).sum();
+                (
+                    total,
+                    lo,
+                    per.into_iter().map(|p| p.1).collect::<Vec<f32>>(),
+                )
+            })
+            .fold((f64::INFINITY, 0, Vec::new()), |a, b| {
+                if b.0 < a.0 {
+                    b
+                } else {
+                    a
+                }
+            });
+        (lo, steps)
+    };
+    if bits <= OWN_ZERO_BITS {
+        let (lo, steps) = (0..hists.len())
+            .map(|c| {
+                let (lo, s) = search(&[c]);
+                (lo, s[0])
+            })
+            .unzip();
+        ChannelSteps { lo, steps }
+    } else {
+        let all: Vec<usize> = (0..hists.len()).collect();
+        let (lo, steps) = search(&all);
+        ChannelSteps {
+            lo: vec![lo],
+            steps,
+        }
+    }
 }
 
 /// Per-output-channel symmetric weight quantizers with the clipping bound searched for the
@@ -627,13 +689,31 @@ mod tests {
         for bits in [4, 8] {
             let ch = channel_steps(&hists, bits);
             let n = 1 << bits;
-            assert!((-(n - 1)..=0).contains(&ch.lo), "{bits}: lo {}", ch.lo);
+            assert!(
+                ch.lo.iter().all(|lo| (-(n - 1)..=0).contains(lo)),
+                "{bits}: lo {:?}",
+                ch.lo
+            );
             assert_eq!(ch.steps.len(), 4);
             assert!(ch.steps.iter().all(|s| s.is_finite() && *s > 0.0));
+            if bits <= OWN_ZERO_BITS {
+                // each channel's codes split as its values do: none spent below zero on the
+                // channels of one sign; on the signed ones (a third of the values below zero,
+                // reaching 0.3x as far) about a quarter
+                assert!(ch.lo[0] >= -1 && ch.lo[1] >= -1, "{bits}: lo {:?}", ch.lo);
+                let quarter = |lo: i32| (-n / 2..=-n / 8).contains(&lo);
+                assert!(
+                    quarter(ch.lo[2]) && quarter(ch.lo[3]),
+                    "{bits}: lo {:?}",
+                    ch.lo
+                );
+            } else {
+                assert_eq!(ch.lo.len(), 1, "{bits}: one code range");
+            }
             // the step follows the channel's scale
             assert!(ch.steps[1] > 20.0 * ch.steps[0], "{bits}: {:?}", ch.steps);
             // and the total error is far below that of the best single quantizer of them all
-            let q = ActQuant::per_channel(bits, ch.lo, &ch.steps);
+            let q = ActQuant::per_channel(bits, &ch.lo, &ch.steps);
             let per: f64 = (0..4).map(|c| hists[c].error(q.channel(c))).sum();
             let mut all = Histogram::new(-10.0, 10.0);
             for (&(scale, signed), _) in shapes.iter().zip(&hists) {
@@ -723,7 +803,7 @@ mod file_tests {
         good.layers[0].channels.insert(
             8,
             ChannelSteps {
-                lo: -3,
+                lo: vec![-3],
                 steps: vec![0.01; in_ch],
             },
         );
@@ -743,7 +823,7 @@ mod file_tests {
         ] {
             let mut bad = good.clone();
             let ch = bad.layers[0].channels.get_mut(&8).unwrap();
-            ch.lo = lo;
+            ch.lo = vec![lo];
             ch.steps[7] = step;
             for _ in 0..count {
                 ch.steps.pop();
@@ -753,7 +833,7 @@ mod file_tests {
         // the queries' own steps are checked the same way
         let mut bad = good.clone();
         let mut steps = bad.layers[0].channels[&8].clone();
-        steps.lo = 1;
+        steps.lo = vec![1];
         bad.layers[0].query_channels.insert(8, steps);
         check(&bad, "query_channels.8: lo 1");
         let mut bad = good.clone();

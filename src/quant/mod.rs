@@ -190,20 +190,24 @@ impl Quantizer {
 pub const MAX_ACT_CHANNELS: usize = 256;
 
 /// The input quantizer of an integer layer: Eq. 1 per input channel, each channel `c` with its
-/// own step `s_c` and so its own bounds `[lo s_c, (lo + 2^b - 1) s_c]`, but one code range
-/// `lo..lo + 2^b` for all. A per-tensor quantizer is the case of one step.
+/// own step `s_c` and code range `lo_c..lo_c + 2^b` (so its own bounds
+/// `[lo_c s_c, (lo_c + 2^b - 1) s_c]` and its own zero point). A per-tensor quantizer is the
+/// case of one channel.
 ///
-/// Why one code range: a real zero (the convolutions' padding) is then the same byte in every
-/// channel, so the kernels keep one pad word and one zero-point correction per output channel,
-/// and the steps fold into the consumer's weights ([`ActQuant::fold`]) before they are
-/// quantized per output channel. Outlier channels no longer set the step of every other one,
-/// which is what the per-tensor bounds cost on SPAN (a channel reaching 137 next to channels
-/// below 1). Channels of different signs share `lo` at some cost; the calibration picks the
-/// `lo` that costs least (see `calib::channel_steps`).
+/// The steps fold into the consumer's weights ([`ActQuant::fold`]) before they are quantized
+/// per output channel, so outlier channels no longer set the step of every other one (a
+/// channel reaching 137 next to channels below 1 on SPAN). The zero points fold into one
+/// correction per output channel, as long as a real zero (the convolutions' padding) reads as
+/// its own channel's code: the kernels take one padding word per input word
+/// ([`crate::kernels::int_conv`]). A channel of one sign then spends no codes on the other:
+/// with one code range shared by all channels, the calibration photos' 4-bit input error was
+/// 1.5 to 3 times that of per-channel ranges on half of SPAN x4's layers. The calibration
+/// gives each channel its own range at [`calib::OWN_ZERO_BITS`] bits or fewer only (see
+/// there why).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ActQuant {
     pub bits: u32,
-    /// One quantizer per input channel, or one for all; they share `lo()`.
+    /// One quantizer per input channel, or one for all.
     channels: Vec<Quantizer>,
 }
 
@@ -217,23 +221,25 @@ impl From<Quantizer> for ActQuant {
 }
 
 impl ActQuant {
-    /// Per-channel steps over the codes `lo..lo + 2^bits` (`lo <= 0 < lo + 2^bits`, so that 0
-    /// is a code; steps finite and positive; at most [`MAX_ACT_CHANNELS`]).
-    pub fn per_channel(bits: u32, lo: i32, steps: &[f32]) -> Self {
-        let top = lo + (1 << bits) - 1;
-        assert!(lo <= 0 && top >= 0, "codes {lo}..={top} miss 0");
+    /// Per-channel steps over the codes `lo[c]..lo[c] + 2^bits` (one `lo` for all channels, or
+    /// one each; `lo <= 0 < lo + 2^bits`, so that 0 is a code; steps finite and positive; at
+    /// most [`MAX_ACT_CHANNELS`]).
+    pub fn per_channel(bits: u32, lo: &[i32], steps: &[f32]) -> Self {
         assert!(!steps.is_empty() && steps.len() <= MAX_ACT_CHANNELS);
+        assert!(lo.len() == 1 || lo.len() == steps.len(), "{} lo", lo.len());
         let channels: Vec<Quantizer> = steps
             .iter()
-            .map(|&s| {
+            .enumerate()
+            .map(|(c, &s)| {
+                let lo = lo[if lo.len() == 1 { 0 } else { c }];
+                let top = lo + (1 << bits) - 1;
+                assert!(lo <= 0 && top >= 0, "codes {lo}..={top} miss 0");
                 assert!(s.is_finite() && s > 0.0, "activation step {s}");
-                Quantizer::new(lo as f32 * s, top as f32 * s, bits)
+                let q = Quantizer::new(lo as f32 * s, top as f32 * s, bits);
+                assert_eq!(q.lo(), lo, "codes drifted from {lo}");
+                q
             })
             .collect();
-        assert!(
-            channels.iter().all(|q| q.lo() == lo),
-            "codes drifted from {lo}"
-        );
         ActQuant { bits, channels }
     }
 
@@ -252,14 +258,20 @@ impl ActQuant {
         &self.channels
     }
 
-    /// The smallest code, shared by every channel.
-    pub fn lo(&self) -> i32 {
-        self.channels[0].lo()
+    /// Each stored channel's smallest code (one, or one per channel).
+    pub fn lo(&self) -> Vec<i32> {
+        self.channels.iter().map(Quantizer::lo).collect()
     }
 
-    /// The code of byte 0, shared by every channel (see [`Quantizer::zero_point`]).
-    pub fn zero_point(&self) -> i32 {
-        self.channels[0].zero_point()
+    /// The code of byte 0 in channel `c` (see [`Quantizer::zero_point`]).
+    pub fn zero_point(&self, c: usize) -> i32 {
+        self.channel(c).zero_point()
+    }
+
+    /// The byte of a real zero (the convolutions' padding) in channel `c`; past the channels,
+    /// the last channel's (the kernels' lanes past the real channels carry it).
+    pub fn pad_byte(&self, c: usize) -> i8 {
+        (-self.channels[c.min(self.channels.len() - 1)].zero_point()) as i8
     }
 
     /// The byte the kernels carry for `x` in channel `c`.
@@ -354,20 +366,24 @@ mod tests {
     }
 
     #[test]
-    fn per_channel_steps_share_one_code_range_and_keep_zero_exact() {
+    fn per_channel_steps_and_code_ranges_keep_zero_exact() {
         let steps = [0.01f32, 0.3, 2.5, 1e-4, 7.0];
         for bits in 2..=8 {
             let n = 1 << bits;
-            for lo in [0, -1, -(n / 2), -(n - 1)] {
+            let each = [0, -1, -(n / 2), -(n - 1), -(n / 4)];
+            let shared = [0, -1, -(n / 2), -(n - 1)].map(|lo| vec![lo]);
+            for lo in shared.iter().chain([&each.to_vec()]) {
                 let q = ActQuant::per_channel(bits, lo, &steps);
                 assert!(q.is_per_channel());
                 for (c, &s) in steps.iter().enumerate() {
                     let ch = q.channel(c);
-                    assert_eq!(ch.lo(), lo);
-                    assert_eq!(ch.zero_point(), q.zero_point());
-                    assert!((ch.step() - s).abs() <= 1e-5 * s, "{bits} {lo} {c}");
+                    let want = lo[if lo.len() == 1 { 0 } else { c }];
+                    assert_eq!(ch.lo(), want);
+                    assert_eq!(q.zero_point(c), want + n / 2);
+                    assert!((ch.step() - s).abs() <= 1e-5 * s, "{bits} {lo:?} {c}");
                     assert_eq!(q.quantize(c, 0.0), 0.0);
-                    assert_eq!(q.byte(c, 0.0) as i32, -q.zero_point());
+                    assert_eq!(q.byte(c, 0.0), q.pad_byte(c));
+                    assert_eq!(q.byte(c, 0.0) as i32, -q.zero_point(c));
                     // the codes span the whole range, clipped at both ends
                     assert_eq!(q.byte(c, -1e9) as i32, -(n / 2));
                     assert_eq!(q.byte(c, 1e9) as i32, n / 2 - 1);
@@ -379,7 +395,7 @@ mod tests {
         assert!(!one.is_per_channel());
         assert_eq!(one.channel(40), one.channel(0));
         // folding multiplies each input channel's weights by its step
-        let q = ActQuant::per_channel(8, -3, &[0.5, 2.0]);
+        let q = ActQuant::per_channel(8, &[-3], &[0.5, 2.0]);
         let w = [1.0f32, 1.0, 1.0, 1.0, -1.0, -1.0, -1.0, -1.0];
         let f = q.fold(&w, 2, 2);
         let s = [q.channel(0).step(), q.channel(1).step()];

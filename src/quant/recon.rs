@@ -7,7 +7,7 @@
 //! what a user sees is the output, where the errors of all layers meet, pass through the gates
 //! and the upsampler, and partly cancel. Here the whole network runs on the CPU in candle, in
 //! float, with every integer layer's input fake-quantized as Eq. 1 does it (per-channel step,
-//! shared code range, codes clamped to `lo..lo + 2^b`) and its weights quantized as
+//! code ranges, codes clamped to `lo..lo + 2^b`) and its weights quantized as
 //! [`super::fold_layer`] does (folded with the steps, per output channel over `[-r m, r m]`,
 //! `m` the largest magnitude and `r` the learned clip, bias-corrected), with the same float
 //! operations, so that the codes agree to the last bit (a unit test holds them to
@@ -341,8 +341,10 @@ struct IntLayer {
     index: usize,
     w_bits: u32,
     bits: u32,
-    /// The smallest code, shared by every channel.
-    lo: i32,
+    /// Each channel's smallest code (one for all where the layer has one step).
+    lo: Vec<i32>,
+    /// `lo` and the largest codes as `[1, C, 1, 1]` tensors, the bounds of the code clamp.
+    codes: (Tensor, Tensor),
     log: Steps,
     /// The effective convolution at the current steps ([`Net::refresh`]), where the weights'
     /// quantization is not learned.
@@ -440,11 +442,15 @@ impl IntLayer {
             ));
         }
         Ok(if steps.len() == 1 {
-            let top = self.lo + (1 << self.bits) - 1;
-            super::Quantizer::new(self.lo as f32 * steps[0], top as f32 * steps[0], self.bits)
-                .into()
+            let top = self.lo[0] + (1 << self.bits) - 1;
+            super::Quantizer::new(
+                self.lo[0] as f32 * steps[0],
+                top as f32 * steps[0],
+                self.bits,
+            )
+            .into()
         } else {
-            ActQuant::per_channel(self.bits, self.lo, &steps)
+            ActQuant::per_channel(self.bits, &self.lo, &steps)
         })
     }
 
@@ -452,12 +458,22 @@ impl IntLayer {
     /// through, the clamp stops it outside the codes.
     fn fake_quant(&self, x: &Tensor) -> Result<Tensor> {
         let s = self.log.log().exp().map_err(cerr)?;
-        let top = (self.lo + (1 << self.bits) - 1) as f64;
         let v = x.broadcast_div(&s).map_err(cerr)?;
-        let v = v.clamp(self.lo as f64, top).map_err(cerr)?;
+        let v = (v.broadcast_maximum(&self.codes.0))
+            .and_then(|v| v.broadcast_minimum(&self.codes.1))
+            .map_err(cerr)?;
         let r = (v.round().map_err(cerr)? - &v).map_err(cerr)?.detach();
         (v + r).map_err(cerr)?.broadcast_mul(&s).map_err(cerr)
     }
+}
+
+/// The smallest and largest codes `lo..lo + 2^bits` of each channel, as `[1, C, 1, 1]`.
+fn code_range(lo: &[i32], bits: u32) -> Result<(Tensor, Tensor)> {
+    let t = |v: Vec<f32>| Tensor::from_vec(v, (1, lo.len(), 1, 1), &Device::Cpu).map_err(cerr);
+    Ok((
+        t(lo.iter().map(|&l| l as f32).collect())?,
+        t(lo.iter().map(|&l| (l + (1 << bits) - 1) as f32).collect())?,
+    ))
 }
 
 /// `graph` in candle (NCHW, f32), float or with its integer layers fake-quantized.
@@ -541,6 +557,7 @@ impl<'g> Net<'g> {
                 index: i,
                 w_bits: lw,
                 bits: la,
+                codes: code_range(&act.lo(), la)?,
                 lo: act.lo(),
                 log,
                 conv: None,
@@ -585,7 +602,7 @@ impl<'g> Net<'g> {
         for l in self.int.values() {
             if let Steps::Learned(_) = l.log {
                 let steps = ChannelSteps {
-                    lo: l.lo,
+                    lo: l.lo.clone(),
                     steps: l.steps()?,
                 };
                 let clip = match &l.weights {
@@ -893,7 +910,7 @@ mod tests {
             act: Activation::None,
             epilogue: Epilogue::None,
         };
-        let act = ActQuant::per_channel(bits, -5, &uniform(i, 0.01, 0.3));
+        let act = ActQuant::per_channel(bits, &[-5, 0, -8, -15, -3, -7], &uniform(i, 0.01, 0.3));
         let mut layer = calib::LayerBounds {
             name: "conv".into(),
             in_ch: i,

@@ -6,7 +6,7 @@ use crate::quant::pack::{dot4_i8, widen};
 
 /// `M[(n * ocg + g) * h * w + p] = corr[g] + sum over taps and input words` of the dot
 /// products of the two byte words of each nibble word (see [`widen`]), for nibble-packed
-/// `a[(n * icw + iw) * h * w + p]` and `pad` outside the image; `p` is a K x K product from
+/// `a[(n * icw + iw) * h * w + p]` and `pads[iw]` outside the image; `p` is a K x K product from
 /// [`PackedGemmInt8::conv`] over channels padded to a multiple of 8.
 pub fn conv_int4(
     a: &[u32],
@@ -15,7 +15,7 @@ pub fn conv_int4(
     h: usize,
     w: usize,
     k: usize,
-    pad: u32,
+    pads: &[u32],
 ) -> Vec<[i32; 4]> {
     let taps = k * k;
     let icw = p.icg / taps / 2;
@@ -26,7 +26,7 @@ pub fn conv_int4(
         h,
         w,
         k,
-        pad,
+        pads,
     };
     let mut m = vec![[i32::MIN; 4]; batch * p.ocg * h * w];
     for n in 0..batch {

@@ -5,14 +5,14 @@ use super::conv_int8::RowInput;
 use crate::kernels::conv_int4_swar::PackedSwar;
 
 /// The sums `M[(n * ocg + g) * h * w + p]` of `p` over nibble-packed
-/// `a[(n * icw + iw) * h * w + p]`, reading `pad` outside the image.
+/// `a[(n * icw + iw) * h * w + p]`, reading `pads[iw]` outside word `iw`.
 pub fn conv_int4_swar(
     a: &[u32],
     p: &PackedSwar,
     batch: usize,
     h: usize,
     w: usize,
-    pad: u32,
+    pads: &[u32],
 ) -> Vec<[i32; 4]> {
     let (k, icw) = (p.k, p.icw);
     assert_eq!(a.len(), batch * icw * h * w, "input size does not match");
@@ -22,7 +22,7 @@ pub fn conv_int4_swar(
         h,
         w,
         k,
-        pad,
+        pads,
     };
     let mut m = vec![[i32::MIN; 4]; batch * p.ocg * h * w];
     for n in 0..batch {

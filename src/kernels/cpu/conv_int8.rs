@@ -5,14 +5,14 @@ use crate::kernels::gemm_int8::PackedGemmInt8;
 use crate::quant::pack::dot4_i8;
 
 /// The packed input of a row-tiled integer convolution: `words` per pixel,
-/// `a[((n * words + iw) * h + y) * w + x]`, and `pad` outside the image.
+/// `a[((n * words + iw) * h + y) * w + x]`, and word `iw` reads `pads[iw]` outside the image.
 pub(crate) struct RowInput<'a> {
     pub a: &'a [u32],
     pub words: usize,
     pub h: usize,
     pub w: usize,
     pub k: usize,
-    pub pad: u32,
+    pub pads: &'a [u32],
 }
 
 impl RowInput<'_> {
@@ -24,13 +24,13 @@ impl RowInput<'_> {
         if yy >= 0 && yy < self.h as isize && xx >= 0 && xx < self.w as isize {
             self.a[((n * self.words + iw) * self.h + yy as usize) * self.w + xx as usize]
         } else {
-            self.pad
+            self.pads[iw]
         }
     }
 }
 
 /// `M[(n * ocg + g) * h * w + p] = corr[g] + sum over taps and input groups` of the packed
-/// dot products, for packed `a[(n * icg + ic) * h * w + p]` and `pad` outside the image; `p`
+/// dot products, for packed `a[(n * icg + ic) * h * w + p]` and `pads[ic]` outside the image; `p`
 /// is a 3x3 product from [`PackedGemmInt8::conv`].
 pub fn conv_int8(
     a: &[u32],
@@ -38,7 +38,7 @@ pub fn conv_int8(
     batch: usize,
     h: usize,
     w: usize,
-    pad: u32,
+    pads: &[u32],
 ) -> Vec<[i32; 4]> {
     let icg = p.icg / 9;
     assert_eq!(a.len(), batch * icg * h * w, "input size does not match");
@@ -48,7 +48,7 @@ pub fn conv_int8(
         h,
         w,
         k: 3,
-        pad,
+        pads,
     };
     let mut m = vec![[i32::MIN; 4]; batch * p.ocg * h * w];
     for n in 0..batch {

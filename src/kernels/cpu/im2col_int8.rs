@@ -1,6 +1,7 @@
 //! CPU twin of `shaders/im2col_int8.wgsl`.
 
-/// The K x K neighbourhood gather of packed words `[n][icg][h][w]`.
+/// The K x K neighbourhood gather of packed words `[n][icg][h][w]`; outside the image, group
+/// `ic` reads `pads[ic]`.
 pub fn im2col_int8(
     src: &[u32],
     batch: usize,
@@ -8,7 +9,7 @@ pub fn im2col_int8(
     h: usize,
     w: usize,
     k: usize,
-    pad: u32,
+    pads: &[u32],
 ) -> Vec<u32> {
     let (plane, taps, r) = (h * w, k * k, (k / 2) as isize);
     let mut dst = vec![0xdead_beef; batch * taps * icg * plane];
@@ -22,7 +23,7 @@ pub fn im2col_int8(
                     dst[((n * taps + tap) * icg + ic) * plane + p] = if inside {
                         src[(n * icg + ic) * plane + yy as usize * w + xx as usize]
                     } else {
-                        pad
+                        pads[ic]
                     };
                 }
             }

@@ -6,9 +6,9 @@ use crate::quant::ActQuant;
 
 /// Packed codes of `x` (C4HW): one word of four bytes per pixel and channel group, or with
 /// `nibbles` one word of eight nibbles per pixel and pair of groups (C8HW); each channel with
-/// its own step where `q` is per channel.
+/// its own step and zero point where `q` is per channel; lanes past the channels
+/// carry the last channel's code of 0.
 pub fn quantize(x: &Tensor, q: &ActQuant, nibbles: bool) -> Vec<u32> {
-    let zero_byte = (-q.zero_point()) as i8;
     let plane = x.h * x.w;
     let groups = x.groups();
     let word = |n: usize, g: usize, p: usize| -> u32 {
@@ -21,7 +21,7 @@ pub fn quantize(x: &Tensor, q: &ActQuant, nibbles: bool) -> Vec<u32> {
             if g * 4 + l < x.c {
                 q.byte(g * 4 + l, v[l])
             } else {
-                zero_byte
+                q.pad_byte(g * 4 + l)
             }
         });
         pack_i8x4(&bytes)[0]
