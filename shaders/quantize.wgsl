@@ -28,7 +28,7 @@ fn codes(n: u32, g: u32, p: u32) -> vec4<i32> {
         x = src[(n * params.groups + g) * params.plane + p];
     }
     let k = eq1_slot(params.q.per_channel, g);
-    let code = eq1_codes(x, params.q.alpha[k], params.q.beta[k], params.q.inv_step[k], params.q.lo[k], params.q.hi[k], params.q.zero[k]);
+    let code = eq1_codes(x, params.q.alpha[k], params.q.beta[k], params.q.inv_step[k], params.q.zero[k], params.q.lo, params.q.hi);
     return select(-params.q.zero[k], code, c < vec4<u32>(params.channels));
 }
 

@@ -416,7 +416,8 @@ fn per_channel_zero_points_fold_into_the_corrections_and_the_padding() {
                             if yy >= 0 && yy < h as isize && xs >= 0 && xs < w as isize {
                                 let v = act.quantize(c, x.get(0, c, yy as usize, xs as usize));
                                 let code = p.codes[(o * in_ch + c) * 9 + tap] as f64;
-                                s += code * p.scales[o] as f64 / act.channel(c).step() as f64 * v as f64;
+                                s += code * p.scales[o] as f64 / act.channel(c).step() as f64
+                                    * v as f64;
                             }
                         }
                     }

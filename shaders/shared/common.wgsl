@@ -27,16 +27,17 @@ fn mask_lanes(v: vec4<f32>, g: u32, channels: u32) -> vec4<f32> {
     return select(vec4<f32>(0.0), v, c < vec4<u32>(channels));
 }
 
-// An input quantizer (src/quant ActQuant): per channel group its bounds, 1 / step, code range
-// `lo..=hi` and zero point, or with `per_channel` 0 one set (entry 0) for all groups. Entries
-// past the real channels repeat the last channel, as do the CPU twins.
+// An input quantizer (src/quant ActQuant): per channel group its bounds, 1 / step and zero
+// point, or with `per_channel` 0 one set (entry 0) for all groups; entries past the real
+// channels repeat the last channel, as do the CPU twins. Every channel's codes minus its zero
+// point span the same `lo..=hi` (-2^(b-1)..2^(b-1) - 1), so one clamp serves them all.
 struct Eq1 {
     per_channel: u32,
+    lo: i32,
+    hi: i32,
     alpha: array<vec4<f32>, 64>,
     beta: array<vec4<f32>, 64>,
     inv_step: array<vec4<f32>, 64>,
-    lo: array<vec4<i32>, 64>,
-    hi: array<vec4<i32>, 64>,
     zero: array<vec4<i32>, 64>,
 }
 
@@ -48,9 +49,9 @@ fn eq1_slot(per_channel: u32, g: u32) -> u32 {
 // Eq. 1 codes of `x` minus the zero point: the signed values the integer kernels carry
 // (src/quant). WGSL's multiply is correctly rounded and round() ties to even, so the CPU
 // (`Quantizer::byte`) reproduces every one.
-fn eq1_codes(x: vec4<f32>, alpha: vec4<f32>, beta: vec4<f32>, inv_step: vec4<f32>, lo: vec4<i32>, hi: vec4<i32>, zero: vec4<i32>) -> vec4<i32> {
+fn eq1_codes(x: vec4<f32>, alpha: vec4<f32>, beta: vec4<f32>, inv_step: vec4<f32>, zero: vec4<i32>, lo: i32, hi: i32) -> vec4<i32> {
     let c = clamp(x, alpha, beta);
-    return clamp(vec4<i32>(round(c * inv_step)), lo, hi) - zero;
+    return clamp(vec4<i32>(round(c * inv_step)) - zero, vec4<i32>(lo), vec4<i32>(hi));
 }
 
 // Two words of four signed codes (at most 4 bits) as one word of eight nibbles: `low`'s code

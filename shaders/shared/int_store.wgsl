@@ -29,7 +29,7 @@ fn int_finish(acc: vec4<i32>, g: u32, i: u32) -> vec4<f32> {
 fn requant(y: vec4<f32>, g: u32) -> vec4<i32> {
     let k = eq1_slot(params.next.per_channel, g);
     return eq1_codes(y, params.next.alpha[k], params.next.beta[k], params.next.inv_step[k],
-        params.next.lo[k], params.next.hi[k], params.next.zero[k]);
+        params.next.zero[k], params.next.lo, params.next.hi);
 }
 
 fn store4(i: u32, v: vec4<u32>) {

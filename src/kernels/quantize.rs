@@ -10,13 +10,15 @@ use crate::quant::{ActQuant, MAX_ACT_CHANNELS};
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 pub(crate) struct Eq1 {
     per_channel: u32,
+    /// The carried values' range, `-2^(b-1)..=2^(b-1) - 1`: every channel's codes minus its
+    /// zero point.
+    lo: i32,
+    hi: i32,
     // WGSL aligns the arrays to 16 bytes
-    _align: [u32; 3],
+    _align: u32,
     alpha: [[f32; 4]; MAX_ACT_CHANNELS / 4],
     beta: [[f32; 4]; MAX_ACT_CHANNELS / 4],
     inv_step: [[f32; 4]; MAX_ACT_CHANNELS / 4],
-    lo: [[i32; 4]; MAX_ACT_CHANNELS / 4],
-    hi: [[i32; 4]; MAX_ACT_CHANNELS / 4],
     zero: [[i32; 4]; MAX_ACT_CHANNELS / 4],
 }
 
@@ -24,6 +26,8 @@ impl Eq1 {
     pub(crate) fn new(q: &ActQuant) -> Self {
         let mut e: Eq1 = bytemuck::Zeroable::zeroed();
         e.per_channel = q.is_per_channel() as u32;
+        e.lo = -(1 << (q.bits - 1));
+        e.hi = (1 << (q.bits - 1)) - 1;
         let n = q.channels().len();
         for c in 0..MAX_ACT_CHANNELS {
             // lanes past the channels only ever see 0.0, which any channel's bounds keep; they
@@ -33,8 +37,6 @@ impl Eq1 {
             e.alpha[g][l] = ch.alpha;
             e.beta[g][l] = ch.beta;
             e.inv_step[g][l] = ch.inv_step();
-            e.lo[g][l] = ch.lo();
-            e.hi[g][l] = ch.lo() + (1 << q.bits) - 1;
             e.zero[g][l] = ch.zero_point();
         }
         e
