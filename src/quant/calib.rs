@@ -836,6 +836,31 @@ mod file_tests {
         steps.lo = vec![1];
         bad.layers[0].query_channels.insert(8, steps);
         check(&bad, "query_channels.8: lo 1");
+        // one code range per channel, or one for all: any other count is refused
+        let mut bad = good.clone();
+        bad.layers[0].channels.get_mut(&8).unwrap().lo = vec![-3, -2];
+        check(&bad, &format!("channels.8: 2 lo for {in_ch} channels"));
+        // files written before the zero points were per channel hold one integer
+        let text = serde_json::to_string(&good).unwrap();
+        assert!(text.contains("\"lo\":[-3]"));
+        let old = text.replace("\"lo\":[-3]", "\"lo\":-3");
+        let back = Calibration::parse(&old, Path::new("old.json"), &g).unwrap();
+        assert_eq!(back, good);
+        let mut each = good.clone();
+        each.layers[0].channels.insert(
+            4,
+            ChannelSteps {
+                lo: (0..in_ch as i32).map(|c| -(c % 16)).collect(),
+                steps: vec![0.01; in_ch],
+            },
+        );
+        let back = Calibration::parse(
+            &serde_json::to_string(&each).unwrap(),
+            Path::new("ok.json"),
+            &g,
+        )
+        .unwrap();
+        assert_eq!(back.layers[0].channels[&4].lo(5), -5);
         let mut bad = good.clone();
         let n = bad.layers[0].in_ch;
         bad.layers[0].query_weight_clip.insert(6, vec![1.2; n]);
