@@ -383,6 +383,8 @@ fn calibrate_then_upscale_any_model_in_integer_modes() {
     // the broken file is named and skipped, the run still writes the calibration
     assert!(stderr.contains("broken.png"), "{stderr}");
     assert!(stderr.contains("w4a4 reconstruction of"), "{stderr}");
+    // a calibration without the report's floors says what it lacks
+    assert!(stderr.contains("no precision floors"), "{stderr}");
     assert!(d.join("m.calib.json").exists(), "{stderr}");
     assert!(d.join("m.refqsr.json").exists(), "{stderr}");
     // --bounds-only writes the bounds and not RefQSR's parameters, and still says what it
