@@ -366,13 +366,56 @@ fn twin_floats(
         .collect()
 }
 
+/// The GPU layer `p` on `x` (one image), written as floats (C4HW) into a NaN-poisoned output.
+fn gpu_floats(
+    ctx: &refqsr::gpu::Context,
+    p: &refqsr::kernels::int_conv::PackedIntConv,
+    x: &refqsr::kernels::cpu::Tensor,
+) -> Vec<f32> {
+    use refqsr::kernels::int_conv::{GpuIntConv, IntInput, IntOutput};
+    let (h, w) = (x.h, x.w);
+    let gpu = GpuIntConv::new(ctx, p.clone()).unwrap();
+    let (nw, nc) = p.scratch_words(1, h * w);
+    let src = ctx.upload("x", &x.data);
+    let (packed_in, col_buf) = (
+        ctx.acquire(nw as u64 * 4),
+        ctx.acquire(nc.max(1) as u64 * 4),
+    );
+    let size = (p.out_ch.div_ceil(4) * h * w * 16) as u64;
+    let dst = ctx.acquire(size);
+    ctx.queue.write_buffer(
+        &dst,
+        0,
+        bytemuck::cast_slice(&vec![f32::NAN; size as usize / 4]),
+    );
+    let steps = gpu
+        .dispatch(
+            ctx,
+            "layer",
+            IntInput::Float(&src),
+            None,
+            IntOutput::Float(&dst),
+            [&packed_in, &col_buf],
+            1,
+            h as u32,
+            w as u32,
+        )
+        .unwrap();
+    launch(ctx, steps);
+    let got = ctx.read(&dst, size).unwrap();
+    for r in [&packed_in, &col_buf, &dst] {
+        ctx.release(r.clone());
+    }
+    got
+}
+
 #[test]
 fn per_channel_zero_points_fold_into_the_corrections_and_the_padding() {
     // Every channel with its own code range (all on one side of zero, or split): the GPU
     // layer (each 3x3 kernel, image borders included) must equal the definition, the float
     // convolution of the dequantized input (zero outside the image) by the dequantized
     // weights, to float rounding.
-    use refqsr::kernels::int_conv::{GpuIntConv, IntInput, IntKernel, IntOutput, PackedIntConv};
+    use refqsr::kernels::int_conv::{IntKernel, PackedIntConv};
     use refqsr::model::{Activation, Conv, Epilogue};
     let ctx = ctx();
     let mut rng = Rng::fresh("per-channel zero points");
@@ -425,36 +468,8 @@ fn per_channel_zero_points_fold_into_the_corrections_and_the_padding() {
                 }
             }
         }
-        let gpu = GpuIntConv::new(&ctx, p.clone()).unwrap();
         seen.push(p.kernel);
-        let (nw, nc) = p.scratch_words(1, h * w);
-        let src = ctx.upload("x", &x.data);
-        let (packed_in, col_buf) = (
-            ctx.acquire(nw as u64 * 4),
-            ctx.acquire(nc.max(1) as u64 * 4),
-        );
-        let dst = ctx.acquire((3 * h * w * 16) as u64);
-        ctx.queue.write_buffer(
-            &dst,
-            0,
-            bytemuck::cast_slice(&vec![f32::NAN; 3 * h * w * 4]),
-        );
-        let steps_ = gpu
-            .dispatch(
-                &ctx,
-                "zero points",
-                IntInput::Float(&src),
-                None,
-                IntOutput::Float(&dst),
-                [&packed_in, &col_buf],
-                1,
-                h as u32,
-                w as u32,
-            )
-            .unwrap();
-        launch(&ctx, steps_);
-        let got: Vec<f32> =
-            bytemuck::cast_slice(&ctx.read(&dst, (3 * h * w * 16) as u64).unwrap()).to_vec();
+        let got = gpu_floats(&ctx, &p, &x);
         let range = want.iter().fold(0f32, |m, v| m.max(v.abs()));
         for o in 0..12 {
             for i in 0..h * w {
@@ -467,9 +482,6 @@ fn per_channel_zero_points_fold_into_the_corrections_and_the_padding() {
                 );
             }
         }
-        for r in [&packed_in, &col_buf, &dst] {
-            ctx.release(r.clone());
-        }
     }
     assert!(
         seen.contains(&IntKernel::Conv8) && seen.contains(&IntKernel::Conv4),
@@ -480,7 +492,7 @@ fn per_channel_zero_points_fold_into_the_corrections_and_the_padding() {
 #[test]
 fn integer_convolution_layer_matches_its_twins_and_the_float_layer() {
     use refqsr::kernels::cpu;
-    use refqsr::kernels::int_conv::{GpuIntConv, IntInput, IntOutput, PackedIntConv};
+    use refqsr::kernels::int_conv::PackedIntConv;
     use refqsr::model::{Activation, Graph, Op};
     let ctx = ctx();
     let mut rng = Rng::fresh("int conv layer");
@@ -508,34 +520,7 @@ fn integer_convolution_layer_matches_its_twins_and_the_float_layer() {
         // the twins, step by step
         let want = twin_floats(&p, &x);
         // the GPU
-        let gpu = GpuIntConv::new(&ctx, p.clone()).unwrap();
-        let (nw, nc) = p.scratch_words(1, h * w);
-        let src = ctx.upload("x", &x.data);
-        let (packed_in, col_buf) = (
-            ctx.acquire(nw as u64 * 4),
-            ctx.acquire(nc.max(1) as u64 * 4),
-        );
-        let dst = ctx.acquire((12 * h * w * 16) as u64);
-        ctx.queue.write_buffer(
-            &dst,
-            0,
-            bytemuck::cast_slice(&vec![f32::NAN; 12 * h * w * 4]),
-        );
-        let steps = gpu
-            .dispatch(
-                &ctx,
-                "layer",
-                IntInput::Float(&src),
-                None,
-                IntOutput::Float(&dst),
-                [&packed_in, &col_buf],
-                1,
-                h as u32,
-                w as u32,
-            )
-            .unwrap();
-        launch(&ctx, steps);
-        let got = ctx.read(&dst, (12 * h * w * 16) as u64).unwrap();
+        let got = gpu_floats(&ctx, &p, &x);
         let d = common::max_abs_diff(&got, &want);
         assert!(
             d <= 2e-6 * range,
@@ -545,9 +530,6 @@ fn integer_convolution_layer_matches_its_twins_and_the_float_layer() {
         // and the quantized layer approximates the float one, better with more bits
         let err = common::max_abs_diff(bytemuck::cast_slice(&want), &float.data) / range;
         errors.push(err);
-        for r in [&packed_in, &col_buf, &dst] {
-            ctx.release(r.clone());
-        }
     }
     eprintln!("max relative error of the integer layer, w8a8 / w6a6 / w4a4: {errors:?}");
     assert!(

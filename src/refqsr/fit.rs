@@ -159,14 +159,17 @@ pub fn fit_refer(
                 .collect()
         })
         .collect();
-    let exact = sets
-        .iter()
-        .zip(&queries)
-        .map(|((grid, win), q)| {
-            let (h, w) = grid.input_size();
-            taps(&fp32, t, win, q, h, w)
-        })
-        .collect::<Result<Vec<_>>>()?;
+    // the tap features of `model` on the windows `ids[i]` of every image `i`
+    let taps_of = |model: &GpuModel, ids: &[Vec<usize>]| {
+        sets.iter()
+            .zip(ids)
+            .map(|((grid, win), ids)| {
+                let (h, w) = grid.input_size();
+                taps(model, t, win, ids, h, w)
+            })
+            .collect::<Result<Vec<_>>>()
+    };
+    let exact = taps_of(&fp32, &queries)?;
     let model = |w: u32, a: u32| {
         let layers =
             crate::quant::int_layers(&graph, Mode::Uniform { w, a }, calib, Bounds::Channel);
@@ -195,16 +198,7 @@ pub fn fit_refer(
         let reference_taps = match reference_taps.entry(high) {
             std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::btree_map::Entry::Vacant(e) => {
-                let reference = model(high, high)?;
-                let taps = sets
-                    .iter()
-                    .zip(&distinct)
-                    .map(|((grid, win), refs)| {
-                        let (h, w) = grid.input_size();
-                        taps(&reference, t, win, refs, h, w)
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                e.insert(taps)
+                e.insert(taps_of(&model(high, high)?, &distinct)?)
             }
         };
         let query = GpuModel::quantized(
