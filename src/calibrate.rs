@@ -168,6 +168,7 @@ pub fn calibrate(
                 weight_clip: BTreeMap::new(),
                 query_channels: BTreeMap::new(),
                 query_weight_clip: BTreeMap::new(),
+                weight_codes: Vec::new(),
             }
         })
         .collect();
@@ -329,6 +330,35 @@ pub fn reconstruct(
                 }
             }
             Ok(out)
+        })
+        .collect()
+}
+
+/// The modes whose weight codes `calibrate` chooses ([`crate::quant::gptq`]), in order: a
+/// layer folded the same way in a later mode keeps the codes of the first.
+pub const ROUND_MODES: &str = "w4a4,w6a6";
+
+/// Choose the weight codes ([`crate::quant::gptq`]) of `calib` for each of `modes` (in order)
+/// on the images under `dir`, replacing any it has; `progress(mode, done, total)` per layer.
+pub fn round_weights(
+    graph: &Graph,
+    calib: &mut Calibration,
+    dir: &Path,
+    modes: &[crate::quant::Mode],
+    opts: &crate::quant::gptq::Options,
+    progress: &mut dyn FnMut(crate::quant::Mode, usize, usize),
+) -> Result<Vec<crate::quant::gptq::Outcome>> {
+    let (images, _) = load_images(dir)?;
+    let images: Vec<Rgb32FImage> = images.into_iter().map(|(_, i)| i).collect();
+    let prepared = crate::quant::prepare(graph.clone());
+    for l in &mut calib.layers {
+        l.weight_codes.clear();
+    }
+    (modes.iter())
+        .map(|&m| {
+            crate::quant::gptq::round_weights(&prepared, calib, m, &images, opts, &mut |d, t| {
+                progress(m, d, t)
+            })
         })
         .collect()
 }
@@ -611,7 +641,10 @@ pub fn sensitivity(
                 &calib.layers[l].mean,
             );
             // its input alone at `bits`: the integer layer with 8-bit weights
-            let one = [(j, int_layer(c, 8, act.clone(), mean, Bounds::Channel, None))];
+            let one = [(
+                j,
+                int_layer(c, 8, act.clone(), mean, Bounds::Channel, None, &[]),
+            )];
             let model = GpuModel::quantized(ctx.clone(), graph.clone(), one.into())?;
             layers[l]
                 .activations
@@ -625,6 +658,7 @@ pub fn sensitivity(
                 mean,
                 Bounds::Channel,
                 None,
+                &[],
             ));
             let model = GpuModel::new(ctx.clone(), g)?;
             layers[l]

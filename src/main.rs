@@ -134,6 +134,13 @@ enum Command {
         /// Keep the existing calibration and only learn its activation steps by reconstruction.
         #[arg(long, conflicts_with_all = ["bounds_only", "refqsr_only", "report"])]
         recon_only: bool,
+        /// The modes whose weight codes are chosen against each layer's input statistics
+        /// (GPTQ), after the reconstruction; "none" to round every weight to nearest.
+        #[arg(long, default_value = refqsr::calibrate::ROUND_MODES)]
+        round_modes: String,
+        /// Keep the existing calibration and only choose its weight codes.
+        #[arg(long, conflicts_with_all = ["bounds_only", "refqsr_only", "report", "recon_only"])]
+        round_only: bool,
     },
     /// List the GPU adapters wgpu can see.
     Adapters,
@@ -276,21 +283,29 @@ fn main() -> ExitCode {
             seed,
             recon_only,
             recon_no_clip,
+            round_modes,
+            round_only,
         } => calibrate(
             &images,
             output,
-            refqsr_only || report_only || recon_only,
-            bounds_only || recon_only,
+            refqsr_only || report_only || recon_only || round_only,
+            bounds_only || recon_only || round_only,
             report.map(|r| (r, report_only, report_patches)),
-            (!refqsr_only && !report_only && recon_steps > 0).then(|| Recon {
-                modes: recon_modes,
-                opts: refqsr::quant::recon::Options {
-                    steps: recon_steps,
-                    seed,
-                    weights: !recon_no_clip,
-                    ..Default::default()
-                },
-            }),
+            Learning {
+                recon: (!refqsr_only && !report_only && !round_only && recon_steps > 0).then(
+                    || Recon {
+                        modes: recon_modes,
+                        opts: refqsr::quant::recon::Options {
+                            steps: recon_steps,
+                            seed,
+                            weights: !recon_no_clip,
+                            ..Default::default()
+                        },
+                    },
+                ),
+                round: (!refqsr_only && !report_only && round_modes != "none")
+                    .then_some(round_modes),
+            },
             Options {
                 model,
                 scale,
@@ -563,6 +578,13 @@ fn eval(
     })
 }
 
+/// What `calibrate` learns after the bounds: the reconstruction's steps and clips, then the
+/// weight codes of these modes.
+struct Learning {
+    recon: Option<Recon>,
+    round: Option<String>,
+}
+
 /// What `calibrate` learns by reconstruction.
 struct Recon {
     modes: String,
@@ -575,7 +597,7 @@ fn calibrate(
     refqsr_only: bool,
     bounds_only: bool,
     report: Option<(PathBuf, bool, usize)>,
-    recon: Option<Recon>,
+    learning: Learning,
     opts: Options,
 ) -> refqsr::Result<ExitCode> {
     if !images.is_dir() {
@@ -657,7 +679,7 @@ fn calibrate(
             output.display()
         );
     }
-    if let Some(r) = recon {
+    if let Some(r) = learning.recon {
         let modes = refqsr::quant::Mode::parse_list(&r.modes)?;
         let b = bar(
             0,
@@ -691,6 +713,42 @@ fn calibrate(
                 o.psnr[0],
                 o.psnr[1],
                 if o.kept { "kept" } else { "previous steps kept" }
+            );
+        }
+        calibration.save(&output)?;
+        eprintln!("refqsr: wrote {}", output.display());
+    }
+    if let Some(modes) = learning.round {
+        let modes = refqsr::quant::Mode::parse_list(&modes)?;
+        let b = bar(
+            0,
+            "{spinner} [{bar:30}] {pos}/{len} layers rounded, {msg} {elapsed}",
+        );
+        let outcomes = refqsr::calibrate::round_weights(
+            &graph,
+            &mut calibration,
+            images,
+            &modes,
+            &Default::default(),
+            &mut |m, d, t| {
+                b.set_message(m.to_string());
+                b.set_length(t as u64);
+                b.set_position(d as u64);
+            },
+        )?;
+        b.finish_and_clear();
+        for o in &outcomes {
+            eprintln!(
+                "refqsr: {} weight codes of {} layers: held-out PSNR vs fp32 {:.2} -> {:.2} dB, {}",
+                o.mode,
+                o.layers,
+                o.psnr[0],
+                o.psnr[1],
+                if o.kept {
+                    "kept"
+                } else {
+                    "rounding to nearest kept"
+                }
             );
         }
         calibration.save(&output)?;

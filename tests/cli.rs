@@ -383,6 +383,8 @@ fn calibrate_then_upscale_any_model_in_integer_modes() {
     // the broken file is named and skipped, the run still writes the calibration
     assert!(stderr.contains("broken.png"), "{stderr}");
     assert!(stderr.contains("w4a4 reconstruction of"), "{stderr}");
+    // then the weight codes of the default modes
+    assert!(stderr.contains("w6a6 weight codes of"), "{stderr}");
     // a calibration without the report's floors says what it lacks
     assert!(stderr.contains("no precision floors"), "{stderr}");
     assert!(d.join("m.calib.json").exists(), "{stderr}");
@@ -412,6 +414,19 @@ fn calibrate_then_upscale_any_model_in_integer_modes() {
     assert!(stderr.contains("w6a6 reconstruction of"), "{stderr}");
     assert!(stderr.contains("w4a3 reconstruction of"), "{stderr}");
     assert!(!stderr.contains("w4a4 reconstruction"), "{stderr}");
+    // --round-only chooses the weight codes of an existing calibration and fits nothing else
+    let out = calibrate(&[
+        "--round-only",
+        "-o",
+        "b.calib.json",
+        "--round-modes",
+        "w8a8",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("w8a8 weight codes of"), "{stderr}");
+    assert!(!stderr.contains("reconstruction"), "{stderr}");
+    assert!(!d.join("b.refqsr.json").exists(), "{stderr}");
     // fp32 has nothing to learn: an error, not a panic
     let out = calibrate(&[
         "--recon-only",

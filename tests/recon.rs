@@ -230,3 +230,126 @@ fn learning_the_steps_recovers_the_output_from_coarse_ones() {
     let e = recon::reconstruct(&graph, &mut calib, mode, &tiny, &opts, &mut |_, _| {}).unwrap_err();
     assert!(e.to_string().contains("8x8"), "{e}");
 }
+
+#[test]
+fn weight_codes_chosen_against_the_inputs_beat_nearest_codes_in_the_integer_kernels() {
+    let (graph, mut calib) = span();
+    for l in &mut calib.layers {
+        l.weight_codes.clear();
+    }
+    let nearest = calib.clone();
+    let images: Vec<image::Rgb32FImage> = [
+        ("chelsea.png", (60, 40, 64, 64)),
+        ("astronaut.png", (150, 100, 64, 64)),
+        ("coffee.png", (250, 150, 64, 64)),
+    ]
+    .into_iter()
+    .map(|(n, r)| photo(n, r).0)
+    .collect();
+    let opts = refqsr::quant::gptq::Options {
+        crops: 16,
+        crop: 32,
+        holdout: 4,
+        ..Default::default()
+    };
+    let mode: Mode = "w6a6".parse().unwrap();
+    let out = refqsr::quant::gptq::round_weights(
+        &graph,
+        &mut calib,
+        mode,
+        &images,
+        &opts,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    eprintln!(
+        "w6a6 weight codes: held-out PSNR {:.2} -> {:.2} dB over {} layers",
+        out.psnr[0], out.psnr[1], out.layers
+    );
+    assert!(out.kept && out.psnr[1] > out.psnr[0] + 0.5, "{out:?}");
+    // every integer layer of the mode got codes, which the integer layers carry exactly
+    let spec = calib.spec(6, 6);
+    for (i, &j) in refqsr::quant::body_convs(&graph).iter().enumerate() {
+        let [w, a] = spec[i];
+        if a == refqsr::quant::calib::FLOAT {
+            continue;
+        }
+        let l = &calib.layers[i];
+        assert_eq!(l.weight_codes.len(), 1, "{}", l.name);
+        let e = &l.weight_codes[0];
+        assert_eq!((e.w, e.a), (w, a));
+        let refqsr::model::Op::Conv(c) = &graph.nodes[j].op else {
+            unreachable!()
+        };
+        let act = calib.quantizer(i, a, Bounds::Channel);
+        let clip = calib.weight_clip(i, w, Bounds::Channel);
+        let (_, wq) = refqsr::quant::fold_weights(c, w, &act, Bounds::Channel, clip);
+        let eff = refqsr::quant::effective_weights(
+            c,
+            w,
+            &act,
+            &l.mean,
+            Bounds::Channel,
+            clip,
+            &l.weight_codes,
+        );
+        let (taps, per) = (c.k * c.k, c.in_ch * c.k * c.k);
+        for (n, (&x, &code)) in eff.weights.iter().zip(&e.codes).enumerate() {
+            let back = x * act.channel((n / taps) % c.in_ch).step() / wq[n / per].step();
+            assert!(
+                (back - code as f32).abs() < 1e-3,
+                "{} weight {n}: {back} {code}",
+                l.name
+            );
+        }
+        // and they are not the nearest codes
+        let moved = (e.codes.iter().enumerate())
+            .filter(|&(n, &code)| {
+                let folded = c.weights[n] * act.channel((n / taps) % c.in_ch).step();
+                wq[n / per].code(folded) != code as i32
+            })
+            .count();
+        assert!(moved > 0, "{}", l.name);
+    }
+    // on an unseen crop, through the integer kernels on the GPU, they beat the nearest codes
+    let ctx = ctx();
+    let (h, w) = (32, 32);
+    let (_, x) = photo("chelsea.png", (200, 150, w as u32, h as u32));
+    let float = recon::output(&graph, None, &x, (1, h, w)).unwrap();
+    let gpu = |calib: &Calibration| {
+        let int = refqsr::quant::int_layers(&graph, mode, calib, Bounds::Channel);
+        let model = GpuModel::quantized(ctx.clone(), graph.clone(), int).unwrap();
+        let out = model
+            .plan(1, h, w)
+            .unwrap()
+            .run(&c4hw(&x, 3, h, w))
+            .unwrap();
+        planar(&out, 3, 4 * h, 4 * w)
+    };
+    let (chosen, rounded) = (mse(&gpu(&calib), &float), mse(&gpu(&nearest), &float));
+    eprintln!("w6a6 on an unseen crop, MSE against float: chosen codes {chosen:.3e}, nearest {rounded:.3e}");
+    assert!(chosen < rounded, "{chosen:.3e} {rounded:.3e}");
+
+    // the file keeps them, and refuses codes that do not fit it
+    let origin = std::path::Path::new("rounded.calib.json");
+    let text = serde_json::to_string(&calib).unwrap();
+    assert_eq!(Calibration::parse(&text, origin, &graph).unwrap(), calib);
+    let k = (0..calib.layers.len())
+        .find(|&i| {
+            !calib.layers[i].weight_codes.is_empty() && calib.layers[i].channels.contains_key(&6)
+        })
+        .unwrap();
+    let mut stale = calib.clone();
+    stale.layers[k].channels.get_mut(&6).unwrap().steps[0] *= 1.01;
+    let e =
+        Calibration::parse(&serde_json::to_string(&stale).unwrap(), origin, &graph).unwrap_err();
+    assert!(
+        e.to_string().contains("weight_codes w6a6") && e.to_string().contains("stale"),
+        "{e}"
+    );
+    let mut short = calib.clone();
+    short.layers[k].weight_codes[0].codes.pop();
+    let e =
+        Calibration::parse(&serde_json::to_string(&short).unwrap(), origin, &graph).unwrap_err();
+    assert!(e.to_string().contains("codes for"), "{e}");
+}

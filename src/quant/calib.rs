@@ -78,6 +78,43 @@ pub struct LayerBounds {
     /// The queries' own weight clips, per weight bit-width (see `weight_clip`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub query_weight_clip: BTreeMap<u32, Vec<f32>>,
+    /// Weight codes chosen against the layer's input statistics ([`crate::quant::gptq`]),
+    /// each for the folded weights and quantizers it was computed on: a layer folded the same
+    /// way (whatever mode or path folds it) takes them instead of rounding to nearest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub weight_codes: Vec<WeightCodes>,
+}
+
+/// One layer's quantized weights, as codes, for one way of folding it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WeightCodes {
+    /// The weight and input bits they were computed at (for people and for the checks).
+    pub w: u32,
+    pub a: u32,
+    /// [`crate::quant::fingerprint`] of the folded weights and their quantizers, as 16 hex
+    /// digits: the codes are used where it matches and nowhere else.
+    pub fingerprint: String,
+    /// One code per weight (`[o][c][tap]`), base64 of signed bytes.
+    #[serde(with = "base64_codes")]
+    pub codes: Vec<i8>,
+}
+
+/// Codes as base64 of their bytes: a fifth of their size as a JSON array.
+mod base64_codes {
+    use base64::Engine;
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[i8], s: S) -> Result<S::Ok, S::Error> {
+        let bytes: Vec<u8> = v.iter().map(|&c| c as u8).collect();
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<i8>, D::Error> {
+        let text = String::deserialize(d)?;
+        let bytes = (base64::engine::general_purpose::STANDARD.decode(text))
+            .map_err(|e| D::Error::custom(format!("weight codes: {e}")))?;
+        Ok(bytes.into_iter().map(|b| b as i8).collect())
+    }
 }
 
 /// A layer's per-channel input quantizer at one bit-width: channel `c` quantizes over
@@ -281,7 +318,87 @@ impl Calibration {
                 }
             }
         }
+        c.check_codes(graph, &bad)?;
         Ok(c)
+    }
+
+    /// Check each layer's stored weight codes: their count and range, and that they were
+    /// computed for this file's steps and clips (the uniform modes' or the queries'), since
+    /// codes for other ones are never used.
+    fn check_codes(&self, graph: &Graph, bad: &dyn Fn(String) -> Error) -> Result<()> {
+        for (i, (l, &j)) in self.layers.iter().zip(&body_convs(graph)).enumerate() {
+            let Op::Conv(conv) = &graph.nodes[j].op else {
+                unreachable!("body_convs lists convolutions")
+            };
+            for e in &l.weight_codes {
+                let wrong = |what: String| {
+                    bad(format!(
+                        "layer `{}`: weight_codes w{}a{}: {what}",
+                        l.name, e.w, e.a
+                    ))
+                };
+                if !BITS.contains(&e.w) || !l.bounds.contains_key(&e.a) {
+                    return Err(wrong(format!(
+                        "bits must be in {}..={}",
+                        BITS.start(),
+                        BITS.end()
+                    )));
+                }
+                let n = conv.out_ch * conv.in_ch * conv.k * conv.k;
+                if e.codes.len() != n {
+                    return Err(wrong(format!("{} codes for {n} weights", e.codes.len())));
+                }
+                let half = 1i32 << (e.w - 1);
+                if let Some(q) = (e.codes.iter()).find(|&&q| !(-half..half).contains(&(q as i32))) {
+                    return Err(wrong(format!("code {q} outside {}..{half}", -half)));
+                }
+                let fits = self.codes_fit(i, conv, e);
+                if !fits {
+                    return Err(wrong(
+                        "computed for other steps or weight clips than this file's (stale): rechoose them with `refqsr calibrate --round-only`".into(),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether codes `e` of body layer `i` (convolution `conv`) were computed for this
+    /// calibration's steps and clips: the uniform modes' or the queries' (the codes' bits
+    /// must be valid).
+    fn codes_fit(&self, i: usize, conv: &Conv, e: &WeightCodes) -> bool {
+        let l = &self.layers[i];
+        let plain = (
+            self.quantizer(i, e.a, Bounds::Channel),
+            l.weight_clip.get(&e.w),
+        );
+        let query = (
+            (l.query_channels.get(&e.a))
+                .map(|q| ActQuant::per_channel(e.a, &q.lo, &q.steps))
+                .unwrap_or_else(|| plain.0.clone()),
+            l.query_weight_clip.get(&e.w).or(plain.1),
+        );
+        [plain, query].iter().any(|(act, clip)| {
+            let clip = clip.map(Vec::as_slice);
+            let (folded, wq) = super::fold_weights(conv, e.w, act, Bounds::Channel, clip);
+            super::fingerprint(&folded.weights, &wq) == e.fingerprint
+        })
+    }
+
+    /// Drop the weight codes that no longer fit the steps and clips (after they were
+    /// learned again): they would never be used.
+    pub fn drop_stale_codes(&mut self, graph: &Graph) {
+        for (i, &j) in body_convs(graph).iter().enumerate() {
+            let Op::Conv(conv) = &graph.nodes[j].op else {
+                unreachable!("body_convs lists convolutions")
+            };
+            let codes = std::mem::take(&mut self.layers[i].weight_codes);
+            let kept = codes
+                .into_iter()
+                .filter(|e| self.codes_fit(i, conv, e))
+                .collect();
+            self.layers[i].weight_codes = kept;
+        }
     }
 
     /// Write as pretty JSON, atomically.
@@ -314,6 +431,15 @@ impl Calibration {
         }
     }
 
+    /// The stored weight codes of body layer `i` (with [`Bounds::Channel`] only, like the
+    /// clips they were computed with).
+    pub fn codes(&self, i: usize, how: Bounds) -> &[WeightCodes] {
+        match how {
+            Bounds::Channel => &self.layers[i].weight_codes,
+            _ => &[],
+        }
+    }
+
     /// The input quantizer of body layer `i` (index into [`body_convs`]) at `bits`
     /// ([`Bounds::Channel`] falls back to the per-tensor bounds where the file has no steps).
     pub fn quantizer(&self, i: usize, bits: u32, how: Bounds) -> ActQuant {
@@ -329,17 +455,17 @@ impl Calibration {
     }
 }
 
-/// `c` with its bias corrected for the mean shift its quantized weights cause on inputs of
-/// the given channel means: `bias_o -= sum_{i, tap} (Q(w) - w) mean_i`.
-pub fn correct_bias(c: &Conv, wq: &[Quantizer], mean: &[f32]) -> Conv {
+/// `c` with its bias corrected for the mean shift its quantized weights `quantized` cause on
+/// inputs of the given channel means: `bias_o -= sum_{i, tap} (w_q - w) mean_i`.
+pub fn correct_bias(c: &Conv, quantized: &[f32], mean: &[f32]) -> Conv {
     let taps = c.k * c.k;
     let per = c.in_ch * taps;
     let mut out = c.clone();
     for (o, b) in out.bias.iter_mut().enumerate() {
-        let shift: f64 = c.weights[o * per..(o + 1) * per]
-            .iter()
+        let range = o * per..(o + 1) * per;
+        let shift: f64 = (c.weights[range.clone()].iter().zip(&quantized[range]))
             .enumerate()
-            .map(|(i, &w)| ((wq[o].quantize(w) - w) * mean[i / taps]) as f64)
+            .map(|(i, (&w, &q))| ((q - w) * mean[i / taps]) as f64)
             .sum();
         *b -= shift as f32;
     }

@@ -9,6 +9,7 @@
 
 pub mod accounting;
 pub mod calib;
+pub mod gptq;
 pub mod mode;
 pub mod pack;
 pub mod recon;
@@ -54,7 +55,11 @@ pub fn int_layers(
             let [w, a] = spec[i];
             let act = calib.quantizer(i, a, how);
             let clip = calib.weight_clip(i, w, how);
-            (j, int_layer(c, w, act, &calib.layers[i].mean, how, clip))
+            let l = &calib.layers[i];
+            (
+                j,
+                int_layer(c, w, act, &l.mean, how, clip, calib.codes(i, how)),
+            )
         })
         .collect()
 }
@@ -68,21 +73,20 @@ pub fn int_layer(
     mean: &[f32],
     how: Bounds,
     clip: Option<&[f32]>,
+    codes: &[calib::WeightCodes],
 ) -> PackedIntConv {
-    let (folded, wq) = fold_layer(c, w_bits, &act, mean, how, clip);
+    let (folded, wq) = fold_layer(c, w_bits, &act, mean, how, clip, codes);
     PackedIntConv::with_quantizers(&folded, &wq, act)
 }
 
-/// `c` with `act`'s steps folded into its weights ([`ActQuant::fold`]), the per-output-channel
-/// quantizers of those weights at `w_bits` (each channel's bound `clip[o]` times its largest
-/// magnitude where a learned clip is given, else searched, or min/max with
-/// [`Bounds::MinMax`]), and the bias corrected for the shift the quantized weights cause on
-/// inputs of channel means `mean`.
-pub fn fold_layer(
+/// `c` with `act`'s steps folded into its weights ([`ActQuant::fold`]), and the
+/// per-output-channel quantizers of those weights at `w_bits`: each channel's bound `clip[o]`
+/// times its largest magnitude where a learned clip is given, else searched, or min/max with
+/// [`Bounds::MinMax`]. Unrounded: the codes are [`fold_layer`]'s.
+pub fn fold_weights(
     c: &Conv,
     w_bits: u32,
     act: &ActQuant,
-    mean: &[f32],
     how: Bounds,
     clip: Option<&[f32]>,
 ) -> (Conv, Vec<Quantizer>) {
@@ -95,12 +99,57 @@ pub fn fold_layer(
             .collect(),
         _ => calib::searched_weight_quantizers(&folded.weights, c.out_ch, w_bits),
     };
+    (folded, wq)
+}
+
+/// [`fold_weights`], with the folded weights quantized: to the stored `codes` whose
+/// fingerprint matches, else to nearest; and the bias corrected for the shift the quantized
+/// weights cause on inputs of channel means `mean`. The weights returned are the quantized
+/// values themselves, so that quantizing them again (packing) gives the same codes.
+pub fn fold_layer(
+    c: &Conv,
+    w_bits: u32,
+    act: &ActQuant,
+    mean: &[f32],
+    how: Bounds,
+    clip: Option<&[f32]>,
+    codes: &[calib::WeightCodes],
+) -> (Conv, Vec<Quantizer>) {
+    let (folded, wq) = fold_weights(c, w_bits, act, how, clip);
+    let per = c.in_ch * c.k * c.k;
+    let print = fingerprint(&folded.weights, &wq);
+    let quantized: Vec<f32> = match codes.iter().find(|s| s.fingerprint == print) {
+        Some(s) => (s.codes.iter().enumerate())
+            .map(|(i, &q)| q as f32 * wq[i / per].step())
+            .collect(),
+        None => (folded.weights.iter().enumerate())
+            .map(|(i, &w)| wq[i / per].quantize(w))
+            .collect(),
+    };
     // a folded weight multiplies the input divided by its channel's step
     let mean: Vec<f32> = (mean.iter().enumerate())
         .map(|(ch, m)| m / act.channel(ch).step())
         .collect();
-    let folded = calib::correct_bias(&folded, &wq, &mean);
-    (folded, wq)
+    let corrected = calib::correct_bias(&folded, &quantized, &mean);
+    (
+        Conv {
+            weights: quantized,
+            ..corrected
+        },
+        wq,
+    )
+}
+
+/// The fingerprint of folded weights and their quantizers (64-bit FNV-1a over their bits):
+/// what stored [`calib::WeightCodes`] were computed for.
+pub fn fingerprint(folded: &[f32], wq: &[Quantizer]) -> String {
+    let words =
+        (folded.iter().copied()).chain(wq.iter().flat_map(|q| [q.alpha, q.beta, q.bits as f32]));
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in words.flat_map(|w| w.to_bits().to_le_bytes()) {
+        h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
 }
 
 /// The float weights an integer layer computes with: [`fold_layer`]'s quantized weights with
@@ -112,8 +161,9 @@ pub fn effective_weights(
     mean: &[f32],
     how: Bounds,
     clip: Option<&[f32]>,
+    codes: &[calib::WeightCodes],
 ) -> Conv {
-    let (mut folded, wq) = fold_layer(c, w_bits, act, mean, how, clip);
+    let (mut folded, wq) = fold_layer(c, w_bits, act, mean, how, clip, codes);
     let (taps, per) = (c.k * c.k, c.in_ch * c.k * c.k);
     for (i, w) in folded.weights.iter_mut().enumerate() {
         *w = wq[i / per].quantize(*w) / act.channel((i / taps) % c.in_ch).step();

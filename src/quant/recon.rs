@@ -167,6 +167,8 @@ pub fn reconstruct(
             clips.insert(b, clip);
         }
     }
+    // weight codes chosen for the steps and clips just replaced are never used again
+    calib.drop_stale_codes(graph);
     Ok(Outcome { mode, ..out })
 }
 
@@ -192,38 +194,8 @@ fn learn(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<(Outcome, Vec<Learned>)> {
     let mode = Mode::Uniform { w, a };
-    // the crops are as large as asked where some image allows it, else as large as the
-    // largest image allows; smaller images are left out
-    let side = |i: &&Rgb32FImage| i.width().min(i.height()) as usize;
-    let crop_side = images
-        .iter()
-        .map(|i| side(&i))
-        .max()
-        .unwrap_or(0)
-        .min(opts.crop);
-    let usable: Vec<&Rgb32FImage> = images.iter().filter(|i| side(i) >= crop_side).collect();
-    if crop_side < MIN_CROP {
-        return Err(Error::Invalid(format!(
-            "reconstruction calibration: no image is at least {MIN_CROP}x{MIN_CROP} pixels"
-        )));
-    }
-    let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
-    let mut crop = |n: usize| -> Result<Tensor> {
-        let mut data = Vec::with_capacity(n * 3 * crop_side * crop_side);
-        for _ in 0..n {
-            let img = usable[rng.random_range(0..usable.len())];
-            let x0 = rng.random_range(0..=img.width() as usize - crop_side);
-            let y0 = rng.random_range(0..=img.height() as usize - crop_side);
-            for c in 0..3 {
-                for y in y0..y0 + crop_side {
-                    for x in x0..x0 + crop_side {
-                        data.push(img.get_pixel(x as u32, y as u32).0[c]);
-                    }
-                }
-            }
-        }
-        Tensor::from_vec(data, (n, 3, crop_side, crop_side), &Device::Cpu).map_err(cerr)
-    };
+    let mut crops = Crops::new(images, opts.crop, opts.seed)?;
+    let mut crop = |n: usize| crops.take(n);
     let holdout = crop(opts.holdout.max(1))?;
 
     let mut net = Net::new(graph)?;
@@ -287,6 +259,52 @@ fn learn(
     Ok((out, learned))
 }
 
+/// Random square crops of the calibration images, as `[n, 3, side, side]` tensors.
+pub(super) struct Crops<'a> {
+    usable: Vec<&'a Rgb32FImage>,
+    side: usize,
+    rng: rand::rngs::StdRng,
+}
+
+impl<'a> Crops<'a> {
+    /// Crops as large as `crop` where some image allows it, else as large as the largest
+    /// image allows; smaller images are left out.
+    pub(super) fn new(images: &'a [Rgb32FImage], crop: usize, seed: u64) -> Result<Self> {
+        let side = |i: &Rgb32FImage| i.width().min(i.height()) as usize;
+        let side = images.iter().map(side).max().unwrap_or(0).min(crop);
+        if side < MIN_CROP {
+            return Err(Error::Invalid(format!(
+                "reconstruction calibration: no image is at least {MIN_CROP}x{MIN_CROP} pixels"
+            )));
+        }
+        Ok(Crops {
+            usable: (images.iter())
+                .filter(|i| i.width().min(i.height()) as usize >= side)
+                .collect(),
+            side,
+            rng: rand::rngs::StdRng::seed_from_u64(seed),
+        })
+    }
+
+    pub(super) fn take(&mut self, n: usize) -> Result<Tensor> {
+        let side = self.side;
+        let mut data = Vec::with_capacity(n * 3 * side * side);
+        for _ in 0..n {
+            let img = self.usable[self.rng.random_range(0..self.usable.len())];
+            let x0 = self.rng.random_range(0..=img.width() as usize - side);
+            let y0 = self.rng.random_range(0..=img.height() as usize - side);
+            for c in 0..3 {
+                for y in y0..y0 + side {
+                    for x in x0..x0 + side {
+                        data.push(img.get_pixel(x as u32, y as u32).0[c]);
+                    }
+                }
+            }
+        }
+        Tensor::from_vec(data, (n, 3, side, side), &Device::Cpu).map_err(cerr)
+    }
+}
+
 /// The mean squared error against the float output. (The mean over crops of the log of each
 /// crop's error, which is what the mean PSNR of `eval` weighs, measured worse on SPAN x4's
 /// held-out photos at w4a4: 36.04 against 36.29 dB after 100 steps.)
@@ -336,11 +354,11 @@ impl Steps {
 }
 
 /// One integer layer of the trained network.
-struct IntLayer {
+pub(super) struct IntLayer {
     /// Index among the body convolutions (into the calibration's layers).
-    index: usize,
-    w_bits: u32,
-    bits: u32,
+    pub(super) index: usize,
+    pub(super) w_bits: u32,
+    pub(super) bits: u32,
     /// Each channel's smallest code (one for all where the layer has one step).
     lo: Vec<i32>,
     /// `lo` and the largest codes as `[1, C, 1, 1]` tensors, the bounds of the code clamp.
@@ -348,7 +366,7 @@ struct IntLayer {
     log: Steps,
     /// The effective convolution at the current steps ([`Net::refresh`]), where the weights'
     /// quantization is not learned.
-    conv: Option<(FixedConv, Tensor)>,
+    pub(super) conv: Option<(FixedConv, Tensor)>,
     /// Where it is: the float layer and the learned clip.
     weights: Option<LearnedWeights>,
 }
@@ -434,7 +452,7 @@ impl IntLayer {
             .map_err(cerr)
     }
 
-    fn act(&self) -> Result<ActQuant> {
+    pub(super) fn act(&self) -> Result<ActQuant> {
         let steps = self.steps()?;
         if steps.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
             return Err(Error::Invalid(
@@ -477,16 +495,16 @@ fn code_range(lo: &[i32], bits: u32) -> Result<(Tensor, Tensor)> {
 }
 
 /// `graph` in candle (NCHW, f32), float or with its integer layers fake-quantized.
-struct Net<'g> {
+pub(super) struct Net<'g> {
     graph: &'g Graph,
     /// The float convolutions, by node index.
     float: BTreeMap<usize, (FixedConv, Tensor)>,
     /// The integer layers, by node index.
-    int: BTreeMap<usize, IntLayer>,
+    pub(super) int: BTreeMap<usize, IntLayer>,
 }
 
 impl<'g> Net<'g> {
-    fn new(graph: &'g Graph) -> Result<Self> {
+    pub(super) fn new(graph: &'g Graph) -> Result<Self> {
         let mut float = BTreeMap::new();
         for (j, n) in graph.nodes.iter().enumerate() {
             match &n.op {
@@ -512,7 +530,7 @@ impl<'g> Net<'g> {
     /// Quantize the body layers as mode `w`/`a` runs them; with `learn`, the steps (and clips)
     /// of the layers with per-channel steps become variables, which are returned, except
     /// those the options hold fixed.
-    fn quantize(
+    pub(super) fn quantize(
         &mut self,
         calib: &Calibration,
         (w, a): (u32, u32),
@@ -571,7 +589,7 @@ impl<'g> Net<'g> {
     /// Build the effective weights of the integer layers whose weights are not learned in the
     /// graph: all of them the first time, then those whose steps are learned (the others do
     /// not change).
-    fn refresh(&mut self, calib: &Calibration) -> Result<()> {
+    pub(super) fn refresh(&mut self, calib: &Calibration) -> Result<()> {
         let stale = |l: &IntLayer| l.conv.is_none() || matches!(l.log, Steps::Learned(_));
         let layers = self.int.iter_mut();
         for (&j, l) in layers.filter(|(_, l)| l.weights.is_none() && stale(l)) {
@@ -580,7 +598,14 @@ impl<'g> Net<'g> {
             };
             let mean = &calib.layers[l.index].mean;
             let clip = calib.weight_clip(l.index, l.w_bits, Bounds::Channel);
-            let eff = effective_weights(c, l.w_bits, &l.act()?, mean, Bounds::Channel, clip);
+            let codes = calib.codes(l.index, Bounds::Channel);
+            // fixed steps as stored, not through their logarithm, so that the folded weights
+            // are the integer layer's to the bit (and find their codes)
+            let act = match l.log {
+                Steps::Fixed(_) => calib.quantizer(l.index, l.bits, Bounds::Channel),
+                Steps::Learned(_) => l.act()?,
+            };
+            let eff = effective_weights(c, l.w_bits, &act, mean, Bounds::Channel, clip, codes);
             l.conv = Some(FixedConv::new(&eff)?);
         }
         Ok(())
@@ -628,7 +653,7 @@ impl<'g> Net<'g> {
     }
 
     /// Mean squared error of the quantized network against `target` on `x`, in batches.
-    fn mse(&self, x: &Tensor, target: &Tensor) -> Result<f64> {
+    pub(super) fn mse(&self, x: &Tensor, target: &Tensor) -> Result<f64> {
         let out = self.forward(x, true)?;
         let d = (out - target).map_err(cerr)?;
         let m = d.sqr().and_then(|s| s.mean_all()).map_err(cerr)?;
@@ -637,7 +662,18 @@ impl<'g> Net<'g> {
 
     /// The network's output for `x` (`[n, 3, h, w]`), with the integer layers fake-quantized
     /// when `quant`.
-    fn forward(&self, x: &Tensor, quant: bool) -> Result<Tensor> {
+    pub(super) fn forward(&self, x: &Tensor, quant: bool) -> Result<Tensor> {
+        self.run(x, quant, None)
+    }
+
+    /// The codes (`round(x / s)`, clamped) the integer layer at node `j` reads from the
+    /// quantized network on `x`, as floats `[n, c, h, w]`; the nodes after it are not run.
+    pub(super) fn input_codes(&self, x: &Tensor, j: usize) -> Result<Tensor> {
+        self.run(x, true, Some(j))
+    }
+
+    /// [`Net::forward`], or with `stop`, [`Net::input_codes`] of that node.
+    fn run(&self, x: &Tensor, quant: bool, stop: Option<usize>) -> Result<Tensor> {
         let g = self.graph;
         let mut values: Vec<Option<Tensor>> = vec![None; g.values.len()];
         values[g.input] = Some(x.clone());
@@ -648,6 +684,16 @@ impl<'g> Net<'g> {
                     .ok_or_else(|| Error::Invalid(format!("value {v} used before it is computed")))
             };
             let x = get(node.inputs[0])?;
+            if stop == Some(j) {
+                let l = (self.int.get(&j))
+                    .ok_or_else(|| Error::Invalid(format!("node {j} is not an integer layer")))?;
+                let s = l.log.log().exp().map_err(cerr)?;
+                let v = x.broadcast_div(&s).map_err(cerr)?;
+                return (v.broadcast_maximum(&l.codes.0))
+                    .and_then(|v| v.broadcast_minimum(&l.codes.1))
+                    .and_then(|v| v.round())
+                    .map_err(cerr);
+            }
             let out = match &node.op {
                 Op::Conv(c) => {
                     let r = c.epilogue.residual().map(get).transpose()?;
@@ -773,7 +819,7 @@ fn binary(a: &Tensor, b: &Tensor, kind: BinaryKind) -> Result<Tensor> {
 /// candle's convolution, backward the input gradient alone (the convolution of the output
 /// gradient with the kernel flipped and its channel axes swapped).
 #[derive(Clone)]
-struct FixedConv {
+pub(super) struct FixedConv {
     weights: Tensor,
     flipped: Tensor,
     pad: usize,
@@ -923,6 +969,7 @@ mod tests {
             weight_clip: BTreeMap::new(),
             query_channels: BTreeMap::new(),
             query_weight_clip: BTreeMap::new(),
+            weight_codes: Vec::new(),
         };
         let s: Vec<f32> = (0..i).map(|ch| act.channel(ch).step()).collect();
         let s = Tensor::from_slice(&s, (1, i, 1, 1), &Device::Cpu).unwrap();
@@ -950,8 +997,15 @@ mod tests {
                 };
                 assert!((r - want).abs() <= 1e-6, "{clip:?} clip {ch}: {r} {want}");
             }
-            let want =
-                effective_weights(&c, bits, &act, &layer.mean, Bounds::Channel, Some(&stored));
+            let want = effective_weights(
+                &c,
+                bits,
+                &act,
+                &layer.mean,
+                Bounds::Channel,
+                Some(&stored),
+                &[],
+            );
             for (n, (x, y)) in w.iter().zip(&want.weights).enumerate() {
                 assert!(
                     (x - y).abs() <= 1e-4 * y.abs().max(1.0),
