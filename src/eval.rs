@@ -43,7 +43,14 @@ pub struct Row {
     /// RefQSR's patch grid minus PSNR-Y on the rest: patch seams show as a negative figure
     /// in RefQSR modes beyond what the same band costs w8a8.
     pub seam_db: f64,
+    /// Mean over the images of PSNR-Y against the fp32 output (when fp32 ran; not for fp32
+    /// itself), each image capped at [`MAX_FIDELITY_DB`]: how faithfully a mode computes the
+    /// model, which the PSNR against HR hides where the model itself strays from the photo.
+    pub vs_fp32_y: Option<f64>,
 }
+
+/// The cap of [`Row::vs_fp32_y`] on one image (identical outputs would score infinity).
+pub const MAX_FIDELITY_DB: f64 = 100.0;
 
 /// Width (output pixels) of the band along RefQSR's patch borders that [`Row::seam_db`]
 /// scores: half on each side of a border.
@@ -53,6 +60,7 @@ pub const SEAM_BAND: usize = 4;
 #[derive(Debug, Clone, Copy, Default)]
 struct Score {
     psnr: f64,
+    vs_fp32: f64,
     ssim: f64,
     seam: f64,
     bitops: f64,
@@ -65,6 +73,7 @@ struct Score {
 impl std::ops::AddAssign for Score {
     fn add_assign(&mut self, o: Score) {
         self.psnr += o.psnr;
+        self.vs_fp32 += o.vs_fp32;
         self.ssim += o.ssim;
         self.seam += o.seam;
         self.bitops += o.bitops;
@@ -142,9 +151,10 @@ pub fn evaluate(
     let mut sums = vec![Score::default(); ups.len()];
     let mut per_image: Vec<Vec<f64>> = vec![Vec::new(); ups.len()];
     let (mut images, mut skipped, mut names) = (0usize, Vec::new(), Vec::new());
+    let fp32 = variants.iter().position(|v| v.0 == Mode::Fp32);
     progress(0, files.len());
     for (i, path) in files.iter().enumerate() {
-        match score(&ups, path, s) {
+        match score(&ups, fp32, path, s) {
             Ok(scores) => {
                 images += 1;
                 names.push(
@@ -169,7 +179,6 @@ pub fn evaluate(
         )));
     }
     let n = images as f64;
-    let fp32 = variants.iter().position(|v| v.0 == Mode::Fp32);
     let worst = |each: &[f64]| {
         let f = &per_image[fp32?];
         f.iter()
@@ -197,6 +206,7 @@ pub fn evaluate(
             worst_vs_fp32: worst(each),
             per_image: each.clone(),
             seam_db: sum.seam / n,
+            vs_fp32_y: (fp32.is_some() && mode != Mode::Fp32).then_some(sum.vs_fp32 / n),
         })
         .collect();
     Ok(Report {
@@ -210,8 +220,9 @@ pub fn evaluate(
     })
 }
 
-/// The score of each upscaler on one image.
-fn score(ups: &[Upscaler], path: &Path, s: u32) -> Result<Vec<Score>> {
+/// The score of each upscaler on one image; `fp32` is the index of the fp32 one, if any,
+/// which the others' outputs are also compared with.
+fn score(ups: &[Upscaler], fp32: Option<usize>, path: &Path, s: u32) -> Result<Vec<Score>> {
     let hr = crate::imageio::read(path)?.to_rgb32f();
     let (w, h) = (hr.width() / s * s, hr.height() / s * s);
     if w < 2 * s || h < 2 * s {
@@ -222,13 +233,24 @@ fn score(ups: &[Upscaler], path: &Path, s: u32) -> Result<Vec<Score>> {
     let shave = s as usize;
     let hr_y = luma(&hr).shave(shave);
     let in_band = seam_band(((w / s) as usize, (h / s) as usize), s as usize, shave);
+    let run = |up: &Upscaler| {
+        let sr = up.upscale_rgb(&lr, &mut |_, _| {}).map_err(|e| match e {
+            Error::Invalid(m) => Error::image(path, m),
+            other => other,
+        })?;
+        Ok::<_, Error>(luma(&sr).shave(shave))
+    };
+    let reference = fp32.map(|i| run(&ups[i])).transpose()?;
     ups.iter()
-        .map(|up| {
-            let sr = up.upscale_rgb(&lr, &mut |_, _| {}).map_err(|e| match e {
-                Error::Invalid(m) => Error::image(path, m),
-                other => other,
-            })?;
-            let sr_y = luma(&sr).shave(shave);
+        .enumerate()
+        .map(|(i, up)| {
+            let sr_y = match (&reference, fp32) {
+                (Some(r), Some(f)) if f == i => r.clone(),
+                _ => run(up)?,
+            };
+            let vs_fp32 = reference
+                .as_ref()
+                .map_or(0.0, |r| psnr(&sr_y, r).min(MAX_FIDELITY_DB));
             let (lw, lh) = ((w / s) as usize, (h / s) as usize);
             let (bitops, bitops_body, fqr, ref_share, clust_bitops) = match up.last_refqsr_run() {
                 Some(r) => (
@@ -251,6 +273,7 @@ fn score(ups: &[Upscaler], path: &Path, s: u32) -> Result<Vec<Score>> {
                     0.0
                 },
                 psnr: psnr(&sr_y, &hr_y),
+                vs_fp32,
                 ssim: ssim(&sr_y, &hr_y),
                 bitops,
                 bitops_body,
@@ -292,14 +315,14 @@ fn seam_band(lr: (usize, usize), scale: usize, shave: usize) -> impl Fn(usize, u
 /// The table in the shape of the paper's Table 2 (RefQSR rows add their reference share and
 /// ClustBlock's BitOPs, and the Table 5 ablations).
 pub fn markdown(rows: &[Row], scale: u32) -> String {
-    let mut t = format!("| mode (x{scale}) | bounds | PSNR-Y (dB) | worst image vs fp32 (dB) | border band - rest (dB) | SSIM-Y | BitOPs (G) | body BitOPs (G) | FQR | references | clustering BitOPs (G) | images |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    let mut t = format!("| mode (x{scale}) | bounds | PSNR-Y (dB) | worst image vs fp32 (dB) | PSNR-Y against the fp32 output (dB) | border band - rest (dB) | SSIM-Y | BitOPs (G) | body BitOPs (G) | FQR | references | clustering BitOPs (G) | images |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for r in rows {
         let mode = match r.ablation {
             Some(a) => format!("{} {}", r.mode, a.name()),
             None => r.mode.to_string(),
         };
         t += &format!(
-            "| {} | {} | {:.3} | {} | {:.3} | {:.4} | {:.1} | {:.2} | {:.2} | {} | {} | {} |\n",
+            "| {} | {} | {:.3} | {} | {} | {:.3} | {:.4} | {:.1} | {:.2} | {:.2} | {} | {} | {} |\n",
             mode,
             r.bounds.map_or("-".into(), |b| b.to_string()),
             r.psnr_y,
@@ -307,6 +330,7 @@ pub fn markdown(rows: &[Row], scale: u32) -> String {
                 Some((d, name)) if r.mode != Mode::Fp32 => format!("{:.3} ({name})", -d),
                 _ => "-".into(),
             },
+            r.vs_fp32_y.map_or("-".into(), |x| format!("{x:.2}")),
             r.seam_db,
             r.ssim_y,
             r.bitops_g,

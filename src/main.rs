@@ -558,6 +558,7 @@ fn eval(
                     "worst_vs_fp32_db": r.worst_vs_fp32.as_ref().map(|w| -w.0),
                     "worst_image": r.worst_vs_fp32.as_ref().map(|w| &w.1),
                     "per_image_psnr_y": r.per_image,
+                    "psnr_y_vs_fp32_output": r.vs_fp32_y,
                 })
             })
             .collect();

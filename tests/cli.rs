@@ -288,6 +288,12 @@ fn eval_reports_the_paper_metrics() {
         );
         assert!(r["seam_db"].as_f64().unwrap().is_finite(), "{r}");
     }
+    // against the fp32 output: none for fp32 itself; 8 bits far closer to it than to the HR
+    // image (their error is a fraction of the model's) and closer than 4 bits
+    let fidelity = |i: usize| rows[i]["psnr_y_vs_fp32_output"].as_f64();
+    assert_eq!(fidelity(0), None, "{rows:?}");
+    let (f8, f4) = (fidelity(1).unwrap(), fidelity(3).unwrap());
+    assert!(f8 > p(1) + 6.0 && f8 > f4 && f8 < 100.0, "{rows:?}");
 
     assert!(
         body(1) / body(3) > 1.0 && body(1) / body(3) <= 4.0,
