@@ -579,6 +579,15 @@ fn eval(
     })
 }
 
+/// Progress of a stage that runs mode after mode: the mode, then its steps done.
+fn per_mode(b: &ProgressBar) -> impl FnMut(refqsr::quant::Mode, usize, usize) + '_ {
+    move |m, d, t| {
+        b.set_message(m.to_string());
+        b.set_length(t as u64);
+        b.set_position(d as u64);
+    }
+}
+
 /// What `calibrate` learns after the bounds: the reconstruction's steps and clips, then the
 /// weight codes of these modes.
 struct Learning {
@@ -692,11 +701,7 @@ fn calibrate(
             images,
             &modes,
             &r.opts,
-            &mut |m, d, t| {
-                b.set_message(m.to_string());
-                b.set_length(t as u64);
-                b.set_position(d as u64);
-            },
+            &mut per_mode(&b),
         )?;
         b.finish_and_clear();
         for o in &outcomes {
@@ -731,11 +736,7 @@ fn calibrate(
             images,
             &modes,
             &Default::default(),
-            &mut |m, d, t| {
-                b.set_message(m.to_string());
-                b.set_length(t as u64);
-                b.set_position(d as u64);
-            },
+            &mut per_mode(&b),
         )?;
         b.finish_and_clear();
         for o in &outcomes {

@@ -28,6 +28,18 @@ fn photo(name: &str, (x, y, w, h): (u32, u32, u32, u32)) -> (image::Rgb32FImage,
     (img, planar)
 }
 
+/// Three 64-pixel crops of the shipped photos to calibrate on.
+fn calibration_crops() -> Vec<image::Rgb32FImage> {
+    [
+        ("chelsea.png", (60, 40, 64, 64)),
+        ("astronaut.png", (150, 100, 64, 64)),
+        ("coffee.png", (250, 150, 64, 64)),
+    ]
+    .into_iter()
+    .map(|(n, r)| photo(n, r).0)
+    .collect()
+}
+
 /// Planar `[c][h][w]` to the engine's C4HW (one batch).
 fn c4hw(planar: &[f32], c: usize, h: usize, w: usize) -> Vec<f32> {
     let groups = c.div_ceil(4);
@@ -140,14 +152,7 @@ fn learning_the_steps_recovers_the_output_from_coarse_ones() {
         }
     }
     let before = calib.clone();
-    let images: Vec<image::Rgb32FImage> = [
-        ("chelsea.png", (60, 40, 64, 64)),
-        ("astronaut.png", (150, 100, 64, 64)),
-        ("coffee.png", (250, 150, 64, 64)),
-    ]
-    .into_iter()
-    .map(|(n, r)| photo(n, r).0)
-    .collect();
+    let images = calibration_crops();
     let opts = Options {
         steps: 40,
         batch: 2,
@@ -238,14 +243,7 @@ fn weight_codes_chosen_against_the_inputs_beat_nearest_codes_in_the_integer_kern
         l.weight_codes.clear();
     }
     let nearest = calib.clone();
-    let images: Vec<image::Rgb32FImage> = [
-        ("chelsea.png", (60, 40, 64, 64)),
-        ("astronaut.png", (150, 100, 64, 64)),
-        ("coffee.png", (250, 150, 64, 64)),
-    ]
-    .into_iter()
-    .map(|(n, r)| photo(n, r).0)
-    .collect();
+    let images = calibration_crops();
     let opts = refqsr::quant::gptq::Options {
         crops: 16,
         crop: 32,
