@@ -194,6 +194,11 @@ pub fn calibrate(
 /// Files that could not be used, with why.
 type Skipped = Vec<(PathBuf, Error)>;
 
+/// The readable images under `dir` (sorted), without their paths or the files skipped.
+fn image_data(dir: &Path) -> Result<Vec<Rgb32FImage>> {
+    Ok(load_images(dir)?.0.into_iter().map(|(_, i)| i).collect())
+}
+
 /// The readable images under `dir` (sorted), and the files that are not, with why; an error
 /// if none is readable.
 fn load_images(dir: &Path) -> Result<(Vec<(PathBuf, Rgb32FImage)>, Skipped)> {
@@ -305,8 +310,7 @@ pub fn reconstruct(
     opts: &crate::quant::recon::Options,
     progress: &mut dyn FnMut(crate::quant::Mode, usize, usize),
 ) -> Result<Vec<crate::quant::recon::Outcome>> {
-    let (images, _) = load_images(dir)?;
-    let images: Vec<Rgb32FImage> = images.into_iter().map(|(_, i)| i).collect();
+    let images = image_data(dir)?;
     let prepared = crate::quant::prepare(graph.clone());
     // a layer's steps (and clips) at some width belong to the first mode of the run that
     // learns them: w4a3 after w4a4 keeps the 4-bit clips and the 6-bit steps of layers held
@@ -348,8 +352,7 @@ pub fn round_weights(
     opts: &crate::quant::gptq::Options,
     progress: &mut dyn FnMut(crate::quant::Mode, usize, usize),
 ) -> Result<Vec<crate::quant::gptq::Outcome>> {
-    let (images, _) = load_images(dir)?;
-    let images: Vec<Rgb32FImage> = images.into_iter().map(|(_, i)| i).collect();
+    let images = image_data(dir)?;
     let prepared = crate::quant::prepare(graph.clone());
     for l in &mut calib.layers {
         l.weight_codes.clear();

@@ -244,13 +244,17 @@ fn score(ups: &[Upscaler], fp32: Option<usize>, path: &Path, s: u32) -> Result<V
     ups.iter()
         .enumerate()
         .map(|(i, up)| {
-            let sr_y = match (&reference, fp32) {
-                (Some(r), Some(f)) if f == i => r.clone(),
-                _ => run(up)?,
+            let own;
+            let sr_y = match &reference {
+                Some(r) if fp32 == Some(i) => r,
+                _ => {
+                    own = run(up)?;
+                    &own
+                }
             };
             let vs_fp32 = reference
                 .as_ref()
-                .map_or(0.0, |r| psnr(&sr_y, r).min(MAX_FIDELITY_DB));
+                .map_or(0.0, |r| psnr(sr_y, r).min(MAX_FIDELITY_DB));
             let (lw, lh) = ((w / s) as usize, (h / s) as usize);
             let (bitops, bitops_body, fqr, ref_share, clust_bitops) = match up.last_refqsr_run() {
                 Some(r) => (
@@ -265,16 +269,16 @@ fn score(ups: &[Upscaler], fp32: Option<usize>, path: &Path, s: u32) -> Result<V
                     (c.bitops_g, c.bitops_body_g, c.fqr, 1.0, 0.0)
                 }
             };
-            let (band, rest) = psnr_split(&sr_y, &hr_y, &in_band);
+            let (band, rest) = psnr_split(sr_y, &hr_y, &in_band);
             Ok(Score {
                 seam: if band.is_finite() && rest.is_finite() {
                     band - rest
                 } else {
                     0.0
                 },
-                psnr: psnr(&sr_y, &hr_y),
+                psnr: psnr(sr_y, &hr_y),
                 vs_fp32,
-                ssim: ssim(&sr_y, &hr_y),
+                ssim: ssim(sr_y, &hr_y),
                 bitops,
                 bitops_body,
                 fqr,

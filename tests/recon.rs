@@ -59,6 +59,22 @@ fn planar(c4: &[f32], c: usize, h: usize, w: usize) -> Vec<f32> {
         .collect()
 }
 
+/// The x4 output of `graph`'s integer layers of `mode` on the integer kernels, for the planar
+/// crop `x`.
+fn integer_output(
+    ctx: &std::sync::Arc<refqsr::gpu::Context>,
+    graph: &refqsr::model::Graph,
+    calib: &Calibration,
+    mode: Mode,
+    x: &[f32],
+    (h, w): (usize, usize),
+) -> Vec<f32> {
+    let int = refqsr::quant::int_layers(graph, mode, calib, Bounds::Channel);
+    let model = GpuModel::quantized(ctx.clone(), graph.clone(), int).unwrap();
+    let out = model.plan(1, h, w).unwrap().run(&c4hw(x, 3, h, w)).unwrap();
+    planar(&out, 3, 4 * h, 4 * w)
+}
+
 fn mse(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len());
     a.iter()
@@ -90,16 +106,8 @@ fn the_learned_model_is_the_cpu_twins_graph_and_the_integer_kernels_output() {
 
     // fake quantization against the integer kernels on the GPU
     let ctx = ctx();
-    let gpu = |calib: &Calibration, mode: Mode| {
-        let int = refqsr::quant::int_layers(&graph, mode, calib, Bounds::Channel);
-        let model = GpuModel::quantized(ctx.clone(), graph.clone(), int).unwrap();
-        let out = model
-            .plan(1, h, w)
-            .unwrap()
-            .run(&c4hw(&x, 3, h, w))
-            .unwrap();
-        planar(&out, 3, 4 * h, 4 * w)
-    };
+    let gpu =
+        |calib: &Calibration, mode: Mode| integer_output(&ctx, &graph, calib, mode, &x, (h, w));
     let w8a8: Mode = "w8a8".parse().unwrap();
     // One integer layer at a time: the two may differ only where float noise (the GPU's float
     // layers run Winograd) moves a value across a rounding boundary, far less than the
@@ -314,16 +322,7 @@ fn weight_codes_chosen_against_the_inputs_beat_nearest_codes_in_the_integer_kern
     let (h, w) = (32, 32);
     let (_, x) = photo("chelsea.png", (200, 150, w as u32, h as u32));
     let float = recon::output(&graph, None, &x, (1, h, w)).unwrap();
-    let gpu = |calib: &Calibration| {
-        let int = refqsr::quant::int_layers(&graph, mode, calib, Bounds::Channel);
-        let model = GpuModel::quantized(ctx.clone(), graph.clone(), int).unwrap();
-        let out = model
-            .plan(1, h, w)
-            .unwrap()
-            .run(&c4hw(&x, 3, h, w))
-            .unwrap();
-        planar(&out, 3, 4 * h, 4 * w)
-    };
+    let gpu = |calib: &Calibration| integer_output(&ctx, &graph, calib, mode, &x, (h, w));
     let (chosen, rounded) = (mse(&gpu(&calib), &float), mse(&gpu(&nearest), &float));
     eprintln!("w6a6 on an unseen crop, MSE against float: chosen codes {chosen:.3e}, nearest {rounded:.3e}");
     assert!(chosen < rounded, "{chosen:.3e} {rounded:.3e}");

@@ -169,10 +169,7 @@ pub fn round_weights(
 }
 
 fn cerr(e: candle_core::Error) -> Error {
-    Error::Invalid(format!(
-        "weight rounding: {}",
-        e.to_string().lines().next().unwrap_or_default()
-    ))
+    super::recon::candle_error("weight rounding", e)
 }
 
 /// Add `sum q q^T` over every `k`x`k` window of `q` (`[b, c, h, w]`, zero-padded as the

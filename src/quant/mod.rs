@@ -117,8 +117,11 @@ pub fn fold_layer(
 ) -> (Conv, Vec<Quantizer>) {
     let (folded, wq) = fold_weights(c, w_bits, act, how, clip);
     let per = c.in_ch * c.k * c.k;
-    let print = fingerprint(&folded.weights, &wq);
-    let quantized: Vec<f32> = match codes.iter().find(|s| s.fingerprint == print) {
+    // hashing the weights only where there are codes to match
+    let stored = (!codes.is_empty())
+        .then(|| fingerprint(&folded.weights, &wq))
+        .and_then(|print| codes.iter().find(|s| s.fingerprint == print));
+    let quantized: Vec<f32> = match stored {
         Some(s) => (s.codes.iter().enumerate())
             .map(|(i, &q)| q as f32 * wq[i / per].step())
             .collect(),

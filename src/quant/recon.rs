@@ -103,12 +103,14 @@ pub struct Outcome {
 }
 
 fn cerr(e: candle_core::Error) -> Error {
+    candle_error("reconstruction calibration", e)
+}
+
+/// A candle error as ours, under `what` failed.
+pub(super) fn candle_error(what: &str, e: candle_core::Error) -> Error {
     // candle's messages may carry a backtrace after the first line
     let e = e.to_string();
-    Error::Invalid(format!(
-        "reconstruction calibration: {}",
-        e.lines().next().unwrap_or_default()
-    ))
+    Error::Invalid(format!("{what}: {}", e.lines().next().unwrap_or_default()))
 }
 
 /// Learn the activation steps that `mode` runs at: for a uniform `wXaY`, every body layer with
