@@ -366,6 +366,32 @@ pub fn round_weights(
         .collect()
 }
 
+/// The modes whose weight codes `calibrate` learns end to end ([`crate::quant::rounding`]),
+/// after GPTQ, in order: those whose steps the reconstruction learned, where GPTQ's codes do
+/// not pay.
+pub const CODE_MODES: &str = "w4a4,w4a3,refqsr:8-4";
+
+/// Learn the weight codes ([`crate::quant::rounding`]) of `calib` for each of `modes` (in
+/// order) on the images under `dir`; `progress(mode, done, total)` per optimizer step.
+pub fn learn_codes(
+    graph: &Graph,
+    calib: &mut Calibration,
+    dir: &Path,
+    modes: &[crate::quant::Mode],
+    opts: &crate::quant::rounding::Options,
+    progress: &mut dyn FnMut(crate::quant::Mode, usize, usize),
+) -> Result<Vec<crate::quant::rounding::Outcome>> {
+    let images = image_data(dir)?;
+    let prepared = crate::quant::prepare(graph.clone());
+    (modes.iter())
+        .map(|&m| {
+            crate::quant::rounding::learn_codes(&prepared, calib, m, &images, opts, &mut |d, t| {
+                progress(m, d, t)
+            })
+        })
+        .collect()
+}
+
 /// The RefQSR modes `calibrate` fits RefER for.
 pub const REFQSR_MODES: &str = "refqsr:8-5,refqsr:8-4,refqsr:8-3,refqsr:4-3,refqsr:4-2";
 

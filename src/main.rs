@@ -141,6 +141,19 @@ enum Command {
         /// Keep the existing calibration and only choose its weight codes.
         #[arg(long, conflicts_with_all = ["bounds_only", "refqsr_only", "report", "recon_only"])]
         round_only: bool,
+        /// The modes whose weight codes are learned end to end against the fp32 model's
+        /// output, after GPTQ (layers with codes for their folding keep them); "none" to skip.
+        #[arg(long, default_value = refqsr::calibrate::CODE_MODES)]
+        code_modes: String,
+        /// Optimizer steps of the learning of weight codes, per mode of --code-modes.
+        #[arg(long, default_value_t = refqsr::quant::rounding::Options::default().steps)]
+        code_steps: usize,
+        /// Learning rate of the weight codes (code units per step).
+        #[arg(long, default_value_t = refqsr::quant::rounding::Options::default().lr)]
+        code_lr: f64,
+        /// Keep the existing calibration and only learn its weight codes.
+        #[arg(long, conflicts_with_all = ["bounds_only", "refqsr_only", "report", "recon_only", "round_only"])]
+        codes_only: bool,
     },
     /// List the GPU adapters wgpu can see.
     Adapters,
@@ -285,15 +298,23 @@ fn main() -> ExitCode {
             recon_no_clip,
             round_modes,
             round_only,
+            code_modes,
+            code_steps,
+            code_lr,
+            codes_only,
         } => calibrate(
             &images,
             output,
-            refqsr_only || report_only || recon_only || round_only,
-            bounds_only || recon_only || round_only,
+            refqsr_only || report_only || recon_only || round_only || codes_only,
+            bounds_only || recon_only || round_only || codes_only,
             report.map(|r| (r, report_only, report_patches)),
             Learning {
-                recon: (!refqsr_only && !report_only && !round_only && recon_steps > 0).then(
-                    || Recon {
+                recon: (!refqsr_only
+                    && !report_only
+                    && !round_only
+                    && !codes_only
+                    && recon_steps > 0)
+                    .then(|| Recon {
                         modes: recon_modes,
                         opts: refqsr::quant::recon::Options {
                             steps: recon_steps,
@@ -301,10 +322,23 @@ fn main() -> ExitCode {
                             weights: !recon_no_clip,
                             ..Default::default()
                         },
-                    },
-                ),
-                round: (!refqsr_only && !report_only && round_modes != "none")
+                    }),
+                round: (!refqsr_only && !report_only && !codes_only && round_modes != "none")
                     .then_some(round_modes),
+                codes: (!refqsr_only
+                    && !report_only
+                    && !recon_only
+                    && !round_only
+                    && code_modes != "none"
+                    && code_steps > 0)
+                    .then(|| Codes {
+                        modes: code_modes,
+                        opts: refqsr::quant::rounding::Options {
+                            steps: code_steps,
+                            lr: code_lr,
+                            ..Default::default()
+                        },
+                    }),
             },
             Options {
                 model,
@@ -593,6 +627,13 @@ fn per_mode(b: &ProgressBar) -> impl FnMut(refqsr::quant::Mode, usize, usize) + 
 struct Learning {
     recon: Option<Recon>,
     round: Option<String>,
+    codes: Option<Codes>,
+}
+
+/// Which modes' weight codes `calibrate` learns end to end, and how.
+struct Codes {
+    modes: String,
+    opts: refqsr::quant::rounding::Options,
 }
 
 /// What `calibrate` learns by reconstruction.
@@ -751,6 +792,39 @@ fn calibrate(
                 } else {
                     "rounding to nearest kept"
                 }
+            );
+        }
+        calibration.save(&output)?;
+        eprintln!("refqsr: wrote {}", output.display());
+    }
+    if let Some(c) = learning.codes {
+        let modes = refqsr::quant::Mode::parse_list(&c.modes)?;
+        let b = bar(
+            0,
+            "{spinner} [{bar:30}] {pos}/{len} weight-code steps, {msg} {elapsed}",
+        );
+        let outcomes = refqsr::calibrate::learn_codes(
+            &graph,
+            &mut calibration,
+            images,
+            &modes,
+            &c.opts,
+            &mut per_mode(&b),
+        )?;
+        b.finish_and_clear();
+        for o in &outcomes {
+            if o.layers == 0 {
+                eprintln!("refqsr: {}: every layer already has weight codes", o.mode);
+                continue;
+            }
+            eprintln!(
+                "refqsr: {} learned weight codes of {} layers ({:.1}% moved): held-out PSNR vs fp32 {:.2} -> {:.2} dB, {}",
+                o.mode,
+                o.layers,
+                100.0 * o.moved,
+                o.psnr[0],
+                o.psnr[1],
+                if o.kept { "kept" } else { "previous codes kept" }
             );
         }
         calibration.save(&output)?;

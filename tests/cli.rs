@@ -384,20 +384,38 @@ fn calibrate_then_upscale_any_model_in_integer_modes() {
             .unwrap()
     };
     // a short reconstruction: the 40x32 photo is smaller than the default crop
-    let out = calibrate(&["--recon-steps", "3", "--round-modes", "w6a6"]);
+    let out = calibrate(&[
+        "--recon-steps",
+        "3",
+        "--round-modes",
+        "w6a6",
+        "--code-steps",
+        "2",
+        "--code-modes",
+        "w4a4",
+    ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     // the broken file is named and skipped, the run still writes the calibration
     assert!(stderr.contains("broken.png"), "{stderr}");
     assert!(stderr.contains("w4a4 reconstruction of"), "{stderr}");
-    // then the weight codes
+    // then the weight codes, chosen, then learned
     assert!(stderr.contains("w6a6 weight codes of"), "{stderr}");
+    assert!(stderr.contains("w4a4 learned weight codes of"), "{stderr}");
     // a calibration without the report's floors says what it lacks
     assert!(stderr.contains("no precision floors"), "{stderr}");
     assert!(d.join("m.calib.json").exists(), "{stderr}");
     assert!(d.join("m.refqsr.json").exists(), "{stderr}");
     // --bounds-only writes the bounds and not RefQSR's parameters, and still says what it
     // skipped with a failing exit
-    let out = calibrate(&["--bounds-only", "-o", "b.calib.json", "--recon-steps", "0"]);
+    let out = calibrate(&[
+        "--bounds-only",
+        "-o",
+        "b.calib.json",
+        "--recon-steps",
+        "0",
+        "--code-modes",
+        "none",
+    ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && stderr.contains("broken.png"),
@@ -432,6 +450,23 @@ fn calibrate_then_upscale_any_model_in_integer_modes() {
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("w6a6 weight codes of"), "{stderr}");
     assert!(!stderr.contains("reconstruction"), "{stderr}");
+    assert!(!stderr.contains("learned weight codes"), "{stderr}");
+    assert!(!d.join("b.refqsr.json").exists(), "{stderr}");
+    // --codes-only learns the weight codes of an existing calibration and fits nothing else
+    let out = calibrate(&[
+        "--codes-only",
+        "-o",
+        "b.calib.json",
+        "--code-modes",
+        "w4a3",
+        "--code-steps",
+        "2",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("w4a3 learned weight codes of"), "{stderr}");
+    assert!(!stderr.contains("reconstruction"), "{stderr}");
+    assert!(!stderr.contains("w6a6 weight codes"), "{stderr}");
     assert!(!d.join("b.refqsr.json").exists(), "{stderr}");
     // fp32 has nothing to learn: an error, not a panic
     let out = calibrate(&[

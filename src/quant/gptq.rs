@@ -93,18 +93,7 @@ pub fn round_weights(
     opts: &Options,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Outcome> {
-    let (spec, mut run) = match mode {
-        Mode::Uniform { w, a } => ((w, a), calib.clone()),
-        Mode::RefQsr { high, low } => (
-            (crate::refqsr::medium(high, low), low),
-            crate::refqsr::query_calibration(graph, calib, high),
-        ),
-        Mode::Fp32 => {
-            return Err(Error::Invalid(
-                "weight rounding is for wXaY or refqsr:H-L modes, not fp32".into(),
-            ))
-        }
-    };
+    let (spec, mut run) = folding(graph, calib, mode)?;
     let mut crops = Crops::new(images, opts.crop, opts.seed)?;
     let holdout = crops.take(opts.holdout.max(1))?;
     let data = (0..opts.crops.div_ceil(BATCH).max(1))
@@ -165,6 +154,27 @@ pub fn round_weights(
         layers,
         psnr: [psnr(before), psnr(after)],
         kept,
+    })
+}
+
+/// The (weight, input) bits the integer layers of `mode` run at (for a RefQSR mode, its
+/// query path's), and the calibration they fold with: `calib` itself, or the queries' own.
+pub(super) fn folding(
+    graph: &crate::model::Graph,
+    calib: &Calibration,
+    mode: Mode,
+) -> Result<((u32, u32), Calibration)> {
+    Ok(match mode {
+        Mode::Uniform { w, a } => ((w, a), calib.clone()),
+        Mode::RefQsr { high, low } => (
+            (crate::refqsr::medium(high, low), low),
+            crate::refqsr::query_calibration(graph, calib, high),
+        ),
+        Mode::Fp32 => {
+            return Err(Error::Invalid(
+                "weight codes are for wXaY or refqsr:H-L modes, not fp32".into(),
+            ))
+        }
     })
 }
 

@@ -13,6 +13,7 @@ pub mod gptq;
 pub mod mode;
 pub mod pack;
 pub mod recon;
+pub mod rounding;
 
 use std::collections::BTreeMap;
 

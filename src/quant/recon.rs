@@ -369,13 +369,21 @@ pub(super) struct IntLayer {
     /// The effective convolution at the current steps ([`Net::refresh`]), where the weights'
     /// quantization is not learned.
     pub(super) conv: Option<(FixedConv, Tensor)>,
-    /// Where it is: the float layer and the learned clip.
-    weights: Option<LearnedWeights>,
+    /// Where the weights' quantization is learned in the graph: their clip, or their codes.
+    pub(super) weights: Option<Weights>,
+}
+
+/// What an integer layer learns of its weights' quantization.
+pub(super) enum Weights {
+    /// The clip of each output channel (with the steps, here).
+    Clip(LearnedWeights),
+    /// Which code each weight takes, the quantizers fixed ([`super::rounding`]).
+    Codes(super::rounding::LearnedCodes),
 }
 
 /// A layer whose weight clipping is learned: its weights are quantized in the graph, from the
 /// current steps and clip, on every forward pass.
-struct LearnedWeights {
+pub(super) struct LearnedWeights {
     /// Log of each output channel's clip ratio (`LayerBounds::weight_clip`), `[o, 1, 1, 1]`.
     log_clip: Var,
     /// The float weights `[o, c, k, k]`, bias `[1, o, 1, 1]` and input channel means
@@ -569,7 +577,7 @@ impl<'g> Net<'g> {
                 };
                 let learned = LearnedWeights::new(c, &act, lw, &calib.layers[i])?;
                 vars.push(learned.log_clip.clone());
-                Some(learned)
+                Some(Weights::Clip(learned))
             } else {
                 None
             };
@@ -616,7 +624,11 @@ impl<'g> Net<'g> {
     /// Keep every learned clip ratio at most 1: a bound beyond the largest weight only
     /// coarsens the step.
     fn clamp_clips(&self) -> Result<()> {
-        for lw in self.int.values().filter_map(|l| l.weights.as_ref()) {
+        let clips = self.int.values().filter_map(|l| match &l.weights {
+            Some(Weights::Clip(lw)) => Some(lw),
+            _ => None,
+        });
+        for lw in clips {
             let t = lw.log_clip.as_tensor().minimum(0f32).map_err(cerr)?;
             lw.log_clip.set(&t).map_err(cerr)?;
         }
@@ -633,7 +645,7 @@ impl<'g> Net<'g> {
                     steps: l.steps()?,
                 };
                 let clip = match &l.weights {
-                    Some(lw) => {
+                    Some(Weights::Clip(lw)) => {
                         let clip = (lw.log_clip.as_tensor().exp())
                             .and_then(|c| c.flatten_all())
                             .and_then(|c| c.to_vec1::<f32>())
@@ -641,7 +653,7 @@ impl<'g> Net<'g> {
                         // exp of a log clamped to <= 0 may round just above 1
                         Some((l.w_bits, clip.into_iter().map(|r| r.min(1.0)).collect()))
                     }
-                    None => None,
+                    _ => None,
                 };
                 out.push(Learned {
                     layer: l.index,
@@ -707,9 +719,15 @@ impl<'g> Net<'g> {
                             },
                         ) => {
                             let x = l.fake_quant(&x)?.contiguous().map_err(cerr)?;
-                            let s = l.log.log().exp().map_err(cerr)?;
-                            let (w, b) = lw.quantized(&s, l.w_bits).map_err(cerr)?;
-                            (x.apply_op2(&w, LearnedConv { pad: lw.pad }))
+                            let (wb, pad) = match lw {
+                                Weights::Clip(lw) => {
+                                    let s = l.log.log().exp().map_err(cerr)?;
+                                    (lw.quantized(&s, l.w_bits), lw.pad)
+                                }
+                                Weights::Codes(lc) => (lc.quantized(), lc.pad),
+                            };
+                            let (w, b) = wb.map_err(cerr)?;
+                            (x.apply_op2(&w, LearnedConv { pad }))
                                 .and_then(|y| y.broadcast_add(&b))
                                 .map_err(cerr)?
                         }
@@ -885,7 +903,7 @@ impl CustomOp1 for FixedConv {
 /// is candle's convolution, backward two more (the input gradient by the flipped kernel, the
 /// weight gradient by the output gradient), where candle's own backward transposes with a
 /// per-pixel dot product.
-struct LearnedConv {
+pub(super) struct LearnedConv {
     pad: usize,
 }
 
