@@ -1,6 +1,7 @@
 //! Reconstruction calibration: the model it learns on is the model the engine runs (the float
-//! graph of the CPU twins, the integer kernels' output), and learning the steps recovers the
-//! output from a bad start.
+//! graph of the CPU twins, the integer kernels' output), learning the steps recovers the
+//! output from a bad start, and weight codes chosen (GPTQ) or learned end to end beat the
+//! nearest codes in the integer kernels.
 
 mod common;
 
@@ -349,4 +350,80 @@ fn weight_codes_chosen_against_the_inputs_beat_nearest_codes_in_the_integer_kern
     let e =
         Calibration::parse(&serde_json::to_string(&short).unwrap(), origin, &graph).unwrap_err();
     assert!(e.to_string().contains("codes for"), "{e}");
+}
+
+#[test]
+fn weight_codes_learned_end_to_end_improve_held_out_crops_and_are_stored() {
+    let (graph, mut calib) = span();
+    for l in &mut calib.layers {
+        l.weight_codes.clear();
+    }
+    let opts = refqsr::quant::rounding::Options {
+        steps: 40,
+        batch: 2,
+        crop: 24,
+        holdout: 4,
+        ..Default::default()
+    };
+    let mode: Mode = "w4a4".parse().unwrap();
+    let out = refqsr::quant::rounding::learn_codes(
+        &graph,
+        &mut calib,
+        mode,
+        &calibration_crops(),
+        &opts,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    eprintln!(
+        "w4a4 learned weight codes: held-out PSNR {:.2} -> {:.2} dB over {} layers, {:.1}% moved",
+        out.psnr[0],
+        out.psnr[1],
+        out.layers,
+        100.0 * out.moved
+    );
+    assert!(out.kept && out.psnr[1] > out.psnr[0] + 0.5, "{out:?}");
+    assert!(out.moved > 0.0 && out.moved < 0.5, "{out:?}");
+    let coded = calib.layers.iter().filter(|l| !l.weight_codes.is_empty());
+    assert_eq!(coded.count(), out.layers);
+    let text = serde_json::to_string(&calib).unwrap();
+    let back = Calibration::parse(&text, std::path::Path::new("learned.calib.json"), &graph);
+    assert_eq!(back.unwrap(), calib);
+}
+
+#[test]
+fn the_shipped_learned_weight_codes_beat_nearest_codes_on_photos_calibration_never_saw() {
+    // the shipped SPAN x4 calibration learned its 4-bit codes on 63 package photos; the
+    // shipped photos are held out of it (assets/calib/manifest.json)
+    let (graph, learned) = span();
+    let mut nearest = learned.clone();
+    for l in &mut nearest.layers {
+        l.weight_codes.retain(|c| c.w > 4 && c.a > 4);
+    }
+    assert_ne!(
+        nearest, learned,
+        "the shipped calibration has no 4-bit weight codes"
+    );
+    let ctx = ctx();
+    let (h, w) = (32, 32);
+    for mode in ["w4a4", "w4a3"] {
+        let mode: Mode = mode.parse().unwrap();
+        let [mut with, mut without] = [0.0; 2];
+        for (name, (x0, y0)) in [
+            ("chelsea.png", (200, 150)),
+            ("coffee.png", (100, 100)),
+            ("coffee.png", (400, 250)),
+            ("astronaut.png", (300, 300)),
+            ("astronaut.png", (100, 40)),
+        ] {
+            let (_, x) = photo(name, (x0, y0, w as u32, h as u32));
+            let float = recon::output(&graph, None, &x, (1, h, w)).unwrap();
+            let gpu = |calib: &Calibration| integer_output(&ctx, &graph, calib, mode, &x, (h, w));
+            let (a, b) = (mse(&gpu(&learned), &float), mse(&gpu(&nearest), &float));
+            eprintln!("{mode} {name} ({x0}, {y0}), MSE against float: learned codes {a:.3e}, nearest {b:.3e}");
+            with += a;
+            without += b;
+        }
+        assert!(with < without, "{mode}: {with:.3e} {without:.3e}");
+    }
 }
