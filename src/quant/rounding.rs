@@ -200,7 +200,7 @@ pub fn learn_codes(
 /// the same way in the plain `wXaY` mode of its widths. Codes are used by every mode that folds
 /// a layer as they were learned for, but only this mode judges them: on SPAN x2, the codes
 /// refqsr:8-4 learned for its queries' first block (kept at 8 bits, with the plain steps)
-/// moved w8a8 by -0.085 dB on the held-out photos. The wide modes' codes are GPTQ's.
+/// moved w8a8 by -0.13 dB on the held-out photos. The wide modes' codes are GPTQ's.
 fn shared_with_a_wide_mode(calib: &Calibration, l: &IntLayer, c: &Conv, print: &str) -> bool {
     if l.w_bits <= 4 || l.bits <= 4 {
         return false;
