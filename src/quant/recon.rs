@@ -956,34 +956,47 @@ fn tensor_of(storage: &CpuStorage, layout: &Layout) -> candle_core::Result<Tenso
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::model::{Activation, Epilogue};
+    use rand::rngs::StdRng;
 
-    #[test]
-    fn learned_weights_quantize_as_the_integer_layer_does() {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        let (o, i, k, bits) = (5, 6, 3, 4);
-        let mut uniform = |n: usize, lo: f32, hi: f32| -> Vec<f32> {
-            (0..n).map(|_| rng.random_range(lo..hi)).collect()
-        };
+    /// `n` uniform draws in `lo..hi`.
+    pub(in crate::quant) fn uniform(rng: &mut StdRng, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+        (0..n).map(|_| rng.random_range(lo..hi)).collect()
+    }
+
+    /// A random 3x3 convolution of `o` outputs over six inputs and a 4-bit per-channel input
+    /// quantizer (zero points of both signs), with the generator that drew them: the layer
+    /// the twins of learned weights and learned codes are checked on.
+    pub(in crate::quant) fn random_layer(seed: u64, o: usize) -> (Conv, ActQuant, StdRng) {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let (i, k) = (6, 3);
         let c = Conv {
             in_ch: i,
             out_ch: o,
             k,
-            weights: uniform(o * i * k * k, -1.0, 1.0),
-            bias: uniform(o, -0.5, 0.5),
+            weights: uniform(&mut rng, o * i * k * k, -1.0, 1.0),
+            bias: uniform(&mut rng, o, -0.5, 0.5),
             act: Activation::None,
             epilogue: Epilogue::None,
         };
-        let act = ActQuant::per_channel(bits, &[-5, 0, -8, -15, -3, -7], &uniform(i, 0.01, 0.3));
+        let steps = uniform(&mut rng, i, 0.01, 0.3);
+        let act = ActQuant::per_channel(4, &[-5, 0, -8, -15, -3, -7], &steps);
+        (c, act, rng)
+    }
+
+    #[test]
+    fn learned_weights_quantize_as_the_integer_layer_does() {
+        let (c, act, mut rng) = random_layer(7, 5);
+        let (o, i, k, bits) = (c.out_ch, c.in_ch, c.k, 4);
         let mut layer = calib::LayerBounds {
             name: "conv".into(),
             in_ch: i,
             min: -1.0,
             max: 1.0,
             bounds: BTreeMap::new(),
-            mean: uniform(i, -1.0, 1.0),
+            mean: uniform(&mut rng, i, -1.0, 1.0),
             floor: None,
             channels: BTreeMap::new(),
             weight_clip: BTreeMap::new(),

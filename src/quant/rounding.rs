@@ -307,28 +307,14 @@ impl LearnedCodes {
 
 #[cfg(test)]
 mod tests {
+    use super::super::recon::tests::{random_layer, uniform};
     use super::*;
-    use crate::model::{Activation, Epilogue};
-    use rand::{Rng, SeedableRng};
 
     #[test]
     fn learned_codes_are_the_integer_layers_weights_once_stored() {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
-        let (o, i, k, bits) = (4, 6, 3, 4);
-        let mut uniform = |n: usize, lo: f32, hi: f32| -> Vec<f32> {
-            (0..n).map(|_| rng.random_range(lo..hi)).collect()
-        };
-        let c = Conv {
-            in_ch: i,
-            out_ch: o,
-            k,
-            weights: uniform(o * i * k * k, -1.0, 1.0),
-            bias: uniform(o, -0.5, 0.5),
-            act: Activation::None,
-            epilogue: Epilogue::None,
-        };
-        let act = ActQuant::per_channel(bits, &[-5, 0, -8, -15, -3, -7], &uniform(i, 0.01, 0.3));
-        let mean = uniform(i, -1.0, 1.0);
+        let (c, act, mut rng) = random_layer(5, 4);
+        let (o, i, k, bits) = (c.out_ch, c.in_ch, c.k, 4);
+        let mean = uniform(&mut rng, i, -1.0, 1.0);
         let clip = [0.9f32, 0.7, 1.0, 0.55];
         let (folded, wq) = fold_weights(&c, bits, &act, Bounds::Channel, Some(&clip));
         let lc = LearnedCodes::new(&c, &folded.weights, &wq, &act, &mean).unwrap();
@@ -339,7 +325,11 @@ mod tests {
             .collect();
         assert_eq!(lc.codes().unwrap(), nearest);
         // moved by up to a code either way, as learning does
-        let push = Tensor::from_vec(uniform(o * per, -1.0, 1.0), (o, i, k, k), &Device::Cpu);
+        let push = Tensor::from_vec(
+            uniform(&mut rng, o * per, -1.0, 1.0),
+            (o, i, k, k),
+            &Device::Cpu,
+        );
         lc.u.set(&(lc.u.as_tensor() + push.unwrap()).unwrap())
             .unwrap();
         let codes = lc.codes().unwrap();
