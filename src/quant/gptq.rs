@@ -33,8 +33,8 @@ use candle_core::Tensor;
 use image::Rgb32FImage;
 
 use super::calib::{Calibration, WeightCodes};
-use super::recon::{Crops, Net};
-use super::{fingerprint, fold_weights, Bounds, Mode, Quantizer};
+use super::recon::{psnr, Crops, Folding, Net};
+use super::{Mode, Quantizer};
 use crate::error::{Error, Result};
 use crate::model::Op;
 
@@ -113,10 +113,9 @@ pub fn round_weights(
         let Op::Conv(c) = &graph.nodes[j].op else {
             unreachable!("integer layers are convolutions")
         };
-        let clip = run.weight_clip(l.index, l.w_bits, Bounds::Channel);
-        let act = run.quantizer(l.index, l.bits, Bounds::Channel);
-        let (folded, wq) = fold_weights(c, l.w_bits, &act, Bounds::Channel, clip);
-        let print = fingerprint(&folded.weights, &wq);
+        let Folding {
+            folded, wq, print, ..
+        } = l.fold_with(c, &run);
         let codes = &run.layers[l.index].weight_codes;
         if codes.iter().all(|s| s.fingerprint != print) {
             let n = c.in_ch * c.k * c.k;
@@ -148,7 +147,6 @@ pub fn round_weights(
             calib.layers[i].weight_codes.push(entry);
         }
     }
-    let psnr = |mse: f64| 10.0 * (1.0 / mse.max(1e-20)).log10();
     Ok(Outcome {
         mode,
         layers,

@@ -210,7 +210,6 @@ fn learn(
     net.refresh(calib)?;
     let target = net.forward(&holdout, false)?;
     let before = net.mse(&holdout, &target)?;
-    let psnr = |mse: f64| 10.0 * (1.0 / mse.max(1e-20)).log10();
     if layers == 0 {
         // every layer sits at other widths (floors): nothing to learn in this mode
         let out = Outcome {
@@ -310,6 +309,12 @@ impl<'a> Crops<'a> {
 /// The mean squared error against the float output. (The mean over crops of the log of each
 /// crop's error, which is what the mean PSNR of `eval` weighs, measured worse on SPAN x4's
 /// held-out photos at w4a4: 36.04 against 36.29 dB after 100 steps.)
+/// The PSNR of a mean squared error on [0, 1] images: how the calibration stages report their
+/// held-out crops.
+pub(super) fn psnr(mse: f64) -> f64 {
+    10.0 * (1.0 / mse.max(1e-20)).log10()
+}
+
 fn loss(out: &Tensor, target: &Tensor) -> Result<Tensor> {
     (out - target)
         .and_then(|d| d.sqr())
@@ -371,6 +376,34 @@ pub(super) struct IntLayer {
     pub(super) conv: Option<(FixedConv, Tensor)>,
     /// Where the weights' quantization is learned in the graph: their clip, or their codes.
     pub(super) weights: Option<Weights>,
+}
+
+/// A layer's weights as its integer layer folds them with one calibration.
+pub(super) struct Folding {
+    /// The input quantizer whose steps are folded into the weights.
+    pub(super) act: ActQuant,
+    /// The folded convolution, and its weights' per-output-channel quantizers.
+    pub(super) folded: Conv,
+    pub(super) wq: Vec<super::Quantizer>,
+    /// What stored weight codes for this folding carry ([`super::fingerprint`]).
+    pub(super) print: String,
+}
+
+impl IntLayer {
+    /// The weights of `c`, this layer's convolution, folded with `calib`'s steps and clips at
+    /// this layer's widths.
+    pub(super) fn fold_with(&self, c: &Conv, calib: &Calibration) -> Folding {
+        let clip = calib.weight_clip(self.index, self.w_bits, Bounds::Channel);
+        let act = calib.quantizer(self.index, self.bits, Bounds::Channel);
+        let (folded, wq) = super::fold_weights(c, self.w_bits, &act, Bounds::Channel, clip);
+        let print = super::fingerprint(&folded.weights, &wq);
+        Folding {
+            act,
+            folded,
+            wq,
+            print,
+        }
+    }
 }
 
 /// What an integer layer learns of its weights' quantization.

@@ -23,8 +23,8 @@ use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use image::Rgb32FImage;
 
 use super::calib::{Calibration, WeightCodes};
-use super::recon::{Crops, IntLayer, Net, Weights};
-use super::{fingerprint, fold_weights, ActQuant, Bounds, Mode, Quantizer};
+use super::recon::{psnr, Crops, Folding, IntLayer, Net, Weights};
+use super::{ActQuant, Mode, Quantizer};
 use crate::error::Result;
 use crate::model::{Conv, Op};
 
@@ -95,17 +95,18 @@ pub fn learn_codes(
     net.refresh(&run)?;
     let target = net.forward(&holdout, false)?;
     let before = net.mse(&holdout, &target)?;
-    let psnr = |mse: f64| 10.0 * (1.0 / mse.max(1e-20)).log10();
 
     let mut vars = Vec::new();
     for (&j, l) in net.int.iter_mut() {
         let Op::Conv(c) = &graph.nodes[j].op else {
             unreachable!("integer layers are convolutions")
         };
-        let clip = run.weight_clip(l.index, l.w_bits, Bounds::Channel);
-        let act = run.quantizer(l.index, l.bits, Bounds::Channel);
-        let (folded, wq) = fold_weights(c, l.w_bits, &act, Bounds::Channel, clip);
-        let print = fingerprint(&folded.weights, &wq);
+        let Folding {
+            act,
+            folded,
+            wq,
+            print,
+        } = l.fold_with(c, &run);
         let stored = &run.layers[l.index].weight_codes;
         if stored.iter().any(|s| s.fingerprint == print)
             || shared_with_a_wide_mode(calib, l, c, &print)
@@ -202,13 +203,7 @@ pub fn learn_codes(
 /// refqsr:8-4 learned for its queries' first block (kept at 8 bits, with the plain steps)
 /// moved w8a8 by -0.13 dB on the held-out photos. The wide modes' codes are GPTQ's.
 fn shared_with_a_wide_mode(calib: &Calibration, l: &IntLayer, c: &Conv, print: &str) -> bool {
-    if l.w_bits <= 4 || l.bits <= 4 {
-        return false;
-    }
-    let clip = calib.weight_clip(l.index, l.w_bits, Bounds::Channel);
-    let act = calib.quantizer(l.index, l.bits, Bounds::Channel);
-    let (folded, wq) = fold_weights(c, l.w_bits, &act, Bounds::Channel, clip);
-    fingerprint(&folded.weights, &wq) == print
+    l.w_bits > 4 && l.bits > 4 && l.fold_with(c, calib).print == print
 }
 
 fn cerr(e: candle_core::Error) -> crate::error::Error {
@@ -308,6 +303,7 @@ impl LearnedCodes {
 #[cfg(test)]
 mod tests {
     use super::super::recon::tests::{random_layer, uniform};
+    use super::super::{fingerprint, fold_weights, Bounds};
     use super::*;
 
     #[test]
