@@ -231,6 +231,10 @@ enum Command {
         /// Adapter index or name part.
         #[arg(long)]
         adapter: Option<String>,
+        /// RefQSR: cosine similarity below which a patch is its own reference (2 makes every
+        /// patch a reference: what the patch cutting alone costs).
+        #[arg(long)]
+        tau: Option<f32>,
     },
 }
 
@@ -394,6 +398,7 @@ fn main() -> ExitCode {
             model,
             json,
             adapter,
+            tau,
         } => eval(
             &hr,
             &modes,
@@ -404,6 +409,7 @@ fn main() -> ExitCode {
                 scale,
                 adapter,
                 calibration,
+                tau,
                 ..Options::default()
             },
         ),
@@ -850,6 +856,22 @@ fn calibrate(
             f.mse[0],
             f.mse[1],
             10.0 * (f.mse[0] / f.mse[1].max(1e-30)).log10()
+        );
+        let tried: Vec<String> = refqsr::refqsr::GAINS
+            .iter()
+            .zip(&f.judged)
+            .map(|(g, db)| format!("{g} {db:.3}"))
+            .collect();
+        eprintln!(
+            "refqsr: {} RefER gain {} (output PSNR-Y vs fp32 on {} images, dB, by gain: {})",
+            f.params.mode,
+            f.params.gain,
+            if f.held_out {
+                "held-out"
+            } else {
+                "the fit's own"
+            },
+            tried.join(", ")
         );
     }
     let path = output

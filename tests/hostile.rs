@@ -246,6 +246,14 @@ fn refqsr_parameter_errors_name_the_field() {
             Box::new(|v| v["refer"][0]["clip"] = serde_json::json!(-3.0)),
         ),
         (
+            "gain",
+            Box::new(|v| v["refer"][0]["gain"] = serde_json::json!(-0.25)),
+        ),
+        (
+            "gain",
+            Box::new(|v| v["refer"][0]["gain"] = serde_json::json!(1.5)),
+        ),
+        (
             "clust.ranges",
             Box::new(|v| v["clust"]["ranges"] = serde_json::json!([0.0, 1.0])),
         ),

@@ -389,6 +389,20 @@ fn weight_codes_learned_end_to_end_improve_held_out_crops_and_are_stored() {
     let text = serde_json::to_string(&calib).unwrap();
     let back = Calibration::parse(&text, std::path::Path::new("learned.calib.json"), &graph);
     assert_eq!(back.unwrap(), calib);
+    // w4a4 left the layers its floors keep wider than 4 bits to the plain mode of their
+    // widths (their codes would serve it unjudged); that mode learns them itself
+    let sets = || calib.layers.iter().flat_map(|l| &l.weight_codes);
+    assert!(sets().all(|c| c.w <= 4 || c.a <= 4));
+    let wide = refqsr::quant::rounding::learn_codes(
+        &graph,
+        &mut calib,
+        "w6a6".parse().unwrap(),
+        &calibration_crops(),
+        &refqsr::quant::rounding::Options { steps: 4, ..opts },
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert!(wide.layers > 0, "{wide:?}");
 }
 
 #[test]

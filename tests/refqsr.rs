@@ -183,3 +183,60 @@ fn queries_keep_the_first_residual_block_at_b_high() {
         }
     }
 }
+
+/// Output distance (root of the summed squared difference).
+fn distance(a: &Rgb32FImage, b: &Rgb32FImage) -> f64 {
+    a.as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(x, y)| ((x - y) as f64).powi(2))
+        .sum::<f64>()
+        .sqrt()
+}
+
+#[test]
+fn a_refer_gain_scales_its_correction_and_zero_runs_without_it() {
+    let img = photo("assets/images/astronaut.png", 40, 30, 150, 150);
+    let graph = refqsr::quant::prepare(refqsr::upscaler::load_graph(None, Some(4)).unwrap());
+    let shipped = refqsr::upscaler::load_refqsr_params(&Options::default(), &graph).unwrap();
+    let dir = common::tempdir("refer-gain");
+    let with_gain = |gain: Option<f32>| {
+        let mut v = serde_json::to_value(&shipped).unwrap();
+        for r in v["refer"].as_array_mut().unwrap() {
+            match gain {
+                Some(g) => r["gain"] = serde_json::json!(g),
+                // a file written before RefER had a gain
+                None => drop(r.as_object_mut().unwrap().remove("gain")),
+            }
+        }
+        let path = dir.join(format!("{gain:?}.refqsr.json"));
+        std::fs::write(&path, v.to_string()).unwrap();
+        let up = upscaler("refqsr:8-4", |o| o.refqsr_params = Some(path));
+        let out = run(&up, &img);
+        (out, up.last_refqsr_run().unwrap())
+    };
+    let (none, none_stats) = with_gain(Some(0.0));
+    let no_refer = run(
+        &upscaler("refqsr:8-4", |o| o.ablation = Ablation::NoRefer),
+        &img,
+    );
+    assert!(
+        none.as_raw() == no_refer.as_raw(),
+        "gain 0 differs from the queries without RefER"
+    );
+    let (full, full_stats) = with_gain(Some(1.0));
+    let (old, _) = with_gain(None);
+    assert!(full.as_raw() == old.as_raw(), "no gain field is gain 1");
+    // RefER costs BitOPs only where it runs
+    assert!(full_stats.bitops_body_g > none_stats.bitops_body_g);
+    // the correction reaches the output through the linear tail: half the gain, about half
+    // the change (the RefER conv's 8-bit weights are requantized at each gain)
+    let (half, _) = with_gain(Some(0.5));
+    let whole = distance(&full, &none);
+    assert!(whole > 0.0);
+    let ratio = distance(&half, &none) / whole;
+    assert!(
+        (0.4..0.6).contains(&ratio),
+        "half the gain moved {ratio:.3} of the whole"
+    );
+}

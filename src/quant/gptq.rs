@@ -117,7 +117,9 @@ pub fn round_weights(
             folded, wq, print, ..
         } = l.fold_with(c, &run);
         let codes = &run.layers[l.index].weight_codes;
-        if codes.iter().all(|s| s.fingerprint != print) {
+        if codes.iter().all(|s| s.fingerprint != print)
+            && !l.serves_an_unjudged_mode(c, calib, &print, mode)
+        {
             let n = c.in_ch * c.k * c.k;
             let mut h = vec![0f64; n * n];
             for x in &data {

@@ -23,7 +23,7 @@ use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use image::Rgb32FImage;
 
 use super::calib::{Calibration, WeightCodes};
-use super::recon::{psnr, Crops, Folding, IntLayer, Net, Weights};
+use super::recon::{psnr, Crops, Folding, Net, Weights};
 use super::{ActQuant, Mode, Quantizer};
 use crate::error::Result;
 use crate::model::{Conv, Op};
@@ -109,7 +109,7 @@ pub fn learn_codes(
         } = l.fold_with(c, &run);
         let stored = &run.layers[l.index].weight_codes;
         if stored.iter().any(|s| s.fingerprint == print)
-            || shared_with_a_wide_mode(calib, l, c, &print)
+            || l.serves_an_unjudged_mode(c, calib, &print, mode)
         {
             continue;
         }
@@ -195,15 +195,6 @@ pub fn learn_codes(
         kept,
         moved: moved as f64 / total.max(1) as f64,
     })
-}
-
-/// Whether layer `l`, at more than 4 bits of weights and inputs and folded to `print`, folds
-/// the same way in the plain `wXaY` mode of its widths. Codes are used by every mode that folds
-/// a layer as they were learned for, but only this mode judges them: on SPAN x2, the codes
-/// refqsr:8-4 learned for its queries' first block (kept at 8 bits, with the plain steps)
-/// moved w8a8 by -0.13 dB on the held-out photos. The wide modes' codes are GPTQ's.
-fn shared_with_a_wide_mode(calib: &Calibration, l: &IntLayer, c: &Conv, print: &str) -> bool {
-    l.w_bits > 4 && l.bits > 4 && l.fold_with(c, calib).print == print
 }
 
 fn cerr(e: candle_core::Error) -> crate::error::Error {

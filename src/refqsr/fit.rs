@@ -6,7 +6,10 @@
 //! references are chosen as at inference, every model's tap features are computed on the GPU,
 //! the alignment by the CPU twins of the RefER kernels, and the conv (with bias) is the ridge
 //! least-squares solution of that regression over every query pixel: a 49 x 49 system per
-//! mode, no training framework.
+//! mode, no training framework. The tap's error is not the output's, so each fit is then
+//! judged where it matters: the mode runs as at inference on images the fit never saw, and
+//! the share of the correction it applies (its gain, 0 to switch it off) is the one that
+//! brings the output closest to fp32's.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,7 +18,7 @@ use image::imageops::{self, FilterType};
 use image::Rgb32FImage;
 
 use super::clust::{self, ClustBlock, ClustParams};
-use super::{select, tap, Params, ReferParams, FORMAT, HALO, PATCH};
+use super::{select, tap, Params, ReferParams, FORMAT, GAINS, HALO, PATCH};
 use crate::error::Result;
 use crate::exec::GpuModel;
 use crate::gpu::Context;
@@ -118,6 +121,11 @@ pub struct ReferFit {
     /// Mean squared error of the query taps against fp32, before and after RefER.
     pub mse: [f64; 2],
     pub pairs: usize,
+    /// PSNR-Y (dB) of the mode's output against the fp32 model's on the held-out images, for
+    /// each of [`GAINS`], and the gain chosen from them.
+    pub judged: Vec<f64>,
+    /// Whether [`ReferFit::judged`] comes from images the fit never saw.
+    pub held_out: bool,
 }
 
 /// Fit RefER for each RefQSR mode of `modes` on `images` (downscaled by the model's scale).
@@ -133,7 +141,7 @@ pub fn fit_refer(
     let graph = crate::quant::prepare(graph.clone());
     let t = tap(&graph)?;
     let c = graph.values[t].channels;
-    let lr: Vec<Rgb32FImage> = images.iter().map(|i| downscale(i, graph.scale())).collect();
+    let lr: Vec<Rgb32FImage> = images.iter().map(|i| lr_crop(i, graph.scale())).collect();
     let sets = windows(&lr);
     let cb = ClustBlock::new(ctx.clone(), clust_params.clone())?;
     let sels = sets
@@ -306,9 +314,12 @@ pub fn fit_refer(
                 input,
                 weights,
                 bias,
+                gain: 1.0,
             },
             mse: [before.0 / count, after / count],
             pairs,
+            judged: Vec::new(),
+            held_out: false,
         });
         progress(k + 1, modes.len());
     }
@@ -351,7 +362,128 @@ fn ridge(xtx: &[f64], xty: &[f64], n: usize, m: usize) -> Vec<f64> {
     b
 }
 
-/// ClustBlock and RefER for `modes`, as one parameters file for `graph`.
+/// Side of the centre crop of each low-resolution calibration image RefER is fitted and
+/// judged on (input pixels): 16 patches. Calibration photos are about 768 pixels wide, so
+/// at x4 this is the whole image; at x2 it keeps the fit's cost (its CPU cost volumes grow
+/// with the queries) that of x4 instead of four times it.
+pub const LR_CROP: usize = 4 * PATCH;
+
+/// The centre crop of `img` downscaled by `s`, at most [`LR_CROP`] square.
+pub fn lr_crop(img: &Rgb32FImage, s: u32) -> Rgb32FImage {
+    let lr = downscale(img, s);
+    let (w, h) = (
+        lr.width().min(LR_CROP as u32),
+        lr.height().min(LR_CROP as u32),
+    );
+    imageops::crop_imm(&lr, (lr.width() - w) / 2, (lr.height() - h) / 2, w, h).to_image()
+}
+
+/// The least gain over no RefER (dB, mean PSNR-Y against fp32 on the held-out images) for
+/// which RefER is kept: below it the correction's BitOPs and time buy nothing measurable.
+pub const MIN_GAIN_DB: f64 = 0.01;
+
+/// The fp32 model's output on the patches of `img`, cut as RefQSR cuts them (the target a
+/// RefQSR mode is judged against: the patch cutting's own cost is then the same for all).
+fn fp32_patches(model: &GpuModel, img: &Rgb32FImage) -> Result<Rgb32FImage> {
+    let grid = Grid::new(img.width() as usize, img.height() as usize, PATCH, HALO, 0);
+    let (h, w) = grid.input_size();
+    let s = model.graph.scale() as usize;
+    let (per_in, per_out) = (h * w * 4, h * w * 4 * s * s);
+    let win = grid.extract_all(img);
+    let mut out = Rgb32FImage::new(img.width() * s as u32, img.height() * s as u32);
+    let ids: Vec<usize> = (0..grid.tiles.len()).collect();
+    for chunk in ids.chunks(super::MAX_GROUP) {
+        let plan = model.plan(chunk.len(), h, w)?;
+        let y = plan.run(&win[chunk[0] * per_in..(chunk[chunk.len() - 1] + 1) * per_in])?;
+        for (&i, src) in chunk.iter().zip(y.chunks(per_out)) {
+            grid.merge(&mut out, grid.tiles[i], s, src);
+        }
+    }
+    Ok(out)
+}
+
+/// Choose each RefER's gain (see [`ReferParams::gain`]) from [`GAINS`] by running its mode,
+/// as it runs at inference (integer kernels, the RefER conv at b_high), on the
+/// low-resolution `images` and comparing with the fp32 model's output: the closed-form fit
+/// minimises the tap's error on float features, which is not the output's error (on SPAN x4
+/// a fit that gained 0.4 dB at the tap lost 0.1 dB at the output). Returns the mean PSNR-Y of
+/// each mode at each gain, in the order of `params.refer`.
+pub fn judge_refer(
+    ctx: &Arc<Context>,
+    graph: &Graph,
+    calib: &Calibration,
+    params: &mut Params,
+    images: &[Rgb32FImage],
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<Vec<f64>>> {
+    let fp32 = GpuModel::new(ctx.clone(), graph.clone())?;
+    let targets = images
+        .iter()
+        .map(|img| Ok(crate::metrics::luma(&fp32_patches(&fp32, img)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let mut references: BTreeMap<u32, GpuModel> = BTreeMap::new();
+    let mut judged = Vec::new();
+    let n = params.refer.len();
+    progress(0, n);
+    for k in 0..n {
+        let mode: Mode = params.refer[k].mode.parse()?;
+        let Mode::RefQsr { high, low } = mode else {
+            unreachable!("Params::parse and fit_refer keep RefQSR modes only")
+        };
+        if let std::collections::btree_map::Entry::Vacant(e) = references.entry(high) {
+            let layers = crate::quant::int_layers(
+                graph,
+                Mode::Uniform { w: high, a: high },
+                calib,
+                Bounds::Channel,
+            );
+            e.insert(GpuModel::quantized(ctx.clone(), graph.clone(), layers)?);
+        }
+        let reference = &references[&high];
+        let mut scores = Vec::new();
+        for gain in GAINS {
+            let mut trial = params.clone();
+            trial.refer[k].gain = gain;
+            let engine = super::RefQsr::new(
+                ctx.clone(),
+                graph,
+                (high, low),
+                calib,
+                Bounds::Channel,
+                &trial,
+                super::DEFAULT_TAU,
+                super::Ablation::None,
+            )?;
+            let mut sum = 0.0;
+            for (img, target) in images.iter().zip(&targets) {
+                let grid = Grid::new(img.width() as usize, img.height() as usize, PATCH, HALO, 0);
+                let out = engine.run(reference, img, &grid, 1 << 30, &mut |_, _| {}, None)?;
+                sum += crate::metrics::psnr(&crate::metrics::luma(&out), target)
+                    .min(crate::eval::MAX_FIDELITY_DB);
+            }
+            scores.push(sum / images.len().max(1) as f64);
+        }
+        params.refer[k].gain = choose_gain(&scores);
+        judged.push(scores);
+        progress(k + 1, n);
+    }
+    Ok(judged)
+}
+
+/// The gain of [`GAINS`] whose score (dB) is highest, unless it beats no RefER (the first)
+/// by less than [`MIN_GAIN_DB`]; ties go to the smaller gain.
+fn choose_gain(scores: &[f64]) -> f32 {
+    let best = (1..scores.len()).fold(0, |b, i| if scores[i] > scores[b] { i } else { b });
+    if scores[best] - scores[0] < MIN_GAIN_DB {
+        0.0
+    } else {
+        GAINS[best]
+    }
+}
+
+/// ClustBlock and RefER for `modes`, as one parameters file for `graph`. Three of every four
+/// images (all of them when there are fewer than four) fit ClustBlock and RefER; the fourth
+/// judges each RefER's gain ([`judge_refer`]).
 pub fn fit(
     ctx: &Arc<Context>,
     graph: &Graph,
@@ -360,22 +492,56 @@ pub fn fit(
     modes: &[Mode],
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<(Params, Vec<ReferFit>)> {
-    let clust = fit_clust(ctx, images, graph.scale())?;
-    let fits = fit_refer(ctx, graph, calib, &clust, images, modes, progress)?;
-    Ok((
-        Params {
-            format: FORMAT.into(),
-            model: graph.name.clone(),
-            clust,
-            refer: fits.iter().map(|f| f.params.clone()).collect(),
-        },
-        fits,
-    ))
+    let (fit_on, judge_on): (Vec<_>, Vec<_>) = if images.len() < 4 {
+        (images.to_vec(), images.to_vec())
+    } else {
+        let (a, b): (Vec<_>, Vec<_>) = images.iter().enumerate().partition(|(i, _)| i % 4 != 3);
+        (
+            a.into_iter().map(|(_, i)| i.clone()).collect(),
+            b.into_iter().map(|(_, i)| i.clone()).collect(),
+        )
+    };
+    let held_out = images.len() >= 4;
+    let clust = fit_clust(ctx, &fit_on, graph.scale())?;
+    let steps = 2 * modes.len();
+    let mut fits = fit_refer(ctx, graph, calib, &clust, &fit_on, modes, &mut |d, _| {
+        progress(d, steps)
+    })?;
+    let mut params = Params {
+        format: FORMAT.into(),
+        model: graph.name.clone(),
+        clust,
+        refer: fits.iter().map(|f| f.params.clone()).collect(),
+    };
+    let lr: Vec<Rgb32FImage> = judge_on.iter().map(|i| lr_crop(i, graph.scale())).collect();
+    let judged = judge_refer(ctx, graph, calib, &mut params, &lr, &mut |d, n| {
+        progress(modes.len() + d, modes.len() + n)
+    })?;
+    for ((f, p), j) in fits.iter_mut().zip(&params.refer).zip(judged) {
+        f.params.gain = p.gain;
+        f.judged = j;
+        f.held_out = held_out;
+    }
+    Ok((params, fits))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_gain_is_kept_only_where_it_beats_no_refer_measurably() {
+        assert_eq!(GAINS[0], 0.0);
+        // the best gain wins
+        assert_eq!(choose_gain(&[30.0, 30.2, 30.3, 30.1, 29.0]), 0.5);
+        assert_eq!(choose_gain(&[30.0, 30.1, 30.2, 30.3, 30.4]), 1.0);
+        // no RefER is best, or the best gains less than MIN_GAIN_DB
+        assert_eq!(choose_gain(&[30.0, 29.9, 29.5, 29.0, 28.0]), 0.0);
+        let small = 30.0 + MIN_GAIN_DB / 2.0;
+        assert_eq!(choose_gain(&[30.0, small, 29.5, 29.0, 28.0]), 0.0);
+        // ties go to the smaller gain
+        assert_eq!(choose_gain(&[30.0, 30.5, 30.5, 30.5, 30.0]), 0.25);
+    }
 
     #[test]
     fn ridge_recovers_a_linear_map() {

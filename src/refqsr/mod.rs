@@ -15,7 +15,8 @@
 //! outputs, so the last feature map is where one RefER sees the error of every quantized
 //! layer, and it is the only one the float tail reads). The RefER conv is 1x1, fitted by
 //! `refqsr calibrate` in closed form (ridge least squares of `F_fp32 - Fq` on the aligned
-//! difference) for each mode.
+//! difference) for each mode, then scaled by the gain that measures best at the output on
+//! held-out images ([`ReferParams::gain`]; a mode whose RefER does not pay runs without it).
 
 pub mod clust;
 pub mod fit;
@@ -96,7 +97,20 @@ pub struct ReferParams {
     /// 1x1 conv `[out][in]`.
     pub weights: Vec<f32>,
     pub bias: Vec<f32>,
+    /// How much of the fitted correction is applied (weights and bias are scaled by it), as
+    /// judged by `refqsr calibrate` on held-out query patches at the network's output; 0 turns
+    /// RefER off for the mode (the queries then run without it and cost nothing for it). Files
+    /// from before the judgement apply the whole fit.
+    #[serde(default = "full_gain")]
+    pub gain: f32,
 }
+
+fn full_gain() -> f32 {
+    1.0
+}
+
+/// The gains `refqsr calibrate` tries for RefER's correction: none, a part, or all of it.
+pub const GAINS: [f32; 5] = [0.0, 0.25, 0.5, 0.75, 1.0];
 
 /// Everything `refqsr calibrate` fits for RefQSR on one model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -147,6 +161,13 @@ impl Params {
                     "{} = {}: must be a positive number",
                     field("clip"),
                     r.clip
+                )));
+            }
+            if !(r.gain.is_finite() && (0.0..=1.0).contains(&r.gain)) {
+                return Err(bad(format!(
+                    "{} = {}: must be a number from 0 to 1",
+                    field("gain"),
+                    r.gain
                 )));
             }
             let [lo, hi] = r.input;
@@ -337,8 +358,8 @@ fn refer_conv(r: &ReferParams, c: usize, residual: ValueId) -> Conv {
         in_ch: c,
         out_ch: c,
         k: 1,
-        weights: r.weights.clone(),
-        bias: r.bias.clone(),
+        weights: r.weights.iter().map(|w| w * r.gain).collect(),
+        bias: r.bias.iter().map(|b| b * r.gain).collect(),
         act: Activation::None,
         epilogue: Epilogue::Add(residual),
     }
@@ -402,35 +423,41 @@ impl RefQsr {
         let mode = Mode::RefQsr { high, low };
         let tap = tap(g)?;
         let layers = query_layers(g, calib, (high, low), bounds);
-        let (query, fr, refer) = if ablation == Ablation::NoRefer {
-            (
-                GpuModel::quantized(ctx.clone(), g.clone(), layers)?,
-                None,
-                None,
-            )
-        } else {
-            let r = params.refer(mode).ok_or_else(|| {
+        // a RefER judged not to pay (gain 0) is left out, as the NoRefer ablation leaves it
+        let refer = match ablation {
+            Ablation::NoRefer => None,
+            _ => Some(params.refer(mode).ok_or_else(|| {
                 Error::Invalid(format!(
                     "no RefER fit for {mode} in the parameters of `{}` (fitted: {}): run `refqsr calibrate`",
                     g.name,
                     params.refer.iter().map(|r| r.mode.as_str()).collect::<Vec<_>>().join(", ")
                 ))
-            })?;
-            let (qg, fr, at) = query_graph(g, tap, r, low, ablation == Ablation::SelfReference);
-            let mut layers: std::collections::BTreeMap<usize, PackedIntConv> = layers
-                .into_iter()
-                .map(|(j, l)| (if j < at { j } else { j + 2 }, l))
-                .collect();
-            let conv = refer_conv(r, g.values[tap].channels, tap);
-            layers.insert(
-                at + 1,
-                PackedIntConv::new(&conv, high, Quantizer::new(r.input[0], r.input[1], high)),
-            );
-            (
-                GpuModel::quantized(ctx.clone(), qg, layers)?,
-                fr,
-                Some(r.clone()),
-            )
+            })?)
+            .filter(|r| r.gain > 0.0),
+        };
+        let (query, fr, refer) = match refer {
+            None => (
+                GpuModel::quantized(ctx.clone(), g.clone(), layers)?,
+                None,
+                None,
+            ),
+            Some(r) => {
+                let (qg, fr, at) = query_graph(g, tap, r, low, ablation == Ablation::SelfReference);
+                let mut layers: std::collections::BTreeMap<usize, PackedIntConv> = layers
+                    .into_iter()
+                    .map(|(j, l)| (if j < at { j } else { j + 2 }, l))
+                    .collect();
+                let conv = refer_conv(r, g.values[tap].channels, tap);
+                layers.insert(
+                    at + 1,
+                    PackedIntConv::new(&conv, high, Quantizer::new(r.input[0], r.input[1], high)),
+                );
+                (
+                    GpuModel::quantized(ctx.clone(), qg, layers)?,
+                    fr,
+                    Some(r.clone()),
+                )
+            }
         };
         Ok(RefQsr {
             high,
