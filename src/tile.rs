@@ -215,6 +215,102 @@ impl Grid {
     }
 }
 
+/// Windows merged by weights that fall off linearly towards every window edge inside the
+/// image, over the overlap of two windows (`2 halo` input pixels): where the halo is shorter
+/// than the network's reach (RefQSR's patches), each window's output is least accurate near
+/// its edges, and neighbouring windows may run at different precisions, so a hard cut at the
+/// core's edge leaves a visible step. Each output pixel is the weighted mean of the windows
+/// covering it; a core pixel is at least `halo` inside its window, so its weight is at least
+/// one half, and pixels beyond the reach of any neighbour keep their window's value exactly.
+pub struct Feathered {
+    width: usize,
+    height: usize,
+    /// Weighted sums (RGB) and the summed weights, per output pixel.
+    sum: Vec<f32>,
+    weight: Vec<f32>,
+}
+
+impl Feathered {
+    /// An empty `scale`-times output of `grid`'s image.
+    pub fn new(grid: &Grid, scale: usize) -> Feathered {
+        let (width, height) = (grid.width * scale, grid.height * scale);
+        Feathered {
+            width,
+            height,
+            sum: vec![0.0; width * height * 3],
+            weight: vec![0.0; width * height],
+        }
+    }
+
+    /// Add the upscaled window `t` of `grid` (one C4HW batch item, `scale` times the window).
+    pub fn add(&mut self, grid: &Grid, t: Tile, scale: usize, src: &[f32]) {
+        let (ih, iw) = grid.input_size();
+        let sw = iw * scale;
+        assert_eq!(src.len(), ih * scale * sw * 4);
+        let plane = ih * scale * sw;
+        let wx = ramps(t.x, iw, grid.width, grid.halo, grid.margin, scale);
+        let wy = ramps(t.y, ih, grid.height, grid.halo, grid.margin, scale);
+        let x0 = t.x.start * scale as isize;
+        let y0 = t.y.start * scale as isize;
+        for (y, &ry) in wy.iter().enumerate() {
+            let oy = y0 + y as isize;
+            if ry == 0.0 || oy < 0 || oy >= self.height as isize {
+                continue;
+            }
+            for (x, &rx) in wx.iter().enumerate() {
+                let ox = x0 + x as isize;
+                if rx == 0.0 || ox < 0 || ox >= self.width as isize {
+                    continue;
+                }
+                let w = rx * ry;
+                let d = oy as usize * self.width + ox as usize;
+                let s = (y * sw + x) * 4;
+                debug_assert!(s + 2 < plane * 4);
+                for c in 0..3 {
+                    self.sum[d * 3 + c] += w * src[s + c];
+                }
+                self.weight[d] += w;
+            }
+        }
+    }
+
+    /// The merged image.
+    pub fn finish(self) -> Rgb32FImage {
+        let mut out = self.sum;
+        for (p, &w) in out.chunks_mut(3).zip(&self.weight) {
+            debug_assert!(w > 0.0, "every output pixel is in some window's core");
+            for v in p {
+                *v /= w;
+            }
+        }
+        Rgb32FImage::from_raw(self.width as u32, self.height as u32, out)
+            .expect("the buffer has the image's size")
+    }
+}
+
+/// The weight of each output pixel of a window along one axis (`size` input pixels over an
+/// image `len` long): 1, falling linearly to 0 at each window edge that lies inside the image
+/// over `2 halo` input pixels (measured at the pixels' centres).
+fn ramps(s: Span, size: usize, len: usize, halo: usize, margin: usize, scale: usize) -> Vec<f32> {
+    let ramp = (2 * halo * scale) as f32;
+    let first = s.start == -(margin as isize);
+    let last = s.start + size as isize == (len + margin) as isize;
+    (0..size * scale)
+        .map(|o| {
+            let mut w = 1f32;
+            if ramp > 0.0 {
+                if !first {
+                    w = w.min((o as f32 + 0.5) / ramp);
+                }
+                if !last {
+                    w = w.min(((size * scale - o) as f32 - 0.5) / ramp);
+                }
+            }
+            w
+        })
+        .collect()
+}
+
 /// Reflect-101 index into `0..n` for any `i` (periodic, so any margin works).
 pub fn mirror(i: isize, n: usize) -> usize {
     if n == 1 {
@@ -235,6 +331,110 @@ mod tests {
         assert_eq!(got, vec![2, 3, 2, 1, 0, 1, 2, 3, 2, 1, 0, 1]);
         assert!((-50..50).all(|i| mirror(i, 1) == 0));
         assert!((-50..50).all(|i| mirror(i, 3) < 3));
+    }
+
+    /// Window `k` of `grid` upscaled by `scale`, each pixel `value(k, output x, output y)`.
+    fn window_output(
+        grid: &Grid,
+        k: usize,
+        scale: usize,
+        value: impl Fn(usize, isize, isize) -> f32,
+    ) -> Vec<f32> {
+        let (ih, iw) = grid.input_size();
+        let t = grid.tiles[k];
+        let mut out = vec![f32::NAN; ih * scale * iw * scale * 4];
+        for y in 0..ih * scale {
+            for x in 0..iw * scale {
+                let (ox, oy) = (
+                    t.x.start * scale as isize + x as isize,
+                    t.y.start * scale as isize + y as isize,
+                );
+                let p = (y * iw * scale + x) * 4;
+                out[p..p + 3].fill(value(k, ox, oy));
+                out[p + 3] = -1.0;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn feathering_agreeing_windows_changes_nothing() {
+        for (w, h, halo, scale) in [
+            (150, 110, 3, 4),
+            (97, 41, 3, 2),
+            (20, 20, 3, 4),
+            (60, 33, 0, 3),
+        ] {
+            let grid = Grid::new(w, h, 48, halo, 0);
+            let mut f = Feathered::new(&grid, scale);
+            let truth = |_, x: isize, y: isize| (x * 7 + y * 13) as f32 / 1000.0;
+            for k in 0..grid.tiles.len() {
+                f.add(
+                    &grid,
+                    grid.tiles[k],
+                    scale,
+                    &window_output(&grid, k, scale, truth),
+                );
+            }
+            let out = f.finish();
+            for (x, y, p) in out.enumerate_pixels() {
+                let want = truth(0, x as isize, y as isize);
+                assert!(
+                    (p[0] - want).abs() <= 1e-5 * want.abs().max(1.0),
+                    "{w}x{h} at {x},{y}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn feathering_keeps_lone_pixels_and_averages_at_the_core_edge() {
+        let (scale, halo) = (4, 3);
+        let grid = Grid::new(150, 60, 48, halo, 0);
+        let mut f = Feathered::new(&grid, scale);
+        // window k says k everywhere
+        for k in 0..grid.tiles.len() {
+            f.add(
+                &grid,
+                grid.tiles[k],
+                scale,
+                &window_output(&grid, k, scale, |k, _, _| k as f32),
+            );
+        }
+        let out = f.finish();
+        let (_, iw) = grid.input_size();
+        let covering = |ox: usize, oy: usize| -> Vec<usize> {
+            (0..grid.tiles.len())
+                .filter(|&k| {
+                    let t = grid.tiles[k];
+                    let inside = |s: Span, o: usize, n: usize| {
+                        let o = o as isize;
+                        o >= s.start * scale as isize && o < (s.start + n as isize) * scale as isize
+                    };
+                    inside(t.x, ox, iw) && inside(t.y, oy, grid.input_size().0)
+                })
+                .collect()
+        };
+        let row = 100; // inside the first row of windows' cores, beyond the second's reach
+        assert_eq!(grid.tiles.len(), 6, "3 x 2 windows");
+        for x in 0..150 * scale {
+            let c = covering(x, row);
+            let v = out.get_pixel(x as u32, row as u32)[0];
+            if c.len() == 1 {
+                assert_eq!(v, c[0] as f32, "a pixel one window covers keeps its value");
+            } else {
+                assert!(
+                    v > c[0] as f32 && v < c[c.len() - 1] as f32,
+                    "{x}: {v} {c:?}"
+                );
+            }
+        }
+        // where two cores meet the windows weigh the same
+        let edge = grid.tiles[0].x.core.1 * scale;
+        let mid = (out.get_pixel(edge as u32 - 1, row as u32)[0]
+            + out.get_pixel(edge as u32, row as u32)[0])
+            / 2.0;
+        assert!((mid - 0.5).abs() < 1e-6, "{mid}");
     }
 
     #[test]

@@ -382,7 +382,7 @@ pub fn lr_crop(img: &Rgb32FImage, s: u32) -> Rgb32FImage {
 /// which RefER is kept: below it the correction's BitOPs and time buy nothing measurable.
 pub const MIN_GAIN_DB: f64 = 0.01;
 
-/// The fp32 model's output on the patches of `img`, cut as RefQSR cuts them (the target a
+/// The fp32 model's output on the patches of `img`, cut and merged as RefQSR cuts and merges them (the target a
 /// RefQSR mode is judged against: the patch cutting's own cost is then the same for all).
 fn fp32_patches(model: &GpuModel, img: &Rgb32FImage) -> Result<Rgb32FImage> {
     let grid = Grid::new(img.width() as usize, img.height() as usize, PATCH, HALO, 0);
@@ -390,16 +390,16 @@ fn fp32_patches(model: &GpuModel, img: &Rgb32FImage) -> Result<Rgb32FImage> {
     let s = model.graph.scale() as usize;
     let (per_in, per_out) = (h * w * 4, h * w * 4 * s * s);
     let win = grid.extract_all(img);
-    let mut out = Rgb32FImage::new(img.width() * s as u32, img.height() * s as u32);
+    let mut out = crate::tile::Feathered::new(&grid, s);
     let ids: Vec<usize> = (0..grid.tiles.len()).collect();
     for chunk in ids.chunks(super::MAX_GROUP) {
         let plan = model.plan(chunk.len(), h, w)?;
         let y = plan.run(&win[chunk[0] * per_in..(chunk[chunk.len() - 1] + 1) * per_in])?;
         for (&i, src) in chunk.iter().zip(y.chunks(per_out)) {
-            grid.merge(&mut out, grid.tiles[i], s, src);
+            out.add(&grid, grid.tiles[i], s, src);
         }
     }
-    Ok(out)
+    Ok(out.finish())
 }
 
 /// Choose each RefER's gain (see [`ReferParams::gain`]) from [`GAINS`] by running its mode,

@@ -38,7 +38,7 @@ use crate::model::{Activation, Conv, Epilogue, Graph, Node, Op, Value, ValueId};
 use crate::profile::{Profiler, Stage};
 use crate::quant::accounting::cost_with;
 use crate::quant::{Bounds, Calibration, Mode, Quantizer};
-use crate::tile::Grid;
+use crate::tile::{Feathered, Grid};
 
 use clust::{ClustBlock, ClustParams};
 use schedule::{Budget, Schedule};
@@ -573,11 +573,13 @@ impl RefQsr {
         let plan = self.schedule(reference, &sel, ih, iw, max_memory)?;
         let t1 = std::time::Instant::now();
         let slot = self.slot_bytes(ih, iw);
-        let mut out = Rgb32FImage::new((grid.width * s) as u32, (grid.height * s) as u32);
+        // RefQSR's halo is far shorter than the network's reach and neighbours differ in
+        // precision: windows are blended across their overlap rather than cut at the core
+        let mut out = crate::tile::Feathered::new(grid, s);
         let mut done = 0;
         let (mut ref_ms, mut query_ms) = (0.0, 0.0);
         // gather a group's windows, run them, merge their cores
-        let run_group = |p: &Plan, group: &[schedule::Item], out: &mut Rgb32FImage, body| {
+        let run_group = |p: &Plan, group: &[schedule::Item], out: &mut Feathered, body| {
             let input: Vec<f32> = group
                 .iter()
                 .flat_map(|it| {
@@ -588,7 +590,7 @@ impl RefQsr {
                 .collect();
             let y = p.run_maybe_profiled(&input, prof, body)?;
             for (it, src) in group.iter().zip(y.chunks(per_out)) {
-                grid.merge(out, grid.tiles[it.patch], s, src);
+                out.add(grid, grid.tiles[it.patch], s, src);
             }
             Ok::<(), Error>(())
         };
@@ -662,7 +664,7 @@ impl RefQsr {
             [(t1 - t0).as_secs_f64() * 1e3, ref_ms, query_ms],
         );
         *self.last.lock().expect("stats") = Some(stats);
-        Ok(out)
+        Ok(out.finish())
     }
 
     fn stats(
