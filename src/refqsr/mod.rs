@@ -2,10 +2,10 @@
 //! patch at low precision, refined by RefER from its reference's features.
 //!
 //! The image is cut into patches ([`PATCH`] pixels with [`HALO`] pixels of overlap each side,
-//! the paper's six overlapping pixels). ClustBlock ([`clust`]) gives every patch a logit
-//! vector; [`select`] picks references by Eqs. 2-3; [`schedule`] orders the work (references
-//! first, queries queued against their stored features, groups sized by the memory budget);
-//! [`RefQsr::run`] executes it. The reference body runs at (W b_high, A b_high); the query
+//! the paper's six overlapping pixels, across which neighbouring outputs are blended).
+//! ClustBlock ([`clust`]) gives every patch a logit vector; [`select`] picks references by
+//! Eqs. 2-3; [`schedule`] orders the work (references first, queries queued against their
+//! stored features, groups sized by the memory budget); [`RefQsr::run`] executes it. The reference body runs at (W b_high, A b_high); the query
 //! body at (W b_medium, A b_low), b_medium = round((b_high + b_low) / 2), except its first
 //! residual block, kept at b_high as the paper keeps it ([`first_block`]); RefER at the tap:
 //! `F' = Fq + conv(Fq - warp(Fr))`, the conv at b_high.
@@ -578,7 +578,7 @@ impl RefQsr {
         let mut out = crate::tile::Feathered::new(grid, s);
         let mut done = 0;
         let (mut ref_ms, mut query_ms) = (0.0, 0.0);
-        // gather a group's windows, run them, merge their cores
+        // gather a group's windows, run them, blend them into the output
         let run_group = |p: &Plan, group: &[schedule::Item], out: &mut Feathered, body| {
             let input: Vec<f32> = group
                 .iter()
