@@ -5,10 +5,11 @@
 //! the paper's six overlapping pixels, across which neighbouring outputs are blended).
 //! ClustBlock ([`clust`]) gives every patch a logit vector; [`select`] picks references by
 //! Eqs. 2-3; [`schedule`] orders the work (references first, queries queued against their
-//! stored features, groups sized by the memory budget); [`RefQsr::run`] executes it. The reference body runs at (W b_high, A b_high); the query
-//! body at (W b_medium, A b_low), b_medium = round((b_high + b_low) / 2), except its first
-//! residual block, kept at b_high as the paper keeps it ([`first_block`]); RefER at the tap:
-//! `F' = Fq + conv(Fq - warp(Fr))`, the conv at b_high.
+//! stored features, groups sized by the memory budget); [`RefQsr::run`] executes it. The
+//! reference body runs at (W b_high, A b_high); the query body at (W b_medium, A b_low),
+//! b_medium = round((b_high + b_low) / 2), except its first residual block, kept at b_high as
+//! the paper keeps it ([`first_block`]); RefER at the tap: `F' = Fq + conv(Fq - warp(Fr))`,
+//! the conv at b_high.
 //!
 //! The tap is the body's output, the input of the upsampler (SPAN has no ResBlocks to replace
 //! as the paper does for SRResNet; its body ends in a 1x1 conv over four concatenated block
