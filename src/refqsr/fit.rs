@@ -128,7 +128,8 @@ pub struct ReferFit {
     pub held_out: bool,
 }
 
-/// Fit RefER for each RefQSR mode of `modes` on `images` (downscaled by the model's scale).
+/// Fit RefER for each RefQSR mode of `modes` on `images` (downscaled by the model's scale and
+/// cropped, [`lr_crop`]).
 pub fn fit_refer(
     ctx: &Arc<Context>,
     graph: &Graph,
@@ -382,8 +383,9 @@ pub fn lr_crop(img: &Rgb32FImage, s: u32) -> Rgb32FImage {
 /// which RefER is kept: below it the correction's BitOPs and time buy nothing measurable.
 pub const MIN_GAIN_DB: f64 = 0.01;
 
-/// The fp32 model's output on the patches of `img`, cut and merged as RefQSR cuts and merges them (the target a
-/// RefQSR mode is judged against: the patch cutting's own cost is then the same for all).
+/// The fp32 model's output on the patches of `img`, cut and merged as RefQSR cuts and merges
+/// them (the target a RefQSR mode is judged against: the patches' own cost is then the same
+/// for all).
 fn fp32_patches(model: &GpuModel, img: &Rgb32FImage) -> Result<Rgb32FImage> {
     let grid = Grid::new(img.width() as usize, img.height() as usize, PATCH, HALO, 0);
     let (h, w) = grid.input_size();
@@ -428,7 +430,9 @@ pub fn judge_refer(
     for k in 0..n {
         let mode: Mode = params.refer[k].mode.parse()?;
         let Mode::RefQsr { high, low } = mode else {
-            unreachable!("Params::parse and fit_refer keep RefQSR modes only")
+            return Err(crate::error::Error::Invalid(format!(
+                "refer[{k}]: {mode} is not a RefQSR mode"
+            )));
         };
         if let std::collections::btree_map::Entry::Vacant(e) = references.entry(high) {
             let layers = crate::quant::int_layers(
