@@ -222,7 +222,9 @@ impl Grid {
 /// core's edge leaves a visible step. Each output pixel is the weighted mean of the windows
 /// covering it; a core pixel is at least `halo` inside its window, so its weight is at least
 /// one half, and pixels beyond the reach of any neighbour keep their window's value exactly.
-pub struct Feathered {
+pub struct Feathered<'a> {
+    grid: &'a Grid,
+    scale: usize,
     width: usize,
     height: usize,
     /// Weighted sums (RGB) and the summed weights, per output pixel.
@@ -230,11 +232,13 @@ pub struct Feathered {
     weight: Vec<f32>,
 }
 
-impl Feathered {
+impl<'a> Feathered<'a> {
     /// An empty `scale`-times output of `grid`'s image.
-    pub fn new(grid: &Grid, scale: usize) -> Feathered {
+    pub fn new(grid: &'a Grid, scale: usize) -> Feathered<'a> {
         let (width, height) = (grid.width * scale, grid.height * scale);
         Feathered {
+            grid,
+            scale,
             width,
             height,
             sum: vec![0.0; width * height * 3],
@@ -242,12 +246,12 @@ impl Feathered {
         }
     }
 
-    /// Add the upscaled window `t` of `grid` (one C4HW batch item, `scale` times the window).
-    pub fn add(&mut self, grid: &Grid, t: Tile, scale: usize, src: &[f32]) {
+    /// Add the upscaled window `t` (one C4HW batch item, `scale` times the window).
+    pub fn add(&mut self, t: Tile, src: &[f32]) {
+        let (grid, scale) = (self.grid, self.scale);
         let (ih, iw) = grid.input_size();
         let sw = iw * scale;
         assert_eq!(src.len(), ih * scale * sw * 4);
-        let plane = ih * scale * sw;
         let wx = ramps(t.x, iw, grid.width, grid.halo, grid.margin, scale);
         let wy = ramps(t.y, ih, grid.height, grid.halo, grid.margin, scale);
         let x0 = t.x.start * scale as isize;
@@ -265,7 +269,6 @@ impl Feathered {
                 let w = rx * ry;
                 let d = oy as usize * self.width + ox as usize;
                 let s = (y * sw + x) * 4;
-                debug_assert!(s + 2 < plane * 4);
                 for c in 0..3 {
                     self.sum[d * 3 + c] += w * src[s + c];
                 }
@@ -369,12 +372,7 @@ mod tests {
             let mut f = Feathered::new(&grid, scale);
             let truth = |_, x: isize, y: isize| (x * 7 + y * 13) as f32 / 1000.0;
             for k in 0..grid.tiles.len() {
-                f.add(
-                    &grid,
-                    grid.tiles[k],
-                    scale,
-                    &window_output(&grid, k, scale, truth),
-                );
+                f.add(grid.tiles[k], &window_output(&grid, k, scale, truth));
             }
             let out = f.finish();
             for (x, y, p) in out.enumerate_pixels() {
@@ -395,9 +393,7 @@ mod tests {
         // window k says k everywhere
         for k in 0..grid.tiles.len() {
             f.add(
-                &grid,
                 grid.tiles[k],
-                scale,
                 &window_output(&grid, k, scale, |k, _, _| k as f32),
             );
         }

@@ -306,15 +306,15 @@ impl<'a> Crops<'a> {
     }
 }
 
-/// The mean squared error against the float output. (The mean over crops of the log of each
-/// crop's error, which is what the mean PSNR of `eval` weighs, measured worse on SPAN x4's
-/// held-out photos at w4a4: 36.04 against 36.29 dB after 100 steps.)
 /// The PSNR of a mean squared error on [0, 1] images: how the calibration stages report their
 /// held-out crops.
 pub(super) fn psnr(mse: f64) -> f64 {
     10.0 * (1.0 / mse.max(1e-20)).log10()
 }
 
+/// The mean squared error against the float output. (The mean over crops of the log of each
+/// crop's error, which is what the mean PSNR of `eval` weighs, measured worse on SPAN x4's
+/// held-out photos at w4a4: 36.04 against 36.29 dB after 100 steps.)
 fn loss(out: &Tensor, target: &Tensor) -> Result<Tensor> {
     (out - target)
         .and_then(|d| d.sqr())

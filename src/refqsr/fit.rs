@@ -386,19 +386,18 @@ pub const MIN_GAIN_DB: f64 = 0.01;
 /// The fp32 model's output on the patches of `img`, cut and merged as RefQSR cuts and merges
 /// them (the target a RefQSR mode is judged against: the patches' own cost is then the same
 /// for all).
-fn fp32_patches(model: &GpuModel, img: &Rgb32FImage) -> Result<Rgb32FImage> {
-    let grid = Grid::new(img.width() as usize, img.height() as usize, PATCH, HALO, 0);
+fn fp32_patches(model: &GpuModel, img: &Rgb32FImage, grid: &Grid) -> Result<Rgb32FImage> {
     let (h, w) = grid.input_size();
     let s = model.graph.scale() as usize;
     let (per_in, per_out) = (h * w * 4, h * w * 4 * s * s);
     let win = grid.extract_all(img);
-    let mut out = crate::tile::Feathered::new(&grid, s);
+    let mut out = crate::tile::Feathered::new(grid, s);
     let ids: Vec<usize> = (0..grid.tiles.len()).collect();
     for chunk in ids.chunks(super::MAX_GROUP) {
         let plan = model.plan(chunk.len(), h, w)?;
         let y = plan.run(&win[chunk[0] * per_in..(chunk[chunk.len() - 1] + 1) * per_in])?;
         for (&i, src) in chunk.iter().zip(y.chunks(per_out)) {
-            out.add(&grid, grid.tiles[i], s, src);
+            out.add(grid.tiles[i], src);
         }
     }
     Ok(out.finish())
@@ -418,10 +417,15 @@ pub fn judge_refer(
     images: &[Rgb32FImage],
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Vec<Vec<f64>>> {
+    let grids: Vec<Grid> = images
+        .iter()
+        .map(|img| Grid::new(img.width() as usize, img.height() as usize, PATCH, HALO, 0))
+        .collect();
     let fp32 = GpuModel::new(ctx.clone(), graph.clone())?;
     let targets = images
         .iter()
-        .map(|img| Ok(crate::metrics::luma(&fp32_patches(&fp32, img)?)))
+        .zip(&grids)
+        .map(|(img, grid)| Ok(crate::metrics::luma(&fp32_patches(&fp32, img, grid)?)))
         .collect::<Result<Vec<_>>>()?;
     let mut references: BTreeMap<u32, GpuModel> = BTreeMap::new();
     let mut judged = Vec::new();
@@ -459,9 +463,8 @@ pub fn judge_refer(
                 super::Ablation::None,
             )?;
             let mut sum = 0.0;
-            for (img, target) in images.iter().zip(&targets) {
-                let grid = Grid::new(img.width() as usize, img.height() as usize, PATCH, HALO, 0);
-                let out = engine.run(reference, img, &grid, 1 << 30, &mut |_, _| {}, None)?;
+            for ((img, grid), target) in images.iter().zip(&grids).zip(&targets) {
+                let out = engine.run(reference, img, grid, 1 << 30, &mut |_, _| {}, None)?;
                 sum += crate::metrics::psnr(&crate::metrics::luma(&out), target)
                     .min(crate::eval::MAX_FIDELITY_DB);
             }
@@ -496,7 +499,8 @@ pub fn fit(
     modes: &[Mode],
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<(Params, Vec<ReferFit>)> {
-    let (fit_on, judge_on): (Vec<_>, Vec<_>) = if images.len() < 4 {
+    let held_out = images.len() >= 4;
+    let (fit_on, judge_on): (Vec<_>, Vec<_>) = if !held_out {
         (images.to_vec(), images.to_vec())
     } else {
         let (a, b): (Vec<_>, Vec<_>) = images.iter().enumerate().partition(|(i, _)| i % 4 != 3);
@@ -505,7 +509,6 @@ pub fn fit(
             b.into_iter().map(|(_, i)| i.clone()).collect(),
         )
     };
-    let held_out = images.len() >= 4;
     let clust = fit_clust(ctx, &fit_on, graph.scale())?;
     let steps = 2 * modes.len();
     let mut fits = fit_refer(ctx, graph, calib, &clust, &fit_on, modes, &mut |d, _| {

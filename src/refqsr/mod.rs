@@ -591,7 +591,7 @@ impl RefQsr {
                 .collect();
             let y = p.run_maybe_profiled(&input, prof, body)?;
             for (it, src) in group.iter().zip(y.chunks(per_out)) {
-                out.add(grid, grid.tiles[it.patch], s, src);
+                out.add(grid.tiles[it.patch], src);
             }
             Ok::<(), Error>(())
         };
