@@ -9,6 +9,7 @@
 
 pub mod accounting;
 pub mod calib;
+mod cpu_conv;
 pub mod gptq;
 pub mod mode;
 pub mod pack;

@@ -215,7 +215,6 @@ pub(super) struct LearnedCodes {
     weights: Tensor,
     bias: Tensor,
     mean: Tensor,
-    pub(super) pad: usize,
     /// The fingerprint of the folding the codes are for.
     print: String,
 }
@@ -259,7 +258,6 @@ impl LearnedCodes {
             weights: t(&c.weights, (o, i, k, k))?,
             bias: t(&c.bias, (1, o, 1, 1))?,
             mean: t(mean, (1, i, 1, 1))?,
-            pad: k / 2,
             print: String::new(),
         })
     }
