@@ -142,7 +142,8 @@ enum Command {
         #[arg(long, conflicts_with_all = ["bounds_only", "refqsr_only", "report", "recon_only"])]
         round_only: bool,
         /// The modes whose weight codes are learned end to end against the fp32 model's
-        /// output, after GPTQ (layers with codes for their folding keep them); "none" to skip.
+        /// output, after GPTQ (replacing GPTQ's codes where they measure better; codes an
+        /// earlier mode learned end to end are kept); "none" to skip.
         #[arg(long, default_value = refqsr::calibrate::CODE_MODES)]
         code_modes: String,
         /// Optimizer steps of the learning of weight codes, per mode of --code-modes.

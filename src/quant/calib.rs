@@ -97,6 +97,13 @@ pub struct WeightCodes {
     /// One code per weight (`[o][c][tap]`), base64 of signed bytes.
     #[serde(with = "base64_codes")]
     pub codes: Vec<i8>,
+    /// Learned end to end against the network's output ([`super::rounding`]) rather than
+    /// chosen layer by layer ([`super::gptq`]): the end-to-end learning replaces codes chosen
+    /// layer by layer where it measures better, never codes learned end to end (those of an
+    /// earlier mode of the same folding judged them). Files written before this field read as
+    /// chosen layer by layer.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub learned: bool,
 }
 
 /// Codes as base64 of their bytes: a fifth of their size as a JSON array.

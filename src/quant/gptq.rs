@@ -130,6 +130,7 @@ pub fn round_weights(
                 a: l.bits,
                 fingerprint: print,
                 codes: round_columns(&folded.weights, &h, &wq, opts.damp),
+                learned: false,
             };
             let index = l.index;
             run.layers[index].weight_codes.push(entry.clone());

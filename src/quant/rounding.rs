@@ -15,8 +15,9 @@
 //!
 //! The codes are stored like GPTQ's ([`super::calib::WeightCodes`], with the fingerprint of
 //! the folding they were learned for), so nothing in the kernels changes, and kept only where
-//! the whole network's error on held-out crops goes down. Layers that already have codes for
-//! their folding keep them.
+//! the whole network's error on held-out crops goes down. Codes GPTQ chose for a folding are
+//! the baseline they must beat, and give way where they do; codes learned here for a
+//! folding (by an earlier mode that judged them) are kept.
 
 use candle_core::{Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
@@ -108,7 +109,7 @@ pub fn learn_codes(
             print,
         } = l.fold_with(c, &run);
         let stored = &run.layers[l.index].weight_codes;
-        if stored.iter().any(|s| s.fingerprint == print)
+        if stored.iter().any(|s| s.fingerprint == print && s.learned)
             || l.serves_an_unjudged_mode(c, calib, &print, mode)
         {
             continue;
@@ -174,8 +175,13 @@ pub fn learn_codes(
                 a: l.bits,
                 fingerprint: lc.print,
                 codes,
+                learned: true,
             };
-            run.layers[l.index].weight_codes.push(entry.clone());
+            // codes chosen layer by layer for this folding give way (they are the baseline
+            // `before` measured)
+            let stored = &mut run.layers[l.index].weight_codes;
+            stored.retain(|s| s.fingerprint != entry.fingerprint);
+            stored.push(entry.clone());
             chosen.push((l.index, entry));
             l.conv = None;
         }
@@ -185,7 +191,9 @@ pub fn learn_codes(
     let kept = after < before;
     if kept {
         for (i, entry) in chosen {
-            calib.layers[i].weight_codes.push(entry);
+            let stored = &mut calib.layers[i].weight_codes;
+            stored.retain(|s| s.fingerprint != entry.fingerprint);
+            stored.push(entry);
         }
     }
     Ok(Outcome {
@@ -330,6 +338,7 @@ mod tests {
             a: bits,
             fingerprint: fingerprint(&folded.weights, &wq),
             codes,
+            learned: true,
         }];
         let want = super::super::effective_weights(
             &c,
