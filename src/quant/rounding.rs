@@ -50,7 +50,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             // 300 steps gained 0.34 dB on the held-out photos at w4a4 where 100 gained 0.16
-            // (benches/RESULTS.md); about 7 minutes a mode on a 2-core machine
+            // (benches/RESULTS.md); about 2.5 minutes a mode on a 2-core machine
             steps: 300,
             batch: 4,
             crop: 40,
