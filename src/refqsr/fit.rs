@@ -122,7 +122,7 @@ pub struct ReferFit {
     pub mse: [f64; 2],
     pub pairs: usize,
     /// PSNR-Y (dB) of the mode's output against the fp32 model's on the held-out images, for
-    /// each of [`GAINS`] (measured at [`MEASURED_GAINS`], the others read off each image's
+    /// each of [`GAINS`] (measured at 0, 0.5 and 1, the others read off each image's
     /// parabola), and the gain chosen from them.
     pub judged: Vec<f64>,
     /// Whether [`ReferFit::judged`] comes from images the fit never saw.
