@@ -393,6 +393,51 @@ fn weight_codes_learned_end_to_end_improve_held_out_crops_and_are_stored() {
     // widths (their codes would serve it unjudged); that mode learns them itself
     let sets = || calib.layers.iter().flat_map(|l| &l.weight_codes);
     assert!(sets().all(|c| c.w <= 4 || c.a <= 4));
+    assert!(sets().all(|c| c.learned));
+    // codes learned end to end stay: learning the same mode again has nothing to learn
+    let again = refqsr::quant::rounding::learn_codes(
+        &graph,
+        &mut calib,
+        mode,
+        &calibration_crops(),
+        &opts,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(again.layers, 0, "{again:?}");
+    // codes chosen layer by layer (GPTQ's kind; here deliberately bad ones, every code
+    // negated) are the baseline the learning must beat, and give way where it does
+    let mut chosen = calib.clone();
+    for c in chosen.layers.iter_mut().flat_map(|l| &mut l.weight_codes) {
+        c.learned = false;
+        c.codes
+            .iter_mut()
+            .for_each(|q| *q = q.saturating_neg().min(7));
+    }
+    let replaced = refqsr::quant::rounding::learn_codes(
+        &graph,
+        &mut chosen,
+        mode,
+        &calibration_crops(),
+        &opts,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert!(
+        replaced.kept && replaced.layers == out.layers,
+        "{replaced:?}"
+    );
+    for l in &chosen.layers {
+        assert!(l.weight_codes.iter().all(|c| c.learned), "{}", l.name);
+        let prints: std::collections::BTreeSet<_> =
+            l.weight_codes.iter().map(|c| &c.fingerprint).collect();
+        assert_eq!(
+            prints.len(),
+            l.weight_codes.len(),
+            "{}: one set per folding",
+            l.name
+        );
+    }
     let wide = refqsr::quant::rounding::learn_codes(
         &graph,
         &mut calib,
