@@ -366,15 +366,18 @@ fn weight_codes_learned_end_to_end_improve_held_out_crops_and_are_stored() {
         ..Default::default()
     };
     let mode: Mode = "w4a4".parse().unwrap();
-    let out = refqsr::quant::rounding::learn_codes(
-        &graph,
-        &mut calib,
-        mode,
-        &calibration_crops(),
-        &opts,
-        &mut |_, _| {},
-    )
-    .unwrap();
+    let learn = |calib: &mut Calibration| {
+        refqsr::quant::rounding::learn_codes(
+            &graph,
+            calib,
+            mode,
+            &calibration_crops(),
+            &opts,
+            &mut |_, _| {},
+        )
+        .unwrap()
+    };
+    let out = learn(&mut calib);
     eprintln!(
         "w4a4 learned weight codes: held-out PSNR {:.2} -> {:.2} dB over {} layers, {:.1}% moved",
         out.psnr[0],
@@ -395,15 +398,7 @@ fn weight_codes_learned_end_to_end_improve_held_out_crops_and_are_stored() {
     assert!(sets().all(|c| c.w <= 4 || c.a <= 4));
     assert!(sets().all(|c| c.learned));
     // codes learned end to end stay: learning the same mode again has nothing to learn
-    let again = refqsr::quant::rounding::learn_codes(
-        &graph,
-        &mut calib,
-        mode,
-        &calibration_crops(),
-        &opts,
-        &mut |_, _| {},
-    )
-    .unwrap();
+    let again = learn(&mut calib);
     assert_eq!(again.layers, 0, "{again:?}");
     // codes chosen layer by layer (GPTQ's kind; here deliberately bad ones, every code
     // negated) are the baseline the learning must beat, and give way where it does
@@ -414,15 +409,7 @@ fn weight_codes_learned_end_to_end_improve_held_out_crops_and_are_stored() {
             .iter_mut()
             .for_each(|q| *q = q.saturating_neg().min(7));
     }
-    let replaced = refqsr::quant::rounding::learn_codes(
-        &graph,
-        &mut chosen,
-        mode,
-        &calibration_crops(),
-        &opts,
-        &mut |_, _| {},
-    )
-    .unwrap();
+    let replaced = learn(&mut chosen);
     assert!(
         replaced.kept && replaced.layers == out.layers,
         "{replaced:?}"

@@ -370,8 +370,8 @@ pub(super) struct IntLayer {
     pub(super) bits: u32,
     /// Each channel's smallest code (one for all where the layer has one step).
     lo: Vec<i32>,
-    /// `lo` and the largest codes as `[1, C, 1, 1]` tensors, the bounds of the code clamp.
-    codes: (Tensor, Tensor),
+    /// Eq. 1 with this layer's code range: the clamp to `lo..lo + 2^bits`.
+    quant: FakeQuant,
     log: Steps,
     /// The effective convolution at the current steps ([`Net::refresh`]), where the weights'
     /// quantization is not learned.
@@ -540,14 +540,8 @@ impl IntLayer {
     /// through, the clamp stops it outside the codes.
     fn fake_quant(&self, x: &Tensor) -> Result<Tensor> {
         let s = self.log.log().exp().map_err(cerr)?;
-        let op = FakeQuant {
-            lo: self.lo.iter().map(|&l| l as f32).collect(),
-            hi: (self.lo.iter())
-                .map(|&l| (l + (1 << self.bits) - 1) as f32)
-                .collect(),
-        };
         (x.contiguous())
-            .and_then(|x| x.apply_op2(&s.contiguous()?, op))
+            .and_then(|x| x.apply_op2(&s.contiguous()?, self.quant.clone()))
             .map_err(cerr)
     }
 }
@@ -560,12 +554,27 @@ impl IntLayer {
 /// `lo = 0`): `dx = g m` and `ds = sum of g (round(v) - m x / s)`, `m` the clamp's mask. The
 /// composition's seven passes and their allocations, forward and backward, were about a
 /// fifth of a learning step.
+#[derive(Clone)]
 struct FakeQuant {
     lo: Vec<f32>,
     hi: Vec<f32>,
 }
 
 impl FakeQuant {
+    /// The clamp to the codes `lo..lo + 2^bits` of each channel (of all, where `lo` has one).
+    fn new(lo: &[i32], bits: u32) -> Self {
+        FakeQuant {
+            lo: lo.iter().map(|&l| l as f32).collect(),
+            hi: lo.iter().map(|&l| (l + (1 << bits) - 1) as f32).collect(),
+        }
+    }
+
+    /// The smallest and largest codes as `[1, C, 1, 1]` tensors.
+    fn bounds(&self) -> Result<(Tensor, Tensor)> {
+        let t = |v: &[f32]| Tensor::from_slice(v, (1, v.len(), 1, 1), &Device::Cpu).map_err(cerr);
+        Ok((t(&self.lo)?, t(&self.hi)?))
+    }
+
     /// The step, smallest and largest code of the channel of plane `p` (of `c` channels).
     fn channel(&self, s: &[f32], p: usize, c: usize) -> (f32, f32, f32) {
         let at = |v: &[f32]| if v.len() == 1 { v[0] } else { v[p % c] };
@@ -605,9 +614,8 @@ impl CustomOp2 for FakeQuant {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let c = l1.shape().dims4()?.1;
-        let (x, (_, _, h, w)) = planar(s1, l1, c)?;
-        let s = contiguous(s2, l2)?;
+        let (_, c, h, w) = l1.shape().dims4()?;
+        let (x, s) = (contiguous(s1, l1)?, contiguous(s2, l2)?);
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut((h * w).max(1))
             .zip(x.par_chunks((h * w).max(1)))
@@ -671,15 +679,6 @@ fn contiguous<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Resu
         Some((a, b)) => Ok(&data[a..b]),
         None => candle_core::bail!("refqsr's custom ops need a contiguous input"),
     }
-}
-
-/// The smallest and largest codes `lo..lo + 2^bits` of each channel, as `[1, C, 1, 1]`.
-fn code_range(lo: &[i32], bits: u32) -> Result<(Tensor, Tensor)> {
-    let t = |v: Vec<f32>| Tensor::from_vec(v, (1, lo.len(), 1, 1), &Device::Cpu).map_err(cerr);
-    Ok((
-        t(lo.iter().map(|&l| l as f32).collect())?,
-        t(lo.iter().map(|&l| (l + (1 << bits) - 1) as f32).collect())?,
-    ))
 }
 
 /// `graph` in candle (NCHW, f32), float or with its integer layers fake-quantized.
@@ -764,7 +763,7 @@ impl<'g> Net<'g> {
                 index: i,
                 w_bits: lw,
                 bits: la,
-                codes: code_range(&act.lo(), la)?,
+                quant: FakeQuant::new(&act.lo(), la),
                 lo: act.lo(),
                 log,
                 conv: None,
@@ -882,8 +881,9 @@ impl<'g> Net<'g> {
                     .ok_or_else(|| Error::Invalid(format!("node {j} is not an integer layer")))?;
                 let s = l.log.log().exp().map_err(cerr)?;
                 let v = x.broadcast_div(&s).map_err(cerr)?;
-                return (v.broadcast_maximum(&l.codes.0))
-                    .and_then(|v| v.broadcast_minimum(&l.codes.1))
+                let (lo, hi) = l.quant.bounds()?;
+                return (v.broadcast_maximum(&lo))
+                    .and_then(|v| v.broadcast_minimum(&hi))
                     .and_then(|v| v.round())
                     .map_err(cerr);
             }
@@ -1266,14 +1266,11 @@ pub(super) mod tests {
                 let xv = Var::from_slice(&x, (n, c, h, w), &Device::Cpu).unwrap();
                 let sv = Var::from_slice(&steps, (1, channels, 1, 1), &Device::Cpu).unwrap();
                 let (s, xt) = (sv.as_tensor(), xv.as_tensor());
+                let op = FakeQuant::new(&lo, bits);
                 let y = if fused {
-                    let op = FakeQuant {
-                        lo: lo.iter().map(|&l| l as f32).collect(),
-                        hi: lo.iter().map(|&l| (l + (1 << bits) - 1) as f32).collect(),
-                    };
                     xt.apply_op2(s, op).unwrap()
                 } else {
-                    let (lo, hi) = code_range(&lo, bits).unwrap();
+                    let (lo, hi) = op.bounds().unwrap();
                     let v = xt.broadcast_div(s).unwrap();
                     let v = v
                         .broadcast_maximum(&lo)

@@ -179,9 +179,7 @@ pub fn learn_codes(
             };
             // codes chosen layer by layer for this folding give way (they are the baseline
             // `before` measured)
-            let stored = &mut run.layers[l.index].weight_codes;
-            stored.retain(|s| s.fingerprint != entry.fingerprint);
-            stored.push(entry.clone());
+            store(&mut run.layers[l.index].weight_codes, entry.clone());
             chosen.push((l.index, entry));
             l.conv = None;
         }
@@ -191,9 +189,7 @@ pub fn learn_codes(
     let kept = after < before;
     if kept {
         for (i, entry) in chosen {
-            let stored = &mut calib.layers[i].weight_codes;
-            stored.retain(|s| s.fingerprint != entry.fingerprint);
-            stored.push(entry);
+            store(&mut calib.layers[i].weight_codes, entry);
         }
     }
     Ok(Outcome {
@@ -203,6 +199,12 @@ pub fn learn_codes(
         kept,
         moved: moved as f64 / total.max(1) as f64,
     })
+}
+
+/// `entry` among a layer's codes, in place of any for the same folding.
+fn store(codes: &mut Vec<WeightCodes>, entry: WeightCodes) {
+    codes.retain(|c| c.fingerprint != entry.fingerprint);
+    codes.push(entry);
 }
 
 fn cerr(e: candle_core::Error) -> crate::error::Error {
