@@ -425,6 +425,9 @@ pub fn calibrate_refqsr(
 /// The `format` tag of sensitivity reports.
 pub const REPORT_FORMAT: &str = "refqsr-sensitivity-1";
 
+/// Patches the sensitivity runs (the report and the floors) take, spread over the images.
+pub const REPORT_PATCHES: usize = 24;
+
 /// Bit-widths the sensitivity report runs each layer at (weights and activations alike).
 pub const REPORT_BITS: [u32; 3] = [8, 6, 4];
 
@@ -505,6 +508,47 @@ fn floor_of(psnr: &BTreeMap<u32, f64>) -> u32 {
     floor
 }
 
+/// What a sensitivity run quantizes.
+#[derive(Clone, Copy)]
+enum Quantized {
+    /// Every layer, as the mode runs.
+    All,
+    /// Only this body layer's input (the integer layer with 8-bit weights).
+    Input(usize),
+    /// Only this body layer's weights (the float layer with the integer layer's weights and
+    /// bias).
+    Weights(usize),
+}
+
+/// The floor [`floor_of`] gives, measuring narrowest first and stopping at the first width
+/// that reaches [`FLOOR_DB`]: the wider ones are taken to pass too (quantization noise only
+/// shrinks with more bits; on every layer of the SPAN x4 and x2 reports, each wider width
+/// measured higher). The widest is never measured where a narrower one passes, nor where
+/// none does (the floor is then the widest either way). `measured` holds what is known and
+/// gets what `measure` runs.
+fn search_floor(
+    measured: &mut BTreeMap<u32, f64>,
+    measure: &mut dyn FnMut(u32) -> Result<f64>,
+) -> Result<u32> {
+    let mut bits: Vec<u32> = REPORT_BITS.to_vec();
+    bits.sort_unstable();
+    let widest = bits.pop().unwrap_or(8);
+    for b in bits {
+        let p = match measured.get(&b) {
+            Some(&p) => p,
+            None => {
+                let p = measure(b)?;
+                measured.insert(b, p);
+                p
+            }
+        };
+        if p >= FLOOR_DB {
+            return Ok(b);
+        }
+    }
+    Ok(widest)
+}
+
 /// How much each quantized layer costs the output: what to keep at higher precision, where
 /// per-channel bounds pay, and what the mode-wide figures of `eval` are made of.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -549,12 +593,16 @@ pub struct LayerSensitivity {
 
 /// The sensitivity of every body layer of `graph` (calibrated by `calib`) on at most
 /// `max_patches` patches of the images under `dir`; `progress(done, total)` per model run.
+/// With `full`, every layer at every width of [`REPORT_BITS`] and the whole mode at each (the
+/// report); without, only what the floors need ([`search_floor`]: on SPAN x4 about two
+/// thirds of the runs), the other entries left out.
 pub fn sensitivity(
     ctx: Arc<Context>,
     graph: &Graph,
     calib: &Calibration,
     dir: &Path,
     max_patches: usize,
+    full: bool,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Sensitivity> {
     use crate::quant::{effective_weights, int_layer, int_layers, Bounds, Mode};
@@ -569,7 +617,12 @@ pub fn sensitivity(
         .collect();
     let graph = crate::quant::prepare(graph.clone());
     let body = calib::body_convs(&graph);
-    let runs = 1 + (1 + 2 * body.len()) * REPORT_BITS.len();
+    // the floors alone measure at most the input at every width and the weights at all but
+    // the widest ([`search_floor`])
+    let runs = match full {
+        true => 1 + (1 + 2 * body.len()) * REPORT_BITS.len(),
+        false => 1 + body.len() * (2 * REPORT_BITS.len() - 1),
+    };
     let mut done = 0;
     progress(0, runs);
 
@@ -656,47 +709,82 @@ pub fn sensitivity(
             }
         })
         .collect();
-    for bits in REPORT_BITS {
-        let mode = Mode::Uniform { w: bits, a: bits };
-        let int = int_layers(&graph, mode, calib, Bounds::Channel);
-        let model = GpuModel::quantized(ctx.clone(), graph.clone(), int)?;
-        report_all.insert(bits, psnr(&outputs(&model, &[], &mut none)?));
-        for (l, &j) in body.iter().enumerate() {
-            let Op::Conv(c) = &graph.nodes[j].op else {
-                unreachable!("body_convs lists convolutions")
-            };
-            let (act, mean) = (
-                calib.quantizer(l, bits, Bounds::Channel),
-                &calib.layers[l].mean,
-            );
-            // its input alone at `bits`: the integer layer with 8-bit weights
-            let one = [(
-                j,
-                int_layer(c, 8, act.clone(), mean, Bounds::Channel, None, &[]),
-            )];
-            let model = GpuModel::quantized(ctx.clone(), graph.clone(), one.into())?;
-            layers[l]
+    // one model run over every patch, with what `q` says quantized to `bits`
+    let mut measure = |q: Quantized, bits: u32| -> Result<f64> {
+        let model = match q {
+            Quantized::All => {
+                let int = int_layers(
+                    &graph,
+                    Mode::Uniform { w: bits, a: bits },
+                    calib,
+                    Bounds::Channel,
+                );
+                GpuModel::quantized(ctx.clone(), graph.clone(), int)?
+            }
+            Quantized::Input(l) | Quantized::Weights(l) => {
+                let j = body[l];
+                let Op::Conv(c) = &graph.nodes[j].op else {
+                    unreachable!("body_convs lists convolutions")
+                };
+                let (act, mean) = (
+                    calib.quantizer(l, bits, Bounds::Channel),
+                    &calib.layers[l].mean,
+                );
+                if let Quantized::Input(_) = q {
+                    let one = [(
+                        j,
+                        int_layer(c, 8, act.clone(), mean, Bounds::Channel, None, &[]),
+                    )];
+                    GpuModel::quantized(ctx.clone(), graph.clone(), one.into())?
+                } else {
+                    let mut g = graph.clone();
+                    g.nodes[j].op = Op::Conv(effective_weights(
+                        c,
+                        bits,
+                        &act,
+                        mean,
+                        Bounds::Channel,
+                        None,
+                        &[],
+                    ));
+                    GpuModel::new(ctx.clone(), g)?
+                }
+            }
+        };
+        Ok(psnr(&outputs(&model, &[], &mut none)?))
+    };
+    if full {
+        for bits in REPORT_BITS {
+            report_all.insert(bits, measure(Quantized::All, bits)?);
+            for (l, layer) in layers.iter_mut().enumerate() {
+                layer
+                    .activations
+                    .insert(bits, measure(Quantized::Input(l), bits)?);
+                layer
+                    .weights_only
+                    .insert(bits, measure(Quantized::Weights(l), bits)?);
+            }
+        }
+    } else {
+        for (l, layer) in layers.iter_mut().enumerate() {
+            // every layer's 8-bit input noise decides which layers stay in f32
+            layer
                 .activations
-                .insert(bits, psnr(&outputs(&model, &[], &mut none)?));
-            // its weights alone: the float layer with the integer layer's weights and bias
-            let mut g = graph.clone();
-            g.nodes[j].op = Op::Conv(effective_weights(
-                c,
-                bits,
-                &act,
-                mean,
-                Bounds::Channel,
-                None,
-                &[],
-            ));
-            let model = GpuModel::new(ctx.clone(), g)?;
-            layers[l]
-                .weights_only
-                .insert(bits, psnr(&outputs(&model, &[], &mut none)?));
+                .insert(8, measure(Quantized::Input(l), 8)?);
+            let a = search_floor(&mut layer.activations, &mut |b| {
+                measure(Quantized::Input(l), b)
+            })?;
+            let w = search_floor(&mut layer.weights_only, &mut |b| {
+                measure(Quantized::Weights(l), b)
+            })?;
+            layer.floor = [w, a];
         }
     }
-    for l in &mut layers {
-        l.floor = [floor_of(&l.weights_only), floor_of(&l.activations)];
+    progress(runs, runs);
+    if full {
+        for l in &mut layers {
+            l.floor = [floor_of(&l.weights_only), floor_of(&l.activations)];
+        }
     }
     let macs: Vec<f64> = body
         .iter()
@@ -831,5 +919,36 @@ mod tests {
         // a narrow width that passes does not count past a wider one that fails
         assert_eq!(floor_of(&m([60.0, 40.0, 50.0])), 8);
         assert_eq!(floor_of(&m([40.0, 60.0, 60.0])), 8);
+    }
+
+    #[test]
+    fn the_floor_search_agrees_with_the_whole_table_where_more_bits_never_cost_more() {
+        // every monotone curve over the widths, on a grid of PSNRs around FLOOR_DB
+        let levels = [0.5, 30.0, FLOOR_DB - 0.01, FLOOR_DB, 50.0, 70.0];
+        let mut saved = 0;
+        for &p4 in &levels {
+            for &p6 in levels.iter().filter(|&&p| p >= p4) {
+                for &p8 in levels.iter().filter(|&&p| p >= p6) {
+                    let table: BTreeMap<u32, f64> = [(8, p8), (6, p6), (4, p4)].into();
+                    let mut measured = BTreeMap::new();
+                    let mut runs = Vec::new();
+                    let floor = search_floor(&mut measured, &mut |b| {
+                        runs.push(b);
+                        Ok(table[&b])
+                    })
+                    .unwrap();
+                    assert_eq!(floor, floor_of(&table), "{table:?}");
+                    // the widest is never run, nothing twice, and what ran is recorded
+                    assert!(!runs.contains(&8) && runs.len() <= 2, "{runs:?}");
+                    assert!(runs.iter().all(|b| measured[b] == table[b]));
+                    saved += 3 - runs.len();
+                }
+            }
+        }
+        assert!(saved > 0);
+        // what is already known is not run again
+        let mut measured: BTreeMap<u32, f64> = [(4, 50.0)].into();
+        let floor = search_floor(&mut measured, &mut |b| panic!("ran {b}")).unwrap();
+        assert_eq!(floor, 4);
     }
 }

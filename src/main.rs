@@ -100,21 +100,22 @@ enum Command {
         /// the shipped calibration) and fit only RefQSR's parameters.
         #[arg(long, conflicts_with = "bounds_only")]
         refqsr_only: bool,
-        /// Fit the bounds (and with --report the floors) but not RefQSR's parameters: what the
+        /// Fit the bounds and the precision floors but not RefQSR's parameters: what the
         /// uniform modes (w8a8, w4a4, ...) need, in about a third of the time.
         #[arg(long)]
         bounds_only: bool,
         /// Also write a sensitivity report (JSON; a table on stderr): for every quantized
         /// layer, the output's PSNR against fp32 with only its input, or only its weights,
-        /// quantized at 8, 6 and 4 bits, and its input's range statistics. The precision
-        /// floors it derives (the per-layer spec) are written into the calibration file.
+        /// quantized at 8, 6 and 4 bits, and its input's range statistics. Without it,
+        /// a fresh calibration measures only what the precision floors (the per-layer spec,
+        /// written into the calibration file) need: about two thirds of the runs.
         #[arg(long, value_name = "FILE.json")]
         report: Option<PathBuf>,
         /// With --report: keep the existing calibration and fit nothing, only report.
         #[arg(long, requires = "report", conflicts_with = "bounds_only")]
         report_only: bool,
-        /// Patches the report runs on, spread over the images.
-        #[arg(long, default_value_t = 24)]
+        /// Patches the report and the floors run on, spread over the images.
+        #[arg(long, default_value_t = refqsr::calibrate::REPORT_PATCHES)]
         report_patches: usize,
         /// Optimizer steps of the reconstruction calibration, per mode of --recon-modes: the
         /// activation steps and weight clips learned against the fp32 model's output (0: no
@@ -699,7 +700,15 @@ fn calibrate(
         );
         out.calibration
     };
-    if let Some((path, only, patches)) = report {
+    // The floors come with every fresh calibration; --report also measures every other width
+    // and the whole modes, and writes them all.
+    let floors = match report {
+        Some((path, only, patches)) => Some((Some(path), only, patches)),
+        None if !refqsr_only => Some((None, false, refqsr::calibrate::REPORT_PATCHES)),
+        None => None,
+    };
+    let measured_floors = floors.is_some();
+    if let Some((path, only, patches)) = floors {
         let b = bar(
             0,
             "{spinner} [{bar:30}] {pos}/{len} sensitivity runs {elapsed}",
@@ -710,26 +719,44 @@ fn calibrate(
             &calibration,
             images,
             patches,
+            path.is_some(),
             &mut track(&b),
         )?;
         b.finish_and_clear();
-        r.save(&path)?;
         r.apply(&mut calibration);
         calibration.save(&output)?;
-        eprintln!(
-            "refqsr: sensitivity of {} layers on {} patches of {} images (PSNR against the fp32 output); wrote {}, and the floors to {}\n{}",
-            r.layers.len(),
-            r.patches,
-            r.images,
-            path.display(),
-            output.display(),
-            r.markdown()
-        );
+        match path {
+            Some(path) => {
+                r.save(&path)?;
+                eprintln!(
+                    "refqsr: sensitivity of {} layers on {} patches of {} images (PSNR against the fp32 output); wrote {}, and the floors to {}\n{}",
+                    r.layers.len(),
+                    r.patches,
+                    r.images,
+                    path.display(),
+                    output.display(),
+                    r.markdown()
+                );
+            }
+            None => eprintln!(
+                "refqsr: precision floors of {} layers on {} patches of {} images: {} kept wider than a mode may ask ({} in f32); wrote {} (`--report FILE.json` measures every width)",
+                r.layers.len(),
+                r.patches,
+                r.images,
+                calibration.layers.iter().filter(|l| l.floor.is_some()).count(),
+                calibration
+                    .layers
+                    .iter()
+                    .filter(|l| l.floor.is_some_and(|f| f[0] == refqsr::quant::calib::FLOAT))
+                    .count(),
+                output.display()
+            ),
+        }
         if only {
             return Ok(ExitCode::SUCCESS);
         }
     }
-    if calibration.layers.iter().all(|l| l.floor.is_none()) {
+    if !measured_floors && calibration.layers.iter().all(|l| l.floor.is_none()) {
         // without floors the low-bit modes lose far more: on SPAN x4, w4a4's reconstruction
         // crops measured 31.4 dB against 41.8 with the report's floors
         eprintln!(

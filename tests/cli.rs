@@ -401,8 +401,9 @@ fn calibrate_then_upscale_any_model_in_integer_modes() {
     // then the weight codes, chosen, then learned
     assert!(stderr.contains("w6a6 weight codes of"), "{stderr}");
     assert!(stderr.contains("w4a4 learned weight codes of"), "{stderr}");
-    // a calibration without the report's floors says what it lacks
-    assert!(stderr.contains("no precision floors"), "{stderr}");
+    // a fresh calibration measures each layer's precision floor without being asked
+    assert!(stderr.contains("precision floors of"), "{stderr}");
+    assert!(!stderr.contains("no precision floors"), "{stderr}");
     assert!(d.join("m.calib.json").exists(), "{stderr}");
     assert!(d.join("m.refqsr.json").exists(), "{stderr}");
     // --bounds-only writes the bounds and not RefQSR's parameters, and still says what it
