@@ -402,6 +402,7 @@ pub fn calibrate_refqsr(
     graph: &Graph,
     calib: &Calibration,
     dir: &Path,
+    opts: &crate::quant::refer::Options,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<(crate::refqsr::Params, Vec<crate::refqsr::fit::ReferFit>)> {
     let mut images = Vec::new();
@@ -419,7 +420,7 @@ pub fn calibrate_refqsr(
     }
     let modes = crate::quant::Mode::parse_list(REFQSR_MODES)?;
     let prepared = crate::quant::prepare(graph.clone());
-    crate::refqsr::fit::fit(&ctx, &prepared, calib, &images, &modes, progress)
+    crate::refqsr::fit::fit(&ctx, &prepared, calib, &images, &modes, opts, progress)
 }
 
 /// The `format` tag of sensitivity reports.

@@ -308,16 +308,23 @@ impl GpuModel {
             .iter()
             .rposition(|n| matches!(n.op, Op::Conv(_)))
             .unwrap_or(g.nodes.len());
-        let from_refer = |v: ValueId| {
-            g.nodes
-                .iter()
-                .any(|n| n.output == v && matches!(n.op, Op::RefEr { .. }))
-        };
+        // RefER's values: the aligned difference and its convs' hidden features (the last
+        // conv adds the tap back, and what reads its output is the network again)
+        let mut refer_values = std::collections::BTreeSet::new();
         g.nodes
             .iter()
             .enumerate()
-            .map(|(j, n)| match n.op {
-                Op::Conv(_) if from_refer(n.inputs[0]) => Stage::ReferConv,
+            .map(|(j, n)| match &n.op {
+                Op::RefEr { .. } => {
+                    refer_values.insert(n.output);
+                    Stage::Body
+                }
+                Op::Conv(c) if refer_values.contains(&n.inputs[0]) => {
+                    if c.epilogue.residual().is_none() {
+                        refer_values.insert(n.output);
+                    }
+                    Stage::ReferConv
+                }
                 _ if j >= tail_from => Stage::Tail,
                 _ => Stage::Body,
             })

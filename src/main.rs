@@ -156,6 +156,13 @@ enum Command {
         /// Keep the existing calibration and only learn its weight codes.
         #[arg(long, conflicts_with_all = ["bounds_only", "refqsr_only", "report", "recon_only", "round_only"])]
         codes_only: bool,
+        /// Optimizer steps of RefER's training, per RefQSR mode (its two 3x3 convs learned
+        /// against the fp32 model's output on the query patches).
+        #[arg(long, default_value_t = refqsr::quant::refer::Options::default().steps)]
+        refer_steps: usize,
+        /// Channels between RefER's two convs (its cost grows with them).
+        #[arg(long, default_value_t = refqsr::quant::refer::Options::default().hidden)]
+        refer_hidden: usize,
     },
     /// List the GPU adapters wgpu can see.
     Adapters,
@@ -308,6 +315,8 @@ fn main() -> ExitCode {
             code_steps,
             code_lr,
             codes_only,
+            refer_steps,
+            refer_hidden,
         } => calibrate(
             &images,
             output,
@@ -345,6 +354,12 @@ fn main() -> ExitCode {
                             ..Default::default()
                         },
                     }),
+                refer: refqsr::quant::refer::Options {
+                    steps: refer_steps.max(1),
+                    hidden: refer_hidden.max(1),
+                    seed,
+                    ..Default::default()
+                },
             },
             Options {
                 model,
@@ -636,6 +651,8 @@ struct Learning {
     recon: Option<Recon>,
     round: Option<String>,
     codes: Option<Codes>,
+    /// How RefER is trained for each RefQSR mode.
+    refer: refqsr::quant::refer::Options,
 }
 
 /// Which modes' weight codes `calibrate` learns end to end, and how.
@@ -872,13 +889,22 @@ fn calibrate(
     if bounds_only {
         return Ok(done);
     }
-    let b = bar(0, "{spinner} [{bar:30}] {pos}/{len} RefQSR modes {elapsed}");
-    let (params, fits) =
-        refqsr::calibrate::calibrate_refqsr(ctx, &graph, &calibration, images, &mut track(&b))?;
+    let b = bar(
+        0,
+        "{spinner} [{bar:30}] {pos}/{len} RefER training and judging steps {elapsed}",
+    );
+    let (params, fits) = refqsr::calibrate::calibrate_refqsr(
+        ctx,
+        &graph,
+        &calibration,
+        images,
+        &learning.refer,
+        &mut track(&b),
+    )?;
     b.finish_and_clear();
     for f in &fits {
         eprintln!(
-            "refqsr: {} RefER on {} query patches: tap MSE vs fp32 {:.3e} -> {:.3e} ({:+.2} dB)",
+            "refqsr: {} RefER trained on {} query patches: output MSE vs fp32 {:.3e} -> {:.3e} ({:+.2} dB)",
             f.params.mode,
             f.pairs,
             f.mse[0],

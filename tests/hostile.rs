@@ -222,20 +222,24 @@ fn refqsr_parameter_files_never_panic() {
 fn refqsr_parameter_errors_name_the_field() {
     let graph = span_x4();
     let text = std::fs::read_to_string(asset("models/spanx4_ch48.refqsr.json")).unwrap();
-    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    // as written now (RefER's convs listed), whatever form the shipped file has
+    let params = refqsr::refqsr::Params::parse(&text, Path::new("shipped"), &graph).unwrap();
+    let mut v = serde_json::to_value(&params).unwrap();
     type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let conv = |i: usize, f: &'static str, x: serde_json::Value| -> Edit {
+        Box::new(move |v| v["refer"][0]["convs"][i][f] = x.clone())
+    };
     let cases: Vec<(&str, Edit)> = vec![
+        ("input", conv(0, "input", serde_json::json!([1.0, -1.0]))),
+        ("input", conv(0, "input", serde_json::json!([0.5, 2.0]))),
+        ("input", conv(0, "input", serde_json::json!([0.0, 0.0]))),
+        ("in_ch", conv(0, "in_ch", serde_json::json!(7))),
+        ("k", conv(0, "k", serde_json::json!(2))),
+        ("weights", conv(0, "weights", serde_json::json!([0.5]))),
+        ("bias", conv(0, "bias", serde_json::json!([]))),
         (
-            "input",
-            Box::new(|v| v["refer"][0]["input"] = serde_json::json!([1.0, -1.0])),
-        ),
-        (
-            "input",
-            Box::new(|v| v["refer"][0]["input"] = serde_json::json!([0.5, 2.0])),
-        ),
-        (
-            "input",
-            Box::new(|v| v["refer"][0]["input"] = serde_json::json!([0.0, 0.0])),
+            "convs",
+            Box::new(|v| v["refer"][0]["convs"] = serde_json::json!([])),
         ),
         (
             "clip",
@@ -270,6 +274,32 @@ fn refqsr_parameter_errors_name_the_field() {
     v["refer"][0]["clip"] = serde_json::json!(1e300);
     let e = refqsr::refqsr::Params::parse(&v.to_string(), Path::new("p.json"), &graph);
     assert!(e.is_err(), "1e300 is not a usable f32 clip");
+}
+
+#[test]
+fn refqsr_parameter_files_of_a_one_by_one_refer_still_load() {
+    // files written before RefER was trained hold one 1x1 conv as `input`, `weights`, `bias`
+    let graph = span_x4();
+    let c = 48;
+    let weights: Vec<f32> = (0..c * c).map(|i| (i % 7) as f32 * 0.01).collect();
+    let text = std::fs::read_to_string(asset("models/spanx4_ch48.refqsr.json")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for r in v["refer"].as_array_mut().unwrap() {
+        let r = r.as_object_mut().unwrap();
+        r.remove("convs");
+        r.insert("input".into(), serde_json::json!([-0.5, 0.75]));
+        r.insert("weights".into(), serde_json::json!(weights));
+        r.insert("bias".into(), serde_json::json!(vec![0.25; c]));
+    }
+    let p = refqsr::refqsr::Params::parse(&v.to_string(), Path::new("old.json"), &graph).unwrap();
+    for r in &p.refer {
+        assert_eq!(r.convs.len(), 1);
+        let cv = &r.convs[0];
+        assert_eq!((cv.k, cv.in_ch, cv.out_ch), (1, c, c));
+        assert_eq!(cv.input, [-0.5, 0.75]);
+        assert_eq!(cv.weights, weights);
+        assert_eq!(cv.bias, vec![0.25; c]);
+    }
 }
 
 #[test]

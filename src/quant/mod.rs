@@ -14,6 +14,7 @@ pub mod gptq;
 pub mod mode;
 pub mod pack;
 pub mod recon;
+pub mod refer;
 pub mod rounding;
 
 use std::collections::BTreeMap;

@@ -109,7 +109,7 @@ fn cerr(e: candle_core::Error) -> Error {
 }
 
 /// A candle error as ours, under `what` failed.
-pub(super) fn candle_error(what: &str, e: candle_core::Error) -> Error {
+pub(crate) fn candle_error(what: &str, e: candle_core::Error) -> Error {
     // candle's messages may carry a backtrace after the first line
     let e = e.to_string();
     Error::Invalid(format!("{what}: {}", e.lines().next().unwrap_or_default()))
@@ -555,14 +555,14 @@ impl IntLayer {
 /// composition's seven passes and their allocations, forward and backward, were about a
 /// fifth of a learning step.
 #[derive(Clone)]
-struct FakeQuant {
+pub(super) struct FakeQuant {
     lo: Vec<f32>,
     hi: Vec<f32>,
 }
 
 impl FakeQuant {
     /// The clamp to the codes `lo..lo + 2^bits` of each channel (of all, where `lo` has one).
-    fn new(lo: &[i32], bits: u32) -> Self {
+    pub(super) fn new(lo: &[i32], bits: u32) -> Self {
         FakeQuant {
             lo: lo.iter().map(|&l| l as f32).collect(),
             hi: lo.iter().map(|&l| (l + (1 << bits) - 1) as f32).collect(),
@@ -1028,7 +1028,7 @@ pub(super) struct FixedConv {
 
 impl FixedConv {
     /// The convolution of `c` and its bias as `[1, out, 1, 1]`.
-    fn new(c: &Conv) -> Result<(Self, Tensor)> {
+    pub(super) fn new(c: &Conv) -> Result<(Self, Tensor)> {
         let (o, i, k) = (c.out_ch, c.in_ch, c.k);
         let bias = Tensor::from_slice(&c.bias, (1, o, 1, 1), &Device::Cpu).map_err(cerr)?;
         Ok((

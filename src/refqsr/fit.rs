@@ -1,15 +1,14 @@
 //! What `refqsr calibrate` fits for RefQSR: ClustBlock's activation ranges and prototypes,
-//! and for each mode RefER's conv, in closed form.
+//! and for each mode RefER's convs, trained.
 //!
-//! RefER's 1x1 conv should turn the aligned difference `D = Fq - warp(Fr)` into the query's
-//! quantization error `F_fp32 - Fq`. On calibration images downscaled as `eval` does, the
-//! references are chosen as at inference, every model's tap features are computed on the GPU,
-//! the alignment by the CPU twins of the RefER kernels, and the conv (with bias) is the ridge
-//! least-squares solution of that regression over every query pixel: a 49 x 49 system per
-//! mode, no training framework. The tap's error is not the output's, so each fit is then
-//! judged where it matters: the mode runs as at inference on images the fit never saw, and
-//! the share of the correction it applies (its gain, 0 to switch it off) is the one that
-//! brings the output closest to fp32's.
+//! RefER should turn the aligned difference `D = Fq - warp(Fr)` into the query's quantization
+//! error `F_fp32 - Fq`. On calibration images downscaled as `eval` does, the references are
+//! chosen as at inference, every model's tap features are computed on the GPU, the alignment
+//! by the CPU twins of the RefER kernels, and RefER's two 3x3 convs are trained on those
+//! pairs against the fp32 output ([`crate::quant::refer`]). Each fit is then judged where it
+//! matters: the mode runs as at inference on images the fit never saw, and the share of the
+//! correction it applies (its gain, 0 to switch it off) is the one that brings the output
+//! closest to fp32's.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -24,7 +23,7 @@ use crate::exec::GpuModel;
 use crate::gpu::Context;
 use crate::kernels::cpu;
 use crate::model::Graph;
-use crate::quant::calib::{search_bounds, Histogram};
+use crate::quant::refer::{Options as LearnOptions, Sample};
 use crate::quant::{Bounds, Calibration, Mode};
 use crate::tile::Grid;
 
@@ -138,11 +137,23 @@ pub fn fit_refer(
     clust_params: &ClustParams,
     images: &[Rgb32FImage],
     modes: &[Mode],
+    opts: &LearnOptions,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Vec<ReferFit>> {
     let graph = crate::quant::prepare(graph.clone());
     let t = tap(&graph)?;
     let c = graph.values[t].channels;
+    let tail = graph
+        .nodes
+        .iter()
+        .rev()
+        .find_map(|n| match &n.op {
+            crate::model::Op::Conv(cv) => Some(cv.clone()),
+            _ => None,
+        })
+        .expect("a graph with a tap has a last convolution");
+    let total = modes.len() * opts.steps;
+    let mut progress_of = |k: usize, d: usize, _: usize| progress(k * opts.steps + d, total);
     let lr: Vec<Rgb32FImage> = images.iter().map(|i| lr_crop(i, graph.scale())).collect();
     let sets = windows(&lr);
     let cb = ClustBlock::new(ctx.clone(), clust_params.clone())?;
@@ -200,7 +211,7 @@ pub fn fit_refer(
         .collect();
     let mut reference_taps: BTreeMap<u32, Vec<Vec<Vec<f32>>>> = BTreeMap::new();
     let mut fits = Vec::new();
-    progress(0, modes.len());
+    progress_of(0, 0, total);
     for (k, &mode) in modes.iter().enumerate() {
         let Mode::RefQsr { high, low } = mode else {
             continue;
@@ -218,16 +229,10 @@ pub fn fit_refer(
         )?;
         let bits = low;
         let clip = clip(bits, c);
-        let n = c + 1;
-        let mut xtx = vec![0f64; n * n];
-        let mut xty = vec![0f64; n * c];
-        let mut sample = Vec::new();
-        let mut pairs = 0;
-        let mut before = (0f64, 0usize);
-        let mut data = Vec::new();
+        let mut samples = Vec::new();
         for ((((grid, win), sel), (queries, ff)), (refs, fr)) in (sets.iter().zip(&sels))
             .zip(queries.iter().zip(&exact))
-            .zip(distinct.iter().zip(reference_taps))
+            .zip(distinct.iter().zip(&*reference_taps))
         {
             let (h, w) = grid.input_size();
             if queries.is_empty() {
@@ -245,123 +250,38 @@ pub fn fit_refer(
                 let e = cpu::cost_volume(&cq, &cr, 1, cells, c.div_ceil(4));
                 let idx = cpu::argmax(&e, 1, cells);
                 let d = cpu::warp(q, r, &idx, 1, c, h, w);
+                // C4HW to planar
                 let plane = h * w;
-                let at =
-                    |x: &[f32], ch: usize, p: usize| x[((ch / 4) * plane + p) * 4 + ch % 4] as f64;
-                let mut xv = vec![0f64; n];
-                for p in 0..plane {
-                    for (ch, x) in xv[..c].iter_mut().enumerate() {
-                        *x = at(&d, ch, p);
-                    }
-                    xv[c] = 1.0;
-                    for i in 0..n {
-                        let xi = xv[i];
-                        if xi == 0.0 {
-                            continue;
-                        }
-                        for j in 0..n {
-                            xtx[i * n + j] += xi * xv[j];
-                        }
-                        for o in 0..c {
-                            xty[i * c + o] += xi * (at(f, o, p) - at(q, o, p));
-                        }
-                    }
-                    for o in 0..c {
-                        before.0 += (at(f, o, p) - at(q, o, p)).powi(2);
-                    }
-                    before.1 += c;
-                    if p % 5 == 0 {
-                        sample.extend((0..c).map(|ch| xv[ch] as f32));
-                    }
-                }
-                data.push((d, q.clone(), f.clone(), plane));
-                pairs += 1;
+                let planar = |x: &dyn Fn(usize) -> f32| -> Vec<f32> {
+                    (0..c * plane)
+                        .map(|i| x(((i / plane / 4) * plane + i % plane) * 4 + (i / plane) % 4))
+                        .collect()
+                };
+                samples.push(Sample {
+                    d: planar(&|i| d[i]),
+                    e: planar(&|i| f[i] - q[i]),
+                    h,
+                    w,
+                });
             }
         }
-        let sol = ridge(&xtx, &xty, n, c);
-        let mut weights = vec![0f32; c * c];
-        let mut bias = vec![0f32; c];
-        for o in 0..c {
-            for i in 0..c {
-                weights[o * c + i] = sol[i * c + o] as f32;
-            }
-            bias[o] = sol[c * c + o] as f32;
-        }
-        let mut after = 0f64;
-        for (d, q, f, plane) in &data {
-            let at = |x: &[f32], ch: usize, p: usize| x[((ch / 4) * plane + p) * 4 + ch % 4] as f64;
-            for p in 0..*plane {
-                for o in 0..c {
-                    let y: f64 = bias[o] as f64
-                        + (0..c)
-                            .map(|i| weights[o * c + i] as f64 * at(d, i, p))
-                            .sum::<f64>();
-                    after += (at(f, o, p) - at(q, o, p) - y).powi(2);
-                }
-            }
-        }
-        let (lo, hi) = sample
-            .iter()
-            .fold((0f32, 0f32), |(a, b), &x| (a.min(x), b.max(x)));
-        let mut hist = Histogram::new(lo, hi.max(lo + f32::MIN_POSITIVE));
-        for &x in &sample {
-            hist.add(x, 1.0);
-        }
-        let input = search_bounds(&hist, high);
-        let count = before.1.max(1) as f64;
+        let pairs = samples.len();
+        let mut step = |d, n| progress_of(k, d, n);
+        let trained = crate::quant::refer::train(&samples, c, &tail, high, opts, &mut step)?;
         fits.push(ReferFit {
             params: ReferParams {
                 mode: mode.to_string(),
                 clip,
-                input,
-                weights,
-                bias,
+                convs: trained.convs,
                 gain: 1.0,
             },
-            mse: [before.0 / count, after / count],
+            mse: trained.mse,
             pairs,
             judged: Vec::new(),
             held_out: false,
         });
-        progress(k + 1, modes.len());
     }
     Ok(fits)
-}
-
-/// Solve `(X'X + lambda I) B = X'Y` (`n` x `n`, `n` x `m`) by Cholesky, lambda a thousandth of
-/// the mean diagonal (the bias column is not shrunk).
-fn ridge(xtx: &[f64], xty: &[f64], n: usize, m: usize) -> Vec<f64> {
-    let mean = (0..n).map(|i| xtx[i * n + i]).sum::<f64>() / n as f64;
-    let mut a = xtx.to_vec();
-    for i in 0..n - 1 {
-        a[i * n + i] += 1e-3 * mean.max(1e-12);
-    }
-    a[(n - 1) * n + n - 1] += 1e-12;
-    // Cholesky: a = L L'
-    let mut l = vec![0f64; n * n];
-    for i in 0..n {
-        for j in 0..=i {
-            let s: f64 = a[i * n + j] - (0..j).map(|k| l[i * n + k] * l[j * n + k]).sum::<f64>();
-            l[i * n + j] = if i == j {
-                s.max(1e-30).sqrt()
-            } else {
-                s / l[j * n + j]
-            };
-        }
-    }
-    let mut b = xty.to_vec();
-    for col in 0..m {
-        // L z = b, then L' x = z
-        for i in 0..n {
-            let s: f64 = (0..i).map(|k| l[i * n + k] * b[k * m + col]).sum();
-            b[i * m + col] = (b[i * m + col] - s) / l[i * n + i];
-        }
-        for i in (0..n).rev() {
-            let s: f64 = (i + 1..n).map(|k| l[k * n + i] * b[k * m + col]).sum();
-            b[i * m + col] = (b[i * m + col] - s) / l[i * n + i];
-        }
-    }
-    b
 }
 
 /// Side of the centre crop of each low-resolution calibration image RefER is fitted and
@@ -540,6 +460,7 @@ pub fn fit(
     calib: &Calibration,
     images: &[Rgb32FImage],
     modes: &[Mode],
+    opts: &LearnOptions,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<(Params, Vec<ReferFit>)> {
     let held_out = images.len() >= 4;
@@ -553,10 +474,18 @@ pub fn fit(
         )
     };
     let clust = fit_clust(ctx, &fit_on, graph.scale())?;
-    let steps = 2 * modes.len();
-    let mut fits = fit_refer(ctx, graph, calib, &clust, &fit_on, modes, &mut |d, _| {
-        progress(d, steps)
-    })?;
+    // training and judging a mode count alike
+    let total = 2 * modes.len() * opts.steps.max(1);
+    let mut fits = fit_refer(
+        ctx,
+        graph,
+        calib,
+        &clust,
+        &fit_on,
+        modes,
+        opts,
+        &mut |d, _| progress(d, total),
+    )?;
     let mut params = Params {
         format: FORMAT.into(),
         model: graph.name.clone(),
@@ -565,7 +494,7 @@ pub fn fit(
     };
     let lr: Vec<Rgb32FImage> = judge_on.iter().map(|i| lr_crop(i, graph.scale())).collect();
     let judged = judge_refer(ctx, graph, calib, &mut params, &lr, &mut |d, n| {
-        progress(modes.len() + d, modes.len() + n)
+        progress(total / 2 + d * (total / 2) / n.max(1), total)
     })?;
     for ((f, p), j) in fits.iter_mut().zip(&params.refer).zip(judged) {
         f.params.gain = p.gain;
@@ -619,30 +548,5 @@ mod tests {
         assert_eq!(choose_gain(&[30.0, small, 29.5, 29.0, 28.0]), 0.0);
         // ties go to the smaller gain
         assert_eq!(choose_gain(&[30.0, 30.5, 30.5, 30.5, 30.0]), 0.25);
-    }
-
-    #[test]
-    fn ridge_recovers_a_linear_map() {
-        // y = 2 x0 - x1 + 0.5, y2 = x1 + 1
-        let (n, m) = (3, 2);
-        let mut xtx = vec![0f64; n * n];
-        let mut xty = vec![0f64; n * m];
-        for k in 0..50 {
-            let x = [(k % 7) as f64 - 3.0, (k % 5) as f64 * 0.7, 1.0];
-            let y = [2.0 * x[0] - x[1] + 0.5, x[1] + 1.0];
-            for i in 0..n {
-                for j in 0..n {
-                    xtx[i * n + j] += x[i] * x[j];
-                }
-                for o in 0..m {
-                    xty[i * m + o] += x[i] * y[o];
-                }
-            }
-        }
-        let b = ridge(&xtx, &xty, n, m);
-        let want = [2.0, 0.0, -1.0, 1.0, 0.5, 1.0];
-        for (g, w) in b.iter().zip(want) {
-            assert!((g - w).abs() < 0.02, "{b:?}");
-        }
     }
 }

@@ -14,10 +14,11 @@
 //! The tap is the body's output, the input of the upsampler (SPAN has no ResBlocks to replace
 //! as the paper does for SRResNet; its body ends in a 1x1 conv over four concatenated block
 //! outputs, so the last feature map is where one RefER sees the error of every quantized
-//! layer, and it is the only one the float tail reads). The RefER conv is 1x1, fitted by
-//! `refqsr calibrate` in closed form (ridge least squares of `F_fp32 - Fq` on the aligned
-//! difference) for each mode, then scaled by the gain that measures best at the output on
-//! held-out images ([`ReferParams::gain`]; a mode whose RefER does not pay runs without it).
+//! layer, and it is the only one the float tail reads). RefER is the paper's QConv-ReLU-QConv
+//! ([`ReferParams::convs`]), trained by `refqsr calibrate` for each mode against the fp32
+//! output ([`crate::quant::refer`]), then scaled by the gain that measures best at the output
+//! on held-out images ([`ReferParams::gain`]; a mode whose RefER does not pay runs without it).
+//! Files from before the training hold one 1x1 conv, fitted in closed form; they still load.
 
 pub mod clust;
 pub mod fit;
@@ -86,24 +87,87 @@ impl Ablation {
     }
 }
 
-/// RefER fitted for one mode.
+/// One convolution of RefER: `k` x `k`, "same" padding, its input quantized at b_high over
+/// `input` (a per-tensor range that contains 0).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReferConv {
+    pub k: usize,
+    pub in_ch: usize,
+    pub out_ch: usize,
+    /// Quantization bounds of the conv's input (the first conv's is the difference
+    /// `Fq - warp(Fr)`).
+    pub input: [f32; 2],
+    /// `[out][in][k][k]`.
+    pub weights: Vec<f32>,
+    pub bias: Vec<f32>,
+}
+
+/// RefER fitted for one mode: `F' = Fq + gain * convs(Fq - warp(Fr))`, the convs chained with
+/// a ReLU between them (the paper's QConv-ReLU-QConv block at b_high).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "ReferFile")]
 pub struct ReferParams {
     /// The mode, e.g. `refqsr:8-4`.
     pub mode: String,
     /// Clip of the pooled, normalised features before their `b_low` codes.
     pub clip: f32,
-    /// Quantization bounds of the difference `Fq - warp(Fr)` (the conv's input at b_high).
-    pub input: [f32; 2],
-    /// 1x1 conv `[out][in]`.
-    pub weights: Vec<f32>,
-    pub bias: Vec<f32>,
-    /// How much of the fitted correction is applied (weights and bias are scaled by it), as
-    /// judged by `refqsr calibrate` on held-out query patches at the network's output; 0 turns
-    /// RefER off for the mode (the queries then run without it and cost nothing for it). Files
-    /// from before the judgement apply the whole fit.
-    #[serde(default = "full_gain")]
+    /// The convolutions, in order; the last one's output is added to the query's feature.
+    pub convs: Vec<ReferConv>,
+    /// How much of the fitted correction is applied (the last conv's weights and bias are
+    /// scaled by it), as judged by `refqsr calibrate` on held-out query patches at the
+    /// network's output; 0 turns RefER off for the mode (the queries then run without it and
+    /// cost nothing for it). Files from before the judgement apply the whole fit.
     pub gain: f32,
+}
+
+/// `ReferParams` as files hold it: `convs`, or (files written before RefER was trained) one
+/// 1x1 conv as `input`, `weights` and `bias`.
+#[derive(Deserialize)]
+struct ReferFile {
+    mode: String,
+    clip: f32,
+    #[serde(default)]
+    convs: Vec<ReferConv>,
+    input: Option<[f32; 2]>,
+    #[serde(default)]
+    weights: Vec<f32>,
+    #[serde(default)]
+    bias: Vec<f32>,
+    #[serde(default = "full_gain")]
+    gain: f32,
+}
+
+impl From<ReferFile> for ReferParams {
+    fn from(f: ReferFile) -> Self {
+        let mut convs = f.convs;
+        if let (true, Some(input)) = (convs.is_empty(), f.input) {
+            let c = f.bias.len();
+            convs.push(ReferConv {
+                k: 1,
+                in_ch: c,
+                out_ch: c,
+                input,
+                weights: f.weights,
+                bias: f.bias,
+            });
+        }
+        ReferParams {
+            mode: f.mode,
+            clip: f.clip,
+            convs,
+            gain: f.gain,
+        }
+    }
+}
+
+impl ReferParams {
+    /// Multiply-accumulates of the convs per pixel.
+    pub fn macs_per_pixel(&self) -> usize {
+        self.convs
+            .iter()
+            .map(|c| c.k * c.k * c.in_ch * c.out_ch)
+            .sum()
+    }
 }
 
 fn full_gain() -> f32 {
@@ -144,19 +208,7 @@ impl Params {
             if !matches!(r.mode.parse::<Mode>(), Ok(Mode::RefQsr { .. })) {
                 return Err(bad(format!("{}: not a RefQSR mode", field("mode"))));
             }
-            if r.weights.len() != c * c || r.bias.len() != c {
-                return Err(bad(format!(
-                    "{} / {}: RefER needs {} weights and {c} biases for {c} channels, has {} and {}",
-                    field("weights"),
-                    field("bias"),
-                    c * c,
-                    r.weights.len(),
-                    r.bias.len()
-                )));
-            }
-            if !finite(&r.weights) || !finite(&r.bias) {
-                return Err(bad(format!("{}: values must be finite", field("weights"))));
-            }
+            check_convs(&r.convs, c).map_err(|m| bad(format!("{}{m}", field("convs"))))?;
             if !(r.clip.is_finite() && r.clip > 0.0) {
                 return Err(bad(format!(
                     "{} = {}: must be a positive number",
@@ -169,13 +221,6 @@ impl Params {
                     "{} = {}: must be a number from 0 to 1",
                     field("gain"),
                     r.gain
-                )));
-            }
-            let [lo, hi] = r.input;
-            if !(lo.is_finite() && hi.is_finite() && lo <= 0.0 && hi >= 0.0 && hi > lo) {
-                return Err(bad(format!(
-                    "{} = [{lo}, {hi}]: must be finite, ordered, of non-zero width and contain 0",
-                    field("input")
                 )));
             }
         }
@@ -216,6 +261,62 @@ impl Params {
         let name = mode.to_string();
         self.refer.iter().find(|r| r.mode == name)
     }
+}
+
+/// What is wrong with RefER's `convs` for a tap of `c` channels (the message follows the
+/// field's name).
+fn check_convs(convs: &[ReferConv], c: usize) -> std::result::Result<(), String> {
+    if convs.is_empty() {
+        return Err(": needs at least one convolution".into());
+    }
+    let mut from = c;
+    for (i, cv) in convs.iter().enumerate() {
+        let at = |f: &str| format!("[{i}].{f}");
+        if cv.in_ch != from {
+            return Err(format!(
+                "{} = {}: must be {from} (the tap's channels or the previous conv's outputs)",
+                at("in_ch"),
+                cv.in_ch
+            ));
+        }
+        if cv.k % 2 == 0 || cv.k > 7 || cv.out_ch == 0 {
+            return Err(format!(
+                "{}: a {}x{} conv to {} channels; needs an odd size up to 7 and outputs",
+                at("k"),
+                cv.k,
+                cv.k,
+                cv.out_ch
+            ));
+        }
+        let want = cv.out_ch * cv.in_ch * cv.k * cv.k;
+        if cv.weights.len() != want || cv.bias.len() != cv.out_ch {
+            return Err(format!(
+                "{} / {}: needs {want} weights and {} biases, has {} and {}",
+                at("weights"),
+                at("bias"),
+                cv.out_ch,
+                cv.weights.len(),
+                cv.bias.len()
+            ));
+        }
+        if !cv.weights.iter().chain(&cv.bias).all(|x| x.is_finite()) {
+            return Err(format!("{}: values must be finite", at("weights")));
+        }
+        let [lo, hi] = cv.input;
+        if !(lo.is_finite() && hi.is_finite() && lo <= 0.0 && hi >= 0.0 && hi > lo) {
+            return Err(format!(
+                "{} = [{lo}, {hi}]: must be finite, ordered, of non-zero width and contain 0",
+                at("input")
+            ));
+        }
+        from = cv.out_ch;
+    }
+    if from != c {
+        return Err(format!(
+            ": the last conv gives {from} channels, the tap has {c}"
+        ));
+    }
+    Ok(())
 }
 
 /// The weight bits of queries: round((high + low) / 2), halves up.
@@ -289,9 +390,9 @@ pub fn tap(g: &Graph) -> Result<ValueId> {
 }
 
 /// `g` with RefER at `tap`: `RefEr` (inputs: the tap and the reference feature, an external
-/// value, or the tap itself for self-reference) and its 1x1 conv with the tap as residual;
-/// later nodes read the refined feature. Returns the graph, the reference value (external)
-/// and the index of the first inserted node.
+/// value, or the tap itself for self-reference) and its convs ([`refer_convs`]), the last with
+/// the tap as residual; later nodes read the refined feature. Returns the graph, the
+/// reference value (external) and the index of the first inserted node (the convs follow it).
 pub fn query_graph(
     g: &Graph,
     tap: ValueId,
@@ -302,17 +403,24 @@ pub fn query_graph(
     let mut q = g.clone();
     let c = g.values[tap].channels;
     let scale = g.values[tap].scale;
-    let mut value = |name: &str| {
+    let mut value = |name: &str, channels: usize| {
         q.values.push(Value {
             name: name.into(),
-            channels: c,
+            channels,
             scale,
         });
         q.values.len() - 1
     };
-    let fr = (!self_reference).then(|| value("refer_reference"));
-    let diff = value("refer_difference");
-    let refined = value("refer_refined");
+    let fr = (!self_reference).then(|| value("refer_reference", c));
+    let diff = value("refer_difference", c);
+    let convs = refer_convs(refer, tap);
+    let outs: Vec<ValueId> = (0..convs.len())
+        .map(|i| match i + 1 == convs.len() {
+            true => value("refer_refined", c),
+            false => value(&format!("refer_hidden_{i}"), convs[i].out_ch),
+        })
+        .collect();
+    let refined = *outs.last().expect("RefER has a conv");
     let at = g
         .nodes
         .iter()
@@ -333,37 +441,58 @@ pub fn query_graph(
             };
         }
     }
-    let nodes = [
-        Node {
-            name: "refer_align".into(),
-            op: Op::RefEr {
-                bits,
-                clip: refer.clip,
-            },
-            inputs: vec![tap, fr.unwrap_or(tap)],
-            output: diff,
+    let mut nodes = vec![Node {
+        name: "refer_align".into(),
+        op: Op::RefEr {
+            bits,
+            clip: refer.clip,
         },
-        Node {
-            name: "refer_conv".into(),
-            op: Op::Conv(refer_conv(refer, c, tap)),
-            inputs: vec![diff],
-            output: refined,
-        },
-    ];
+        inputs: vec![tap, fr.unwrap_or(tap)],
+        output: diff,
+    }];
+    let mut from = diff;
+    for (i, (cv, &out)) in convs.into_iter().zip(&outs).enumerate() {
+        nodes.push(Node {
+            name: format!("refer_conv_{i}"),
+            op: Op::Conv(cv),
+            inputs: vec![from],
+            output: out,
+        });
+        from = out;
+    }
     q.nodes.splice(at..at, nodes);
     (q, fr, at)
 }
 
-fn refer_conv(r: &ReferParams, c: usize, residual: ValueId) -> Conv {
-    Conv {
-        in_ch: c,
-        out_ch: c,
-        k: 1,
-        weights: r.weights.iter().map(|w| w * r.gain).collect(),
-        bias: r.bias.iter().map(|b| b * r.gain).collect(),
-        act: Activation::None,
-        epilogue: Epilogue::Add(residual),
-    }
+/// RefER's convs as graph convolutions: a ReLU after each but the last, whose output (scaled
+/// by the gain) is added to `residual`.
+fn refer_convs(r: &ReferParams, residual: ValueId) -> Vec<Conv> {
+    let n = r.convs.len();
+    r.convs
+        .iter()
+        .enumerate()
+        .map(|(i, cv)| {
+            let last = i + 1 == n;
+            let gain = if last { r.gain } else { 1.0 };
+            Conv {
+                in_ch: cv.in_ch,
+                out_ch: cv.out_ch,
+                k: cv.k,
+                weights: cv.weights.iter().map(|w| w * gain).collect(),
+                bias: cv.bias.iter().map(|b| b * gain).collect(),
+                act: if last {
+                    Activation::None
+                } else {
+                    Activation::Relu
+                },
+                epilogue: if last {
+                    Epilogue::Add(residual)
+                } else {
+                    Epilogue::None
+                },
+            }
+        })
+        .collect()
 }
 
 /// What one run did.
@@ -444,15 +573,21 @@ impl RefQsr {
             ),
             Some(r) => {
                 let (qg, fr, at) = query_graph(g, tap, r, low, ablation == Ablation::SelfReference);
+                let inserted = 1 + r.convs.len();
                 let mut layers: std::collections::BTreeMap<usize, PackedIntConv> = layers
                     .into_iter()
-                    .map(|(j, l)| (if j < at { j } else { j + 2 }, l))
+                    .map(|(j, l)| (if j < at { j } else { j + inserted }, l))
                     .collect();
-                let conv = refer_conv(r, g.values[tap].channels, tap);
-                layers.insert(
-                    at + 1,
-                    PackedIntConv::new(&conv, high, Quantizer::new(r.input[0], r.input[1], high)),
-                );
+                for (i, (conv, p)) in refer_convs(r, tap).iter().zip(&r.convs).enumerate() {
+                    layers.insert(
+                        at + 1 + i,
+                        PackedIntConv::new(
+                            conv,
+                            high,
+                            Quantizer::new(p.input[0], p.input[1], high),
+                        ),
+                    );
+                }
                 (
                     GpuModel::quantized(ctx.clone(), qg, layers)?,
                     fr,
@@ -695,13 +830,16 @@ impl RefQsr {
             h,
         )
         .expect("uniform cost");
-        // RefER per query: the 1x1 conv at b_high and the cost volume at b_low
+        // RefER per query: its convs at b_high and the cost volume at b_low
         let c = g.values[self.tap].channels as f64;
         let cells = crate::exec::refer_cells(h, w) as f64;
-        let refer = if self.refer.is_some() {
-            ((h * w) as f64 * c * c * (hi * hi) as f64 + cells * cells * c * (lo * lo) as f64) / 1e9
-        } else {
-            0.0
+        let refer = match &self.refer {
+            Some(r) => {
+                ((h * w) as f64 * r.macs_per_pixel() as f64 * (hi * hi) as f64
+                    + cells * cells * c * (lo * lo) as f64)
+                    / 1e9
+            }
+            None => 0.0,
         };
         let classes = self.clust.params.prototypes.len();
         RunStats {
