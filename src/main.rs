@@ -904,7 +904,7 @@ fn calibrate(
     b.finish_and_clear();
     for f in &fits {
         eprintln!(
-            "refqsr: {} RefER trained on {} query patches: output MSE vs fp32 {:.3e} -> {:.3e} ({:+.2} dB)",
+            "refqsr: {} RefER trained on {} query patches: output error vs fp32, relative to each image's own without RefER, {:.3} -> {:.3} ({:+.2} dB)",
             f.params.mode,
             f.pairs,
             f.mse[0],

@@ -393,6 +393,8 @@ fn calibrate_then_upscale_any_model_in_integer_modes() {
         "2",
         "--code-modes",
         "w4a4",
+        "--refer-steps",
+        "3",
     ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     // the broken file is named and skipped, the run still writes the calibration
@@ -406,6 +408,7 @@ fn calibrate_then_upscale_any_model_in_integer_modes() {
     assert!(!stderr.contains("no precision floors"), "{stderr}");
     assert!(d.join("m.calib.json").exists(), "{stderr}");
     assert!(d.join("m.refqsr.json").exists(), "{stderr}");
+    assert!(stderr.contains("RefER trained on"), "{stderr}");
     // --bounds-only writes the bounds and not RefQSR's parameters, and still says what it
     // skipped with a failing exit
     let out = calibrate(&[

@@ -11,6 +11,11 @@
 //! is `tail(R(D) - E)` with the tail conv's bias left out, and the loss is its mean square:
 //! the output's error, not the tap's (a fit to the tap's error gained at the tap and lost at
 //! the output). Where the last conv has an activation the loss falls back to the tap's error.
+//! Each image's windows are weighted by the inverse of that image's error without RefER, so
+//! the loss is each image's error relative to its own, the mean over images: what `eval` and
+//! the gain judgement score is the mean over images of PSNR, a log of each image's error, and a
+//! plain MSE would spend RefER's capacity on the textured images whose errors are largest
+//! while smooth images, where a small error is many dB, lose.
 //!
 //! Both convs run as the integer kernels run them at b_high: the input through Eq. 1 over its
 //! searched bounds ([`super::calib::search_bounds`]), the weights folded with the input's step
@@ -38,6 +43,8 @@ pub struct Sample {
     pub e: Vec<f32>,
     pub h: usize,
     pub w: usize,
+    /// The image the window is cut from: each image's windows weigh alike in the loss.
+    pub image: usize,
 }
 
 /// The knobs of RefER's training.
@@ -49,7 +56,7 @@ pub struct Options {
     pub steps: usize,
     /// Crops per step.
     pub batch: usize,
-    /// Side of the square crops (tap pixels).
+    /// Side of the square crops (tap pixels); smaller windows make it smaller.
     pub crop: usize,
     /// Adam's initial rate, decayed linearly to zero.
     pub lr: f64,
@@ -60,7 +67,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             hidden: 8,
-            steps: 300,
+            steps: 1200,
             batch: 8,
             crop: 32,
             lr: 2e-3,
@@ -82,8 +89,9 @@ fn cerr(e: candle_core::Error) -> Error {
 /// What [`train`] learned and how well it fits its own samples.
 pub struct Trained {
     pub convs: Vec<ReferConv>,
-    /// Mean square of the error the loss measures (through the tail where there is one), on
-    /// every sample, before (no RefER) and after.
+    /// The loss on every sample, before (no RefER) and after: the mean over windows of the
+    /// output's squared error (through the tail where there is one), each relative to its
+    /// image's error without RefER (so before is 1).
     pub mse: [f64; 2],
 }
 
@@ -97,15 +105,40 @@ pub fn train(
     opts: &Options,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Trained> {
+    // windows smaller than the crop shrink it (small images, x2's small windows)
+    let crop = (samples.iter().filter(|s| s.d.len() == c * s.h * s.w))
+        .map(|s| s.h.min(s.w))
+        .min()
+        .map_or(opts.crop, |m| m.min(opts.crop));
     let usable: Vec<&Sample> = samples
         .iter()
-        .filter(|s| s.h >= opts.crop && s.w >= opts.crop && s.d.len() == c * s.h * s.w)
+        .filter(|s| s.h >= crop && s.w >= crop && s.d.len() == c * s.h * s.w)
         .collect();
-    if usable.is_empty() {
-        return Err(Error::Invalid(format!(
-            "RefER training: no query window of at least {0}x{0} pixels",
-            opts.crop
-        )));
+    let h = opts.hidden.max(1);
+    if usable.is_empty() || crop == 0 {
+        // nothing to learn from (every patch a reference): no correction, which the gain
+        // judgement then switches off
+        return Ok(Trained {
+            convs: vec![
+                ReferConv {
+                    k: K,
+                    in_ch: c,
+                    out_ch: h,
+                    input: [-1.0, 1.0],
+                    weights: vec![0.0; h * c * K * K],
+                    bias: vec![0.0; h],
+                },
+                ReferConv {
+                    k: K,
+                    in_ch: h,
+                    out_ch: c,
+                    input: [0.0, 1.0],
+                    weights: vec![0.0; c * h * K * K],
+                    bias: vec![0.0; c],
+                },
+            ],
+            mse: [1.0, 1.0],
+        });
     }
     let input = bounds_of(
         usable.iter().flat_map(|s| s.d.iter().step_by(7).copied()),
@@ -122,8 +155,34 @@ pub fn train(
         .transpose()?
         .map(|(conv, _)| conv);
 
+    // each image's mean error without RefER (the loss of a zero correction)
+    let probe = Block {
+        c,
+        h: 0,
+        bits,
+        in_q,
+        tail: tail.clone(),
+    };
+    let mut energy: std::collections::BTreeMap<usize, (f64, usize)> = Default::default();
+    for s in &usable {
+        let e = Tensor::from_slice(&s.e, (1, c, s.h, s.w), &Device::Cpu).map_err(cerr)?;
+        let zero = e.zeros_like().map_err(cerr)?;
+        let l = probe
+            .loss(&zero, &e, None)?
+            .to_scalar::<f32>()
+            .map_err(cerr)? as f64;
+        let x = energy.entry(s.image).or_default();
+        *x = (x.0 + l, x.1 + 1);
+    }
+    let weight: Vec<f32> = usable
+        .iter()
+        .map(|s| {
+            let (sum, n) = energy[&s.image];
+            (n as f64 / sum.max(1e-30)) as f32
+        })
+        .collect();
+
     let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
-    let h = opts.hidden.max(1);
     // He initialisation for the first conv (its ReLU halves the variance), zero for the last
     let fan = (c * K * K) as f32;
     let bound = (6.0 / fan).sqrt();
@@ -157,29 +216,29 @@ pub fn train(
     let mut hidden_q = Quantizer::new(0.0, 1.0, bits);
     progress(0, opts.steps);
     for step in 0..opts.steps {
-        let (d, e) = crops(&usable, c, opts.crop, opts.batch.max(1), &mut rng)?;
+        let (d, e, wt) = crops(&usable, &weight, c, crop, opts.batch.max(1), &mut rng)?;
         if step % REFRESH == 0 {
             hidden_q = net.hidden_bounds(&d, &w1, &b1)?;
         }
         opt.set_learning_rate(opts.lr * (1.0 - step as f64 / opts.steps as f64));
         let r = net.forward(&d, &w1, &b1, &w2, &b2, &hidden_q)?;
-        let loss = net.loss(&r, &e)?;
+        let loss = net.loss(&r, &e, Some(&wt))?;
         opt.backward_step(&loss).map_err(cerr)?;
         progress(step + 1, opts.steps);
     }
 
     // the hidden bounds from a larger draw, then every sample whole, as it runs at inference
-    let (d, _) = crops(&usable, c, opts.crop, 4 * opts.batch.max(1), &mut rng)?;
+    let (d, ..) = crops(&usable, &weight, c, crop, 4 * opts.batch.max(1), &mut rng)?;
     let hidden_q = net.hidden_bounds(&d, &w1, &b1)?;
     let mut se = [0f64; 2];
-    for s in &usable {
+    for (s, &wt) in usable.iter().zip(&weight) {
         let t = |v: &[f32]| Tensor::from_slice(v, (1, c, s.h, s.w), &Device::Cpu).map_err(cerr);
         let (d, e) = (t(&s.d)?, t(&s.e)?);
         let zero = e.zeros_like().map_err(cerr)?;
         let r = net.forward(&d, &w1, &b1, &w2, &b2, &hidden_q)?;
         for (k, r) in [zero, r].iter().enumerate() {
-            let l = net.loss(r, &e)?;
-            se[k] += l.to_scalar::<f32>().map_err(cerr)? as f64;
+            let l = net.loss(r, &e, None)?;
+            se[k] += wt as f64 * l.to_scalar::<f32>().map_err(cerr)? as f64;
         }
     }
     let n = usable.len() as f64;
@@ -226,18 +285,22 @@ fn bounds_of(values: impl Iterator<Item = f32> + Clone, bits: u32) -> [f32; 2] {
 }
 
 /// `n` random `crop` x `crop` crops of random samples: (differences, errors) `[n, c, crop,
-/// crop]`.
+/// crop]` and the samples' weights `[n, 1, 1, 1]`.
 fn crops(
     samples: &[&Sample],
+    weight: &[f32],
     c: usize,
     crop: usize,
     n: usize,
     rng: &mut impl Rng,
-) -> Result<(Tensor, Tensor)> {
+) -> Result<(Tensor, Tensor, Tensor)> {
     let mut d = Vec::with_capacity(n * c * crop * crop);
     let mut e = Vec::with_capacity(n * c * crop * crop);
+    let mut wt = Vec::with_capacity(n);
     for _ in 0..n {
-        let s = samples[rng.random_range(0..samples.len())];
+        let i = rng.random_range(0..samples.len());
+        let s = samples[i];
+        wt.push(weight[i]);
         let (y0, x0) = (
             rng.random_range(0..=s.h - crop),
             rng.random_range(0..=s.w - crop),
@@ -251,7 +314,8 @@ fn crops(
         }
     }
     let t = |v: Vec<f32>| Tensor::from_vec(v, (n, c, crop, crop), &Device::Cpu).map_err(cerr);
-    Ok((t(d)?, t(e)?))
+    let wt = Tensor::from_vec(wt, (n, 1, 1, 1), &Device::Cpu).map_err(cerr)?;
+    Ok((t(d)?, t(e)?, wt))
 }
 
 /// RefER's block and the loss through the tail.
@@ -339,8 +403,9 @@ impl Block {
             .map_err(cerr)
     }
 
-    /// Mean square of `tail(r - e)` (of `r - e` without a linear tail).
-    fn loss(&self, r: &Tensor, e: &Tensor) -> Result<Tensor> {
+    /// Mean square of `tail(r - e)` (of `r - e` without a linear tail), each sample's squares
+    /// weighted by `weight` (`[n, 1, 1, 1]`) where given.
+    fn loss(&self, r: &Tensor, e: &Tensor, weight: Option<&Tensor>) -> Result<Tensor> {
         let diff = (r - e).map_err(cerr)?;
         let y = match &self.tail {
             Some(t) => (diff.contiguous())
@@ -348,7 +413,13 @@ impl Block {
                 .map_err(cerr)?,
             None => diff,
         };
-        y.sqr().and_then(|y| y.mean_all()).map_err(cerr)
+        let sq = y.sqr().map_err(cerr)?;
+        match weight {
+            Some(w) => sq.broadcast_mul(w),
+            None => Ok(sq),
+        }
+        .and_then(|y| y.mean_all())
+        .map_err(cerr)
     }
 }
 
@@ -407,7 +478,13 @@ mod tests {
                             e[(2 * h + y) * w + x] = -v;
                         }
                     }
-                    Sample { d, e, h, w }
+                    Sample {
+                        d,
+                        e,
+                        h,
+                        w,
+                        image: 0,
+                    }
                 })
                 .collect()
         };

@@ -130,6 +130,7 @@ pub struct ReferFit {
 
 /// Fit RefER for each RefQSR mode of `modes` on `images` (downscaled by the model's scale and
 /// cropped, [`lr_crop`]).
+#[allow(clippy::too_many_arguments)]
 pub fn fit_refer(
     ctx: &Arc<Context>,
     graph: &Graph,
@@ -230,9 +231,10 @@ pub fn fit_refer(
         let bits = low;
         let clip = clip(bits, c);
         let mut samples = Vec::new();
-        for ((((grid, win), sel), (queries, ff)), (refs, fr)) in (sets.iter().zip(&sels))
+        for (image, ((((grid, win), sel), (queries, ff)), (refs, fr))) in (sets.iter().zip(&sels))
             .zip(queries.iter().zip(&exact))
             .zip(distinct.iter().zip(&*reference_taps))
+            .enumerate()
         {
             let (h, w) = grid.input_size();
             if queries.is_empty() {
@@ -262,6 +264,7 @@ pub fn fit_refer(
                     e: planar(&|i| f[i] - q[i]),
                     h,
                     w,
+                    image,
                 });
             }
         }
