@@ -56,7 +56,8 @@ pub struct Options {
     pub steps: usize,
     /// Crops per step.
     pub batch: usize,
-    /// Side of the square crops (tap pixels); smaller windows make it smaller.
+    /// Side of the square crops (tap pixels); windows smaller than it are not used, unless
+    /// every window is (the crop is then the largest window's side).
     pub crop: usize,
     /// Adam's initial rate, decayed linearly to zero.
     pub lr: f64,
@@ -105,15 +106,18 @@ pub fn train(
     opts: &Options,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Trained> {
-    // windows smaller than the crop shrink it (small images, x2's small windows)
-    let crop = (samples.iter().filter(|s| s.d.len() == c * s.h * s.w))
-        .map(|s| s.h.min(s.w))
-        .min()
-        .map_or(opts.crop, |m| m.min(opts.crop));
-    let usable: Vec<&Sample> = samples
-        .iter()
-        .filter(|s| s.h >= crop && s.w >= crop && s.d.len() == c * s.h * s.w)
-        .collect();
+    // windows smaller than the crop are left out, unless all are (small images): then the
+    // crop shrinks to the largest of them
+    let valid = |s: &&Sample| s.d.len() == c * s.h * s.w && s.e.len() == s.d.len();
+    let fits = |s: &&Sample, k: usize| valid(s) && s.h >= k && s.w >= k;
+    let crop = match samples.iter().any(|s| fits(&s, opts.crop)) {
+        true => opts.crop,
+        false => (samples.iter().filter(valid))
+            .map(|s| s.h.min(s.w))
+            .max()
+            .unwrap_or(0),
+    };
+    let usable: Vec<&Sample> = samples.iter().filter(|s| fits(s, crop)).collect();
     let h = opts.hidden.max(1);
     if usable.is_empty() || crop == 0 {
         // nothing to learn from (every patch a reference): no correction, which the gain
@@ -510,6 +514,45 @@ mod tests {
         let noise = make(false);
         let t = train(&noise, c, &identity(c), 8, &opts, &mut |_, _| {}).unwrap();
         assert!(t.mse[1] <= 1.02 * t.mse[0], "{:?}", t.mse);
+    }
+
+    #[test]
+    fn small_windows_shrink_the_crop_and_no_windows_give_no_correction() {
+        let c = 4;
+        let opts = Options {
+            hidden: 2,
+            steps: 5,
+            batch: 2,
+            crop: 12,
+            ..Options::default()
+        };
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let mut sample = |h: usize, w: usize, image: usize| Sample {
+            d: (0..c * h * w)
+                .map(|_| rng.random_range(-1.0f32..1.0))
+                .collect(),
+            e: (0..c * h * w)
+                .map(|_| rng.random_range(-0.1f32..0.1))
+                .collect(),
+            h,
+            w,
+            image,
+        };
+        // every window smaller than the crop: they are all used, at their size
+        let small = vec![sample(6, 7, 0), sample(7, 6, 1)];
+        let t = train(&small, c, &identity(c), 8, &opts, &mut |_, _| {}).unwrap();
+        assert!(t.mse[0] > 0.0 && t.mse[1].is_finite(), "{:?}", t.mse);
+        // a window of the wrong size is left out, not indexed past its end
+        let mut bad = sample(8, 8, 2);
+        bad.e.truncate(10);
+        let t = train(&[bad], c, &identity(c), 8, &opts, &mut |_, _| {}).unwrap();
+        assert!(t.convs[1].weights.iter().all(|&w| w == 0.0));
+        assert_eq!(t.mse, [1.0, 1.0]);
+        let t = train(&[], c, &identity(c), 8, &opts, &mut |_, _| {}).unwrap();
+        assert!(t
+            .convs
+            .iter()
+            .all(|cv| cv.weights.iter().all(|&w| w == 0.0)));
     }
 
     #[test]
