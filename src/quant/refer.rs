@@ -159,22 +159,17 @@ pub fn train(
         .transpose()?
         .map(|(conv, _)| conv);
 
-    // each image's mean error without RefER (the loss of a zero correction)
-    let probe = Block {
-        c,
-        h: 0,
-        bits,
-        in_q,
-        tail: tail.clone(),
-    };
+    // each image's mean error without RefER (the loss of a zero correction), and each
+    // window's, which is also the loss before training
+    let mut base = Vec::with_capacity(usable.len());
     let mut energy: std::collections::BTreeMap<usize, (f64, usize)> = Default::default();
     for s in &usable {
         let e = Tensor::from_slice(&s.e, (1, c, s.h, s.w), &Device::Cpu).map_err(cerr)?;
         let zero = e.zeros_like().map_err(cerr)?;
-        let l = probe
-            .loss(&zero, &e, None)?
+        let l = loss(tail.as_ref(), &zero, &e, None)?
             .to_scalar::<f32>()
             .map_err(cerr)? as f64;
+        base.push(l);
         let x = energy.entry(s.image).or_default();
         *x = (x.0 + l, x.1 + 1);
     }
@@ -210,13 +205,7 @@ pub fn train(
     )
     .map_err(cerr)?;
 
-    let net = Block {
-        c,
-        h,
-        bits,
-        in_q,
-        tail,
-    };
+    let net = Block { bits, in_q };
     let mut hidden_q = Quantizer::new(0.0, 1.0, bits);
     progress(0, opts.steps);
     for step in 0..opts.steps {
@@ -226,8 +215,8 @@ pub fn train(
         }
         opt.set_learning_rate(opts.lr * (1.0 - step as f64 / opts.steps as f64));
         let r = net.forward(&d, &w1, &b1, &w2, &b2, &hidden_q)?;
-        let loss = net.loss(&r, &e, Some(&wt))?;
-        opt.backward_step(&loss).map_err(cerr)?;
+        let l = loss(tail.as_ref(), &r, &e, Some(&wt))?;
+        opt.backward_step(&l).map_err(cerr)?;
         progress(step + 1, opts.steps);
     }
 
@@ -235,15 +224,15 @@ pub fn train(
     let (d, ..) = crops(&usable, &weight, c, crop, 4 * opts.batch.max(1), &mut rng)?;
     let hidden_q = net.hidden_bounds(&d, &w1, &b1)?;
     let mut se = [0f64; 2];
-    for (s, &wt) in usable.iter().zip(&weight) {
+    for ((s, &wt), &before) in usable.iter().zip(&weight).zip(&base) {
         let t = |v: &[f32]| Tensor::from_slice(v, (1, c, s.h, s.w), &Device::Cpu).map_err(cerr);
         let (d, e) = (t(&s.d)?, t(&s.e)?);
-        let zero = e.zeros_like().map_err(cerr)?;
         let r = net.forward(&d, &w1, &b1, &w2, &b2, &hidden_q)?;
-        for (k, r) in [zero, r].iter().enumerate() {
-            let l = net.loss(r, &e, None)?;
-            se[k] += wt as f64 * l.to_scalar::<f32>().map_err(cerr)? as f64;
-        }
+        let after = loss(tail.as_ref(), &r, &e, None)?
+            .to_scalar::<f32>()
+            .map_err(cerr)? as f64;
+        se[0] += wt as f64 * before;
+        se[1] += wt as f64 * after;
     }
     let n = usable.len() as f64;
     let values = |v: &Var| {
@@ -322,13 +311,10 @@ fn crops(
     Ok((t(d)?, t(e)?, wt))
 }
 
-/// RefER's block and the loss through the tail.
+/// RefER's block: its bits and the quantizer of its input.
 struct Block {
-    c: usize,
-    h: usize,
     bits: u32,
     in_q: Quantizer,
-    tail: Option<FixedConv>,
 }
 
 impl Block {
@@ -397,34 +383,37 @@ impl Block {
         b2: &Var,
         hidden_q: &Quantizer,
     ) -> Result<Tensor> {
-        debug_assert_eq!(d.dims4().map(|s| s.1).ok(), Some(self.c));
         let h = self.hidden(d, w1, b1)?;
-        debug_assert_eq!(h.dims4().map(|s| s.1).ok(), Some(self.h));
         let x = self.fake_quant(&h, hidden_q)?;
         let w = self.fake_weights(w2, hidden_q.step())?;
         (x.apply_op2(&w.contiguous().map_err(cerr)?, LearnedConv))
             .and_then(|y| y.broadcast_add(b2.as_tensor()))
             .map_err(cerr)
     }
+}
 
-    /// Mean square of `tail(r - e)` (of `r - e` without a linear tail), each sample's squares
-    /// weighted by `weight` (`[n, 1, 1, 1]`) where given.
-    fn loss(&self, r: &Tensor, e: &Tensor, weight: Option<&Tensor>) -> Result<Tensor> {
-        let diff = (r - e).map_err(cerr)?;
-        let y = match &self.tail {
-            Some(t) => (diff.contiguous())
-                .and_then(|x| x.apply_op1(t.clone()))
-                .map_err(cerr)?,
-            None => diff,
-        };
-        let sq = y.sqr().map_err(cerr)?;
-        match weight {
-            Some(w) => sq.broadcast_mul(w),
-            None => Ok(sq),
-        }
-        .and_then(|y| y.mean_all())
-        .map_err(cerr)
+/// Mean square of `tail(r - e)` (of `r - e` without a linear tail), each sample's squares
+/// weighted by `weight` (`[n, 1, 1, 1]`) where given.
+fn loss(
+    tail: Option<&FixedConv>,
+    r: &Tensor,
+    e: &Tensor,
+    weight: Option<&Tensor>,
+) -> Result<Tensor> {
+    let diff = (r - e).map_err(cerr)?;
+    let y = match tail {
+        Some(t) => (diff.contiguous())
+            .and_then(|x| x.apply_op1(t.clone()))
+            .map_err(cerr)?,
+        None => diff,
+    };
+    let sq = y.sqr().map_err(cerr)?;
+    match weight {
+        Some(w) => sq.broadcast_mul(w),
+        None => Ok(sq),
     }
+    .and_then(|y| y.mean_all())
+    .map_err(cerr)
 }
 
 #[cfg(test)]
@@ -566,11 +555,8 @@ mod tests {
             .collect();
         let q_in = Quantizer::new(-1.3, 2.1, 4);
         let block = Block {
-            c: i,
-            h: o,
             bits: 4,
             in_q: q_in,
-            tail: None,
         };
         let w = Var::from_vec(v.clone(), (o, i, 3, 3), &Device::Cpu).unwrap();
         let got = block

@@ -154,7 +154,7 @@ pub fn fit_refer(
         })
         .expect("a graph with a tap has a last convolution");
     let total = modes.len() * opts.steps;
-    let mut progress_of = |k: usize, d: usize, _: usize| progress(k * opts.steps + d, total);
+    let mut progress_of = |k: usize, d: usize| progress(k * opts.steps + d, total);
     let lr: Vec<Rgb32FImage> = images.iter().map(|i| lr_crop(i, graph.scale())).collect();
     let sets = windows(&lr);
     let cb = ClustBlock::new(ctx.clone(), clust_params.clone())?;
@@ -212,7 +212,7 @@ pub fn fit_refer(
         .collect();
     let mut reference_taps: BTreeMap<u32, Vec<Vec<Vec<f32>>>> = BTreeMap::new();
     let mut fits = Vec::new();
-    progress_of(0, 0, total);
+    progress_of(0, 0);
     for (k, &mode) in modes.iter().enumerate() {
         let Mode::RefQsr { high, low } = mode else {
             continue;
@@ -269,7 +269,7 @@ pub fn fit_refer(
             }
         }
         let pairs = samples.len();
-        let mut step = |d, n| progress_of(k, d, n);
+        let mut step = |d, _| progress_of(k, d);
         let trained = crate::quant::refer::train(&samples, c, &tail, high, opts, &mut step)?;
         fits.push(ReferFit {
             params: ReferParams {

@@ -578,7 +578,11 @@ impl RefQsr {
                     .into_iter()
                     .map(|(j, l)| (if j < at { j } else { j + inserted }, l))
                     .collect();
-                for (i, (conv, p)) in refer_convs(r, tap).iter().zip(&r.convs).enumerate() {
+                // RefER's convs as the query graph holds them (the gain applied)
+                for (i, p) in r.convs.iter().enumerate() {
+                    let Op::Conv(conv) = &qg.nodes[at + 1 + i].op else {
+                        unreachable!("query_graph puts RefER's convs after its alignment")
+                    };
                     layers.insert(
                         at + 1 + i,
                         PackedIntConv::new(
